@@ -1,0 +1,22 @@
+"""cxrscreen: screen chest X-rays for COVID-19 and other pneumonias with deep learning.
+
+A screening aid for readers of chest X-rays, not a diagnosis.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+SCREENING_NOTICE = (
+    "Screening aid only, not a diagnosis: a qualified reader must review every X-ray and decide."
+)
+
+
+def load_model(path=None, backend: str = "torch"):
+    """Load a trained classifier (the bundled default when ``path`` is None) as a :class:`Predictor`."""
+    from cxrscreen.inference.predictor import load_predictor
+
+    return load_predictor(path, backend=backend)
+
+
+__all__ = ["__version__", "SCREENING_NOTICE", "load_model"]

@@ -1,0 +1,3 @@
+from cxrscreen.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Data: dataset sources, image decoding, labels, splits, preprocessing, caching."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics with bootstrap CIs, calibration, external and per-source evaluation, audit, reports."""

@@ -1,0 +1,1 @@
+"""Explanation: Grad-CAM heatmaps and overlays."""

@@ -1,0 +1,1 @@
+"""Inference: torch and ONNX Runtime predictors, ONNX export."""

@@ -1,0 +1,1 @@
+"""Models: the architecture registry, backbones, checkpoints and the lung segmenter."""

@@ -1,0 +1,105 @@
+"""A trained model is one self-describing file.
+
+The file (``torch.save`` of a dict, loaded with ``weights_only=True``) holds the weights and a
+:class:`ModelMeta`: architecture name, input size, preprocessing, class names, label mapping, training data
+summary, validation metrics, calibration temperature, the out-of-distribution guard's statistics and the
+perceptual hashes of the training images (so that evaluation elsewhere can leave their near-duplicates out).
+Nothing about a model lives only in code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cxrscreen.data.labels import LabelSet
+from cxrscreen.data.transforms import Preprocessing
+from cxrscreen.errors import ModelError
+from cxrscreen.io_utils import atomic_write
+from cxrscreen.models.registry import XrayClassifier, create_model
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelMeta:
+    """Everything needed to use a trained classifier, besides its weights."""
+
+    arch: str
+    classes: list[str]
+    preprocessing: Preprocessing
+    label_map: dict[str, str] = field(default_factory=dict)
+    name: str = "cxrscreen-model"
+    version: str = "0"
+    temperature: float = 1.0
+    train_summary: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    ood: dict[str, Any] = field(default_factory=dict)
+    train_hashes: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label_set(self) -> LabelSet:
+        return LabelSet(tuple(self.classes), dict(self.label_map))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["preprocessing"] = self.preprocessing.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelMeta":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])
+        return cls(**values)
+
+
+def save_checkpoint(path: str | Path, model: XrayClassifier, meta: ModelMeta, extra: dict[str, Any] | None = None) -> None:
+    """Write weights + metadata atomically. ``extra`` (optimizer state, epoch, ...) is for resuming only."""
+    payload = {
+        "format": "cxrscreen-checkpoint",
+        "format_version": FORMAT_VERSION,
+        "meta": meta.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if extra:
+        payload["extra"] = extra
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_write(path, "wb") as fh:
+        fh.write(buffer.getvalue())
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dict, validated; raises :class:`ModelError` with the path and cause."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise ModelError(f"{path}: not a readable cxrscreen model ({type(exc).__name__}: {exc})".split("\n")[0]) from exc
+    if not isinstance(payload, dict) or payload.get("format") != "cxrscreen-checkpoint":
+        raise ModelError(f"{path}: not a cxrscreen model file")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelError(f"{path}: written by a newer cxrscreen (format {payload['format_version']})")
+    return payload
+
+
+def load_checkpoint(path: str | Path) -> tuple[XrayClassifier, ModelMeta]:
+    """Rebuild the classifier from its file, in eval mode. The weights need no network access."""
+    payload = read_checkpoint(path)
+    meta = ModelMeta.from_dict(payload["meta"])
+    model = create_model(meta.arch, len(meta.classes), pretrained=False)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: weights do not fit architecture {meta.arch}") from exc
+    return model.eval(), meta

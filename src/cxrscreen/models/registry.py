@@ -1,0 +1,111 @@
+"""One registry for every classifier architecture (as timm's ``register_model`` / ``create_model``).
+
+An entry declares, as data, what the rest of the library needs to know about the architecture: its default
+input size, the intensity normalisation its pretrained weights expect, whether pretrained weights exist and the
+name of the layer Grad-CAM should look at. Adding an architecture is one decorated builder function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from cxrscreen.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What is known about an architecture without building it."""
+
+    name: str
+    builder: Callable[[int, bool], "Backbone"]
+    default_img_size: int
+    mean: float
+    std: float
+    has_pretrained: bool
+    description: str
+
+
+class Backbone(nn.Module):
+    """A feature extractor: (N, 1, H, W) normalised image -> (N, C, h, w) feature map, with ``out_channels``.
+
+    ``target_layer`` names the module (inside the classifier, see :class:`XrayClassifier`) whose activations
+    Grad-CAM uses.
+    """
+
+    out_channels: int
+    target_layer: str = "backbone"
+
+
+class XrayClassifier(nn.Module):
+    """Backbone + pooled linear head, taking the one image convention of cxrscreen.
+
+    Input: float32 tensor (N, 1, H, W) with values in [0, 1] (see :func:`cxrscreen.data.imageio.load_xray`).
+    The normalisation the pretrained weights expect happens here, inside the network, so that the torch and
+    ONNX paths cannot disagree about it. Output: logits (N, num_classes).
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, mean: float, std: float, dropout: float = 0.2):
+        super().__init__()
+        self.backbone = backbone
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.out_channels, num_classes)
+        self.register_buffer("mean", torch.tensor(float(mean)), persistent=False)
+        self.register_buffer("std", torch.tensor(float(std)), persistent=False)
+
+    @property
+    def target_layer(self) -> str:
+        return f"backbone.{self.backbone.target_layer}" if self.backbone.target_layer else "backbone"
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (N, C): pooled backbone output, before dropout and the linear head."""
+        fmap = self.backbone((x - self.mean) / self.std)
+        return torch.flatten(self.pool(fmap), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str, *, default_img_size: int, mean: float, std: float, has_pretrained: bool, description: str
+) -> Callable:
+    """Decorator registering ``builder(num_classes, pretrained) -> Backbone`` under ``name``."""
+
+    def decorate(builder: Callable[[int, bool], Backbone]) -> Callable[[int, bool], Backbone]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelSpec(name, builder, default_img_size, mean, std, has_pretrained, description)
+        return builder
+
+    return decorate
+
+
+def _ensure_builtin() -> None:
+    # Importing the modules runs their @register_model decorators.
+    from cxrscreen.models import efficientnet_lite, monai_nets  # noqa: F401
+
+
+def list_models() -> list[ModelSpec]:
+    _ensure_builtin()
+    return sorted(_REGISTRY.values(), key=lambda s: s.name)
+
+
+def get_spec(name: str) -> ModelSpec:
+    _ensure_builtin()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int, pretrained: bool = True, dropout: float = 0.2) -> XrayClassifier:
+    """Build a registered classifier. ``pretrained`` loads ImageNet weights where the architecture has them."""
+    spec = get_spec(name)
+    backbone = spec.builder(num_classes, pretrained and spec.has_pretrained)
+    return XrayClassifier(backbone, num_classes, spec.mean, spec.std, dropout)

@@ -1,0 +1,1 @@
+"""Serving: the REST API and the static web page."""

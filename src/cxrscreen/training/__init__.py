@@ -1,0 +1,1 @@
+"""Training: configs, the training loop, distributed training, calibration and the OOD guard fit."""
