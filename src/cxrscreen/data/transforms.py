@@ -97,3 +97,16 @@ def prepare_image(image: np.ndarray, pp: Preprocessing, lung_mask: np.ndarray | 
         out = apply_lung_mode(out, lung_mask, pp)
     out = resize(out, pp.img_size)
     return np.clip(equalize(out, pp.equalize), 0.0, 1.0).astype(np.float32)
+
+
+def prepare_from_source(source, pp: Preprocessing, name: str | None = None) -> np.ndarray:
+    """Decode ``source`` (see :func:`cxrscreen.data.imageio.load_xray`) and prepare it for the network."""
+    from cxrscreen.data.imageio import load_xray
+
+    image = load_xray(source, name)
+    mask = None
+    if pp.needs_lungs:
+        from cxrscreen.models.segmenter import segment_lungs
+
+        mask = segment_lungs(image)
+    return prepare_image(image, pp, mask)
