@@ -1,19 +1,39 @@
-"""Prepared (decoded, preprocessed, resized) images for training and evaluation.
+"""Prepared (decoded, preprocessed, resized) images for training and evaluation, cached on disk.
 
 :func:`load_prepared` is the one entry point: it returns the network inputs of many files as uint8 arrays.
+Each file is decoded and preprocessed once: the result is stored as one uint8 ``.npy`` per (file content,
+preprocessing) under ``<cache>/prepared/<variant>/<hash[:2]>/<hash>.npy``, where
+
+- ``hash`` is the blake2b digest of the file's bytes (renaming or copying a file keeps its entry; editing it
+  makes a new one), and
+- ``variant`` is a digest of :meth:`Preprocessing.cache_key` plus, for lung-focused preprocessing, the digest
+  of the lung segmenter's weight file, so changing either starts a new cache.
+
+The cache lives in ``$CXRSCREEN_CACHE`` or ``~/.cache/cxrscreen``. Entries are written atomically (temporary
+file + rename), so processes building the same cache at once (DDP ranks) never read a half-written entry.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
 
+from cxrscreen.data.imageio import iter_image_files, load_xray
 from cxrscreen.data.transforms import Preprocessing, prepare_from_source
-from cxrscreen.errors import CxrError
+from cxrscreen.errors import ConfigError, CxrError, DatasetLayoutError, ImageDecodeError
+from cxrscreen.io_utils import atomic_write, write_json
+
+ON_BAD_IMAGE = ("skip", "fail")
+# Below this many cache misses a thread pool costs more than it saves.
+MIN_PARALLEL_MISSES = 16
 
 
 @dataclass
@@ -25,8 +45,163 @@ class PreparedImages:
     errors: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass
+class CacheReport:
+    """What :func:`build_cache` did: entries already there, entries built, files that failed (path, reason)."""
+
+    cache_dir: Path
+    cached: int = 0
+    built: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "cache_dir": str(self.cache_dir),
+            "cached": self.cached,
+            "built": self.built,
+            "failed": [{"path": path, "reason": reason} for path, reason in self.failed],
+        }
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
+    """float32 [0, 1] -> uint8 [0, 255] (rounded)."""
     return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def default_cache_dir() -> Path:
+    """``$CXRSCREEN_CACHE`` or ``~/.cache/cxrscreen``."""
+    return Path(os.environ.get("CXRSCREEN_CACHE") or Path.home() / ".cache" / "cxrscreen")
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: Path, mtime_ns: int, size: int) -> str:
+    return content_hash(path.read_bytes())
+
+
+def segmenter_digest() -> str:
+    """Digest of the bundled lung segmenter's weight file (``missing`` when absent: preparing fails anyway)."""
+    from cxrscreen.models.segmenter import DEFAULT_WEIGHTS as weights
+
+    if not weights.is_file():
+        return "missing"
+    stat = weights.stat()
+    return _file_digest(weights, stat.st_mtime_ns, stat.st_size)
+
+
+class PreparedCache:
+    """The on-disk entries of one preprocessing variant."""
+
+    def __init__(self, pp: Preprocessing, cache_dir: Path | None = None):
+        self.pp = pp
+        key = pp.cache_key() + (f"|lungs={segmenter_digest()}" if pp.needs_lungs else "")
+        self.variant = content_hash(key.encode())
+        self.root = Path(cache_dir or default_cache_dir()) / "prepared" / self.variant
+        self._key = key
+
+    def entry_path(self, digest: str) -> Path:
+        return self.root / digest[:2] / f"{digest}.npy"
+
+    def get(self, digest: str) -> np.ndarray | None:
+        """The cached image, or None when absent or unreadable (then it is rebuilt)."""
+        try:
+            image = np.load(self.entry_path(digest), allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        side = self.pp.img_size
+        return image if image.dtype == np.uint8 and image.shape == (side, side) else None
+
+    def put(self, digest: str, image: np.ndarray) -> None:
+        if not (self.root / "preprocessing.json").exists():
+            write_json(self.root / "preprocessing.json", {"key": self._key, **self.pp.to_dict()})
+        # No fsync: a torn entry after a crash fails validation in get() and is rebuilt.
+        with atomic_write(self.entry_path(digest), fsync=False) as fh:
+            np.save(fh, image, allow_pickle=False)
+
+
+@dataclass
+class _Outcome:
+    """Result for one file: its image (uint8) or the reason it failed, and whether it came from the cache."""
+
+    index: int
+    image: np.ndarray | None = None
+    reason: str | None = None
+    cached: bool = False
+
+
+def _reason(exc: Exception, path: str) -> str:
+    message = str(exc)
+    if isinstance(exc, CxrError):
+        return message.split(": ", 1)[-1] if message.startswith(path) else message
+    return f"{type(exc).__name__}: {message}"
+
+
+def _read_bytes(path: str) -> bytes:
+    """The file's bytes; an unreadable file raises the decoder's usual one-line error."""
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        load_xray(path)  # raises ImageDecodeError naming the file and the cause
+        raise
+
+
+def _lookup(index: int, path: str, cache: PreparedCache | None) -> _Outcome | None:
+    """The cached outcome of one file, or None when it must be decoded."""
+    if cache is None:
+        return None
+    try:
+        image = cache.get(content_hash(_read_bytes(path)))
+    except (CxrError, OSError) as exc:
+        return _Outcome(index, reason=_reason(exc, path))
+    return _Outcome(index, image=image, cached=True) if image is not None else None
+
+
+def _decode(index: int, path: str, pp: Preprocessing, cache: PreparedCache | None) -> _Outcome:
+    """Decode and prepare one file (storing it in ``cache``); any failure becomes a reason, never a crash."""
+    try:
+        data = _read_bytes(path)
+        image = to_uint8(prepare_from_source(data, pp, name=path))
+        if cache is not None:
+            cache.put(content_hash(data), image)
+        return _Outcome(index, image=image)
+    except Exception as exc:  # noqa: BLE001 - one bad file must not stop a 10,000-file run
+        return _Outcome(index, reason=_reason(exc, path))
+
+
+def _prepare_each(
+    paths: list[str], pp: Preprocessing, cache: PreparedCache | None, workers: int, progress: bool
+) -> Iterator[_Outcome]:
+    """Outcomes of every file: cache hits first (in order), then the decoded misses (in order)."""
+    misses: list[int] = []
+    with tqdm(total=len(paths), desc="preparing images", unit="img", disable=not progress, leave=False) as bar:
+        for index, path in enumerate(paths):
+            outcome = _lookup(index, path, cache)
+            if outcome is None:
+                misses.append(index)
+            else:
+                bar.update()
+                yield outcome
+        if len(misses) < MIN_PARALLEL_MISSES or workers <= 1:
+            for index in misses:
+                bar.update()
+                yield _decode(index, paths[index], pp, cache)
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr-decode") as pool:
+            try:
+                for outcome in pool.map(lambda i: _decode(i, paths[i], pp, cache), misses):
+                    bar.update()
+                    yield outcome
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _default_workers() -> int:
+    from cxrscreen.training.threads import choose_thread_settings
+
+    return choose_thread_settings().decode_workers
 
 
 def load_prepared(
@@ -35,18 +210,57 @@ def load_prepared(
     cache_dir: Path | None = None,
     progress: bool = True,
     on_bad_image: str = "skip",
+    use_cache: bool = True,
+    workers: int | None = None,
 ) -> PreparedImages:
-    """Prepare every file; bad files are reported in ``errors`` (or raise with ``on_bad_image="fail"``)."""
-    images: list[np.ndarray] = []
-    ok: list[int] = []
-    errors: list[tuple[str, str]] = []
-    for index, path in enumerate(tqdm(paths, desc="preparing images", unit="img", disable=not progress, leave=False)):
-        try:
-            images.append(to_uint8(prepare_from_source(path, pp)))
-            ok.append(index)
-        except CxrError as exc:
+    """Prepare every file (see :func:`cxrscreen.data.transforms.prepare_from_source`) through the disk cache.
+
+    Returns ``images`` uint8 (len(ok), img_size, img_size) in the order of ``paths`` (bad files left out).
+    Bad files are reported in ``errors`` as (path, reason), or raise :class:`ImageDecodeError` with
+    ``on_bad_image="fail"``. ``use_cache=False`` decodes everything and writes nothing. ``workers``: decode
+    threads for cache misses (default: from :func:`cxrscreen.training.threads.choose_thread_settings`).
+    """
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise ConfigError(f"--on-bad-image must be skip or fail, got {on_bad_image!r}")
+    names = [str(p) for p in paths]
+    cache = PreparedCache(pp, cache_dir) if use_cache else None
+    images = np.empty((len(names), pp.img_size, pp.img_size), dtype=np.uint8)
+    good = np.zeros(len(names), dtype=bool)
+    reasons: dict[int, str] = {}
+    for outcome in _prepare_each(names, pp, cache, workers or _default_workers(), progress):
+        if outcome.image is None:
             if on_bad_image == "fail":
-                raise
-            errors.append((str(path), str(exc).split(": ", 1)[-1] if str(exc).startswith(str(path)) else str(exc)))
-    empty = np.zeros((0, pp.img_size, pp.img_size), dtype=np.uint8)
-    return PreparedImages(np.stack(images) if images else empty, ok, errors)
+                raise ImageDecodeError(f"{names[outcome.index]}: {outcome.reason}")
+            reasons[outcome.index] = outcome.reason or "unknown error"
+        else:
+            images[outcome.index] = outcome.image
+            good[outcome.index] = True
+    ok = np.flatnonzero(good).tolist()
+    errors = [(names[i], reasons[i]) for i in sorted(reasons)]
+    return PreparedImages(images if good.all() else images[good], ok, errors)
+
+
+def build_cache(
+    paths: list[str | os.PathLike],
+    pp: Preprocessing,
+    progress: bool = True,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+) -> CacheReport:
+    """Fill the cache for every image file under ``paths`` (files or folders, recursed), without keeping them.
+
+    Raises :class:`DatasetLayoutError` only when ``paths`` hold no image file at all; bad files are reported.
+    """
+    files = [str(p) for p in iter_image_files(list(paths))]
+    if not files:
+        raise DatasetLayoutError(f"{', '.join(map(str, paths))}: no PNG, JPEG or DICOM files found")
+    cache = PreparedCache(pp, cache_dir)
+    report = CacheReport(cache_dir=cache.root)
+    for outcome in _prepare_each(files, pp, cache, workers or _default_workers(), progress):
+        if outcome.image is None:
+            report.failed.append((files[outcome.index], outcome.reason or "unknown error"))
+        elif outcome.cached:
+            report.cached += 1
+        else:
+            report.built += 1
+    return report

@@ -3,18 +3,24 @@
 The convention, used from decode to model: a ``numpy.float32`` array of shape (H, W), values in [0, 1],
 0 = black (air outside the body is dark), 1 = white (bone). Every reader converts to it here, once.
 
-Accepted: PNG (8/16-bit; grey, RGB, RGBA, palette), JPEG (grey, RGB, CMYK), DICOM (single frame; modality LUT,
-VOI LUT or window, MONOCHROME1 inverted). Anything else raises :class:`ImageDecodeError` naming the source and
-the cause.
+Accepted: PNG (8/16-bit; grey, RGB, RGBA, palette), JPEG (grey, RGB, CMYK; EXIF orientation applied), DICOM
+(single frame; see :mod:`cxrscreen.data.dicom`). Colour becomes luminance (ITU-R 601 weights, as Pillow's
+``convert("L")``); transparency is flattened onto black. 16-bit PNGs are scaled by their bit depth (65535 = white),
+never clipped at 255. Anything else (other formats, empty, truncated or corrupt files, PNG CRC mismatches,
+animations, images under 2 px or over 100 megapixels, files over 512 MiB, directories, devices) raises
+:class:`ImageDecodeError` whose one-line message starts with the source's name and says why.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
+import struct
 import warnings
+import zlib
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,10 +28,25 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cxrscreen.errors import ImageDecodeError
 
 MAX_PIXELS = 100_000_000
+MAX_FILE_BYTES = 512 * 1024 * 1024
+MIN_SIDE = 2
 PIL_FORMATS = ("PNG", "JPEG")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray]
+# Formats recognised only to say clearly that they are not accepted.
+FOREIGN_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+    (b"%PDF", "PDF"),
+    (b"PK\x03\x04", "ZIP"),
+    (b"\x1f\x8b", "gzip"),
+)
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image, np.ndarray]
 
 
 def is_dicom_bytes(head: bytes) -> bool:
@@ -35,7 +56,7 @@ def is_dicom_bytes(head: bytes) -> bool:
 
 def sniff_format(head: bytes) -> str | None:
     """Format of a file from its first bytes: ``png``, ``jpeg``, ``dicom`` or None."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+    if head.startswith(PNG_SIGNATURE):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
@@ -45,32 +66,51 @@ def sniff_format(head: bytes) -> str | None:
 
 
 def load_xray(source: ImageSource, name: str | None = None) -> np.ndarray:
-    """Decode ``source`` (path, bytes, PIL image or array) into a float32 (H, W) array in [0, 1].
+    """Decode ``source`` (path, bytes, binary file object, PIL image or array) into float32 (H, W) in [0, 1].
 
-    ``name`` is used in error messages for sources that have no path.
+    ``name`` is used in error messages for sources that have no path (and replaces the path when given).
     """
     if isinstance(source, np.ndarray):
         return array_to_xray(source, name or "<array>")
     if isinstance(source, Image.Image):
         return pil_to_xray(source, name or "<image>")
-    if isinstance(source, (bytes, bytearray)):
+    if isinstance(source, (bytes, bytearray, memoryview)):
         return decode_bytes(bytes(source), name or "<upload>")
+    if hasattr(source, "read"):
+        label = name or str(getattr(source, "name", "<upload>"))
+        return decode_bytes(_read_limited(source, label), label)
     path = Path(source)
     label = name or str(path)
-    if path.is_dir():
-        raise ImageDecodeError(f"{label}: is a directory, not an image")
+    return decode_bytes(read_image_file(path, label), label)
+
+
+def read_image_file(path: Path, name: str) -> bytes:
+    """Bytes of a regular file, refusing directories, devices, pipes and files over ``MAX_FILE_BYTES``."""
     try:
-        data = path.read_bytes()
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageDecodeError(f"{name}: is a directory, not an image")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageDecodeError(f"{name}: is not a regular file")
+        with open(path, "rb") as fh:
+            return _read_limited(fh, name)
     except FileNotFoundError:
-        raise ImageDecodeError(f"{label}: file not found") from None
+        raise ImageDecodeError(f"{name}: file not found") from None
     except PermissionError:
-        raise ImageDecodeError(f"{label}: permission denied") from None
+        raise ImageDecodeError(f"{name}: permission denied") from None
     except OSError as exc:
-        raise ImageDecodeError(f"{label}: cannot read ({exc.strerror or exc})") from None
-    return decode_bytes(data, label)
+        raise ImageDecodeError(f"{name}: cannot read ({exc.strerror or exc})") from None
+
+
+def _read_limited(fh: BinaryIO, name: str) -> bytes:
+    data = fh.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageDecodeError(f"{name}: file is over the {MAX_FILE_BYTES // 2**20} MiB limit")
+    return data
 
 
 def decode_bytes(data: bytes, name: str) -> np.ndarray:
+    """Decode the bytes of a PNG, JPEG or DICOM file (format sniffed from the content, not the name)."""
     if not data:
         raise ImageDecodeError(f"{name}: empty file")
     kind = sniff_format(data[:132])
@@ -79,74 +119,143 @@ def decode_bytes(data: bytes, name: str) -> np.ndarray:
 
         return decode_dicom(data, name)
     if kind is None:
-        raise ImageDecodeError(f"{name}: not a PNG, JPEG or DICOM file")
+        raise ImageDecodeError(f"{name}: {describe_foreign(data[:512])}; accepted: PNG, JPEG, DICOM")
+    if kind == "png":
+        check_png_crcs(data, name)
+    return pil_to_xray(_open_with_pillow(data, kind, name), name)
+
+
+def describe_foreign(head: bytes) -> str:
+    """What a file that is not PNG/JPEG/DICOM appears to be, for the error message."""
+    for signature, label in FOREIGN_SIGNATURES:
+        if head.startswith(signature):
+            return f"{label} files are not accepted"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP files are not accepted"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a PNG, JPEG or DICOM file"
+    return "is a text file, not an image"
+
+
+def check_png_crcs(data: bytes, name: str) -> None:
+    """Verify every chunk's CRC up to IEND (Pillow does not check the image data's), so corruption is not decoded."""
+    pos = len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length, chunk_type = struct.unpack(">I4s", data[pos : pos + 8])
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            raise ImageDecodeError(f"{name}: truncated PNG ({chunk_type.decode('latin-1')} chunk cut short)")
+        (stored,) = struct.unpack(">I", data[end : end + 4])
+        if zlib.crc32(data[pos + 4 : end]) != stored:
+            raise ImageDecodeError(f"{name}: corrupt PNG (CRC mismatch in {chunk_type.decode('latin-1')} chunk)")
+        if chunk_type == b"IEND":
+            return
+        pos = end + 4
+    raise ImageDecodeError(f"{name}: truncated PNG (no IEND chunk)")
+
+
+def _open_with_pillow(data: bytes, kind: str, name: str) -> Image.Image:
+    """Open and fully decode a PNG/JPEG with Pillow, its decompression-bomb warning turned into an error."""
+    label = kind.upper()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
-            if image.width * image.height > MAX_PIXELS:
-                raise ImageDecodeError(f"{name}: {image.width}x{image.height} pixels is over the 100-megapixel limit")
+            check_size(image.height, image.width, name)
             if getattr(image, "n_frames", 1) > 1:
                 raise ImageDecodeError(f"{name}: animated image with {image.n_frames} frames is not an X-ray")
             image.load()
+            return ImageOps.exif_transpose(image)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"{name}: image too large (decompression bomb check: {exc})") from None
+        raise ImageDecodeError(f"{name}: image too large ({exc})") from None
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"{name}: not a readable {kind.upper()} image") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageDecodeError(f"{name}: corrupt or truncated {kind.upper()} ({exc})") from None
-    return pil_to_xray(ImageOps.exif_transpose(image), name)
+        raise ImageDecodeError(f"{name}: not a readable {label} image") from None
+    except Exception as exc:  # Pillow's decoders raise many types (OSError, SyntaxError, ValueError, ...) on bad data
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageDecodeError(f"{name}: corrupt or truncated {label} ({reason})") from None
+
+
+def check_size(height: int, width: int, name: str) -> None:
+    """Refuse images under ``MIN_SIDE`` pixels on a side or over ``MAX_PIXELS`` in all."""
+    if height * width > MAX_PIXELS:
+        raise ImageDecodeError(f"{name}: {width}x{height} pixels is over the {MAX_PIXELS // 10**6}-megapixel limit")
+    if height < MIN_SIDE or width < MIN_SIDE:
+        raise ImageDecodeError(f"{name}: {width}x{height} image is too small to be an X-ray")
 
 
 def pil_to_xray(image: Image.Image, name: str) -> np.ndarray:
-    """Convert a decoded PIL image, scaling by its real bit depth (16-bit is not clipped at 255)."""
-    if image.width < 2 or image.height < 2:
-        raise ImageDecodeError(f"{name}: {image.width}x{image.height} image is too small to be an X-ray")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return array_to_xray(np.asarray(image, dtype=np.uint16), name)
-    if image.mode in ("I", "F"):
+    """Convert a decoded PIL image to the convention, scaling by its real bit depth (16-bit is not clipped at 255)."""
+    check_size(image.height, image.width, name)
+    if image.mode.startswith("I;16"):
+        return array_to_xray(np.asarray(image).astype(np.uint16), name)
+    if image.mode == "I":
+        values = np.asarray(image)
+        # Pillow widens 16-bit data to 32-bit "I"; other ranges are scaled from their own min..max.
+        if values.min() >= 0 and values.max() <= np.iinfo(np.uint16).max:
+            values = values.astype(np.uint16)
+        return array_to_xray(values, name)
+    if image.mode == "F":
         return array_to_xray(np.asarray(image), name)
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA"):
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         # Flatten transparency onto black, as a viewer shows an X-ray.
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, rgba)
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
     if image.mode != "L":
         image = image.convert("L")
-    return np.asarray(image, dtype=np.float32) / 255.0
+    return np.asarray(image, dtype=np.float32) / np.float32(255.0)
 
 
 def array_to_xray(array: np.ndarray, name: str) -> np.ndarray:
-    """Convert an array (H, W), (H, W, 3|4) or (1, H, W) to the convention, scaling by dtype."""
+    """Convert an array (H, W), (H, W, 1|3|4) or (1, H, W) to the convention.
+
+    Scaling: bool as 0/1; uint8 by 255; uint16 by 65535; other integers and floats outside [0, 1] from their own
+    min..max (a constant image becomes black). Colour becomes luminance; an alpha channel darkens towards black.
+    """
     arr = np.asarray(array)
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        weights = np.array([0.299, 0.587, 0.114], dtype=np.float64)
-        arr = (arr[..., :3].astype(np.float64) @ weights).astype(arr.dtype if arr.dtype.kind == "f" else np.float64)
-        if array.dtype.kind in "ui":
-            arr = arr / np.iinfo(array.dtype).max
-    elif arr.ndim != 2:
+        unit = _to_unit_range(arr, name)
+        luminance = unit[..., :3] @ np.array([0.299, 0.587, 0.114])
+        gray = luminance * unit[..., 3] if arr.shape[-1] == 4 else luminance
+    elif arr.ndim == 2:
+        gray = _to_unit_range(arr, name)
+    else:
         raise ImageDecodeError(f"{name}: array of shape {arr.shape} is not a 2-D image")
-    elif arr.dtype.kind in "ui" and arr.dtype != np.bool_:
-        arr = arr.astype(np.float64) / np.iinfo(arr.dtype).max
-    if arr.shape[0] < 2 or arr.shape[1] < 2:
-        raise ImageDecodeError(f"{name}: {arr.shape[1]}x{arr.shape[0]} image is too small to be an X-ray")
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
+    check_size(gray.shape[0], gray.shape[1], name)
+    return np.ascontiguousarray(np.clip(gray, 0.0, 1.0), dtype=np.float32)
+
+
+def _to_unit_range(arr: np.ndarray, name: str) -> np.ndarray:
+    """float64 copy of ``arr`` in [0, 1], scaled by dtype (see :func:`array_to_xray`)."""
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float64)
+    if arr.dtype in (np.uint8, np.uint16):
+        return arr.astype(np.float64) / np.iinfo(arr.dtype).max
+    if arr.dtype.kind not in "uif":
+        raise ImageDecodeError(f"{name}: array of dtype {arr.dtype} is not an image")
+    values = arr.astype(np.float64)
+    if values.size and not np.isfinite(values).all():
         raise ImageDecodeError(f"{name}: image holds NaN or infinite values")
-    if arr.min() < 0.0 or arr.max() > 1.0:
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
+        return values
+    return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
 
 
 def iter_image_files(paths: list[str | os.PathLike]) -> list[Path]:
-    """Expand files and folders (recursed, sorted) into the image files cxrscreen accepts."""
+    """Expand files and folders (recursed, sorted) into the image files cxrscreen accepts.
+
+    Symbolic links to folders are not followed inside a folder, so a link loop cannot recurse forever.
+    """
     out: list[Path] = []
     for entry in paths:
         path = Path(entry)

@@ -86,7 +86,7 @@ def prepare_image(image: np.ndarray, pp: Preprocessing, lung_mask: np.ndarray | 
     """Decoded X-ray -> network input, float32 (img_size, img_size) in [0, 1].
 
     ``lung_mask`` (bool, same shape as ``image``) is required when ``pp.needs_lungs``; it is computed by
-    :func:`cxrscreen.models.segmenter.segment_lungs` in :func:`prepare_from_source`.
+    :func:`cxrscreen.models.segmenter.segment_lungs` in :func:`prepare_with_info`.
     """
     out = np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
     if pp.needs_lungs:
@@ -99,14 +99,26 @@ def prepare_image(image: np.ndarray, pp: Preprocessing, lung_mask: np.ndarray | 
     return np.clip(equalize(out, pp.equalize), 0.0, 1.0).astype(np.float32)
 
 
-def prepare_from_source(source, pp: Preprocessing, name: str | None = None) -> np.ndarray:
-    """Decode ``source`` (see :func:`cxrscreen.data.imageio.load_xray`) and prepare it for the network."""
+def prepare_with_info(source, pp: Preprocessing, name: str | None = None, segmenter=None) -> tuple[np.ndarray, bool | None]:
+    """Decode ``source`` and prepare it -> (float32 (img_size, img_size) in [0, 1], lungs_found).
+
+    ``lungs_found`` is None when ``pp`` needs no lungs; otherwise whether the segmenter found plausible lungs.
+    When it did not, the whole image is used (as with ``lung_mode="none"``) rather than a doubtful crop.
+    ``segmenter``: a :class:`cxrscreen.models.segmenter.LungSegmenter` (e.g. the ONNX Runtime one); the bundled
+    torch segmenter when None.
+    """
     from cxrscreen.data.imageio import load_xray
 
     image = load_xray(source, name)
-    mask = None
-    if pp.needs_lungs:
-        from cxrscreen.models.segmenter import segment_lungs
+    if not pp.needs_lungs:
+        return prepare_image(image, pp), None
+    from cxrscreen.models.segmenter import segment_lungs
 
-        mask = segment_lungs(image)
-    return prepare_image(image, pp, mask)
+    lungs = segment_lungs(image, segmenter)
+    mask = lungs.mask if lungs.plausible else np.ones(image.shape, dtype=bool)
+    return prepare_image(image, pp, mask), lungs.plausible
+
+
+def prepare_from_source(source, pp: Preprocessing, name: str | None = None) -> np.ndarray:
+    """Decode ``source`` (see :func:`cxrscreen.data.imageio.load_xray`) and prepare it for the network."""
+    return prepare_with_info(source, pp, name)[0]

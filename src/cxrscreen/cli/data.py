@@ -1,0 +1,95 @@
+"""``cxrscreen data summary | split | cache``: look at collections before training on them."""
+
+from __future__ import annotations
+
+import argparse
+
+from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
+from cxrscreen.data.labels import LabelSet, parse_label_map
+
+
+def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--classes``, ``--label-map`` and ``--include-lateral``: how a collection's labels become a task's classes."""
+    parser.add_argument("--classes", default=None, help="task classes, e.g. covid,normal,viral (default) | covid,other | 4class")
+    parser.add_argument("--label-map", action="append", metavar="FROM=TO", help="map a label onto a class (repeatable)")
+    parser.add_argument("--include-lateral", action="store_true", help="keep lateral views (ieee8023)")
+
+
+def load_task_dataset(paths: list[str], args: argparse.Namespace, allow_missing_classes: bool = False):
+    """The :class:`~cxrscreen.data.sources.Dataset` named by ``paths`` and the task flags of ``args``."""
+    from cxrscreen.data.sources import load_dataset
+
+    label_set = LabelSet.parse(args.classes, parse_label_map(args.label_map))
+    return load_dataset(paths, label_set, frontal_only=not args.include_lateral, allow_missing_classes=allow_missing_classes)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="summarise, split and cache dataset collections")
+    commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    summary = commands.add_parser("summary", help="images, patients, sources, sizes, near-duplicates per class")
+    summary.add_argument("paths", nargs="+", metavar="PATH", help="collection folder or CSV manifest (layout detected)")
+    add_task_arguments(summary)
+    summary.add_argument("--plots", metavar="DIR", help="write intensity histograms and sample grids per class here")
+    summary.add_argument("--max-distance", type=int, default=DEFAULT_MAX_DISTANCE, help="pHash Hamming distance of near-duplicates")
+    summary.add_argument("--no-dedup", action="store_true", help="skip hashing images for near-duplicates")
+    summary.add_argument("--quiet", action="store_true", help="no progress bars")
+    summary.set_defaults(func=run_summary)
+
+    split = commands.add_parser("split", help="leakage-free train/val/test split (by patient and near-duplicate)")
+    split.add_argument("--data", action="append", required=True, metavar="PATH", help="collection (repeat to combine)")
+    add_task_arguments(split)
+    split.add_argument("--out", default="split.csv", metavar="FILE", help="where to write the split (CSV)")
+    split.add_argument("--fractions", default="0.7,0.15,0.15", help="train,val,test fractions")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--max-distance", type=int, default=DEFAULT_MAX_DISTANCE, help="pHash Hamming distance of near-duplicates")
+    split.add_argument("--quiet", action="store_true", help="no progress bars")
+    split.set_defaults(func=run_split)
+
+    cache = commands.add_parser("cache", help="decode and preprocess images once into the on-disk cache")
+    cache.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursed)")
+    cache.add_argument("--img-size", type=int, default=224)
+    cache.add_argument("--lung-mode", default="none", choices=["none", "crop", "mask", "crop_mask"], help="lung-focused preprocessing")
+    cache.add_argument("--equalize", default="none", choices=["none", "hist", "clahe"], help="per-image intensity normalisation")
+    cache.set_defaults(func=run_cache)
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    from cxrscreen.data.dedup import hash_files
+    from cxrscreen.data.summary import save_plots, summarize
+
+    dataset = load_task_dataset(args.paths, args)
+    hashes = None if args.no_dedup else hash_files(dataset.paths, progress=not args.quiet).hashes
+    print(summarize(dataset, hashes, args.max_distance).format())
+    if args.plots:
+        for path in save_plots(dataset, args.plots):
+            print(f"wrote {path}")
+    return 0
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from cxrscreen.data.dedup import hash_files
+    from cxrscreen.data.splits import make_split, parse_fractions, save_split
+
+    fractions = parse_fractions(args.fractions)
+    dataset = load_task_dataset(args.data, args)
+    print(dataset.describe())
+    hashed = hash_files(dataset.paths, progress=not args.quiet)
+    split = make_split(dataset, hashed.hashes, args.seed, fractions, args.max_distance)
+    print(split.describe())
+    if hashed.errors:
+        print(f"{len(hashed.errors)} images could not be hashed (kept, grouped by patient only), e.g. {hashed.errors[0][0]}")
+    print(f"wrote {save_split(split, args.out)}")
+    return 0
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from cxrscreen.data.cache import build_cache
+    from cxrscreen.data.transforms import Preprocessing
+
+    pp = Preprocessing(img_size=args.img_size, lung_mode=args.lung_mode, equalize=args.equalize)
+    report = build_cache(args.paths, pp, progress=True)
+    print(f"cache {report.cache_dir}: {report.cached} already cached, {report.built} built, {len(report.failed)} failed")
+    for path, reason in report.failed[:10]:
+        print(f"  {path}: {reason}")
+    return 0

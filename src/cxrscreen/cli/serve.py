@@ -1,0 +1,47 @@
+"""``cxrscreen serve``: the REST API and web page on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+from cxrscreen.serve.settings import API_KEY_ENV, ServeSettings, resolve_api_key
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve the REST API (/v1/predict, /v1/model, /docs) and the web page",
+        description="Serve the REST API and the web page. A screening aid, not a diagnosis.",
+    )
+    defaults = ServeSettings()
+    parser.add_argument("--host", default=defaults.host, help="address to listen on (default: %(default)s, loopback)")
+    parser.add_argument("--port", type=int, default=defaults.port, help="port (default: %(default)s)")
+    parser.add_argument("--model", default=None, metavar="FILE", help="model file (default: the bundled model)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="inference backend")
+    parser.add_argument(
+        "--workers", type=int, default=defaults.workers, metavar="N",
+        help="predictions run at once, each on its own thread (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-upload-mb", type=float, default=defaults.max_upload_mb, metavar="MB",
+        help="largest accepted upload in MiB; larger ones get 413 (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--api-key", default=None, metavar="KEY",
+        help=f"require this key on /v1/ requests (X-API-Key or Authorization: Bearer); default: ${API_KEY_ENV}",
+    )
+    parser.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from cxrscreen.serve.app import serve
+
+    settings = ServeSettings(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        max_upload_mb=args.max_upload_mb,
+        api_key=resolve_api_key(args.api_key),
+    )
+    serve(settings, model=args.model, backend=args.backend)
+    return 0

@@ -1,0 +1,115 @@
+"""``cxrscreen train`` and ``cxrscreen models``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from cxrscreen.data.labels import parse_label_map
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a classifier by transfer learning")
+    p.add_argument("--data", action="append", metavar="PATH", help="dataset folder or CSV manifest (repeat to combine)")
+    p.add_argument("--classes", default="covid,normal,viral", help="task classes: covid,normal,viral | covid,other | covid,normal,viral,lung_infection")
+    p.add_argument("--label-map", action="append", metavar="FROM=TO", help="extra label mapping onto a class")
+    p.add_argument("--model", default="efficientnet_lite0", help="architecture (see `cxrscreen models`)")
+    p.add_argument("--no-pretrained", action="store_true", help="random initialisation instead of ImageNet weights")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--lung-mode", default="none", choices=["none", "crop", "mask", "crop_mask"], help="lung-focused preprocessing")
+    p.add_argument("--equalize", default="none", choices=["none", "hist", "clahe"], help="per-image intensity normalisation")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--patience", type=int, default=3, help="early stopping: epochs without improvement")
+    p.add_argument("--monitor", default="macro_f1", choices=["macro_f1", "auc"])
+    p.add_argument("--augment", default="default", help="augmentation preset (default, none, strong)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", metavar="FILE", help="reuse a saved split.csv")
+    p.add_argument("--limit-per-class", type=int, metavar="N", help="use at most N images per class")
+    p.add_argument("--include-lateral", action="store_true", help="keep lateral views (ieee8023)")
+    p.add_argument("--on-bad-image", default="skip", choices=["skip", "fail"])
+    p.add_argument("--out", default="runs/default", metavar="RUN_DIR")
+    p.add_argument("--name", help="model name stored in the checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
+    p.add_argument("--overwrite", action="store_true", help="replace a run directory that holds a run")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--num-threads", type=int, help="torch threads per process")
+    p.add_argument("--nproc", type=int, help="launch N DDP processes with torchrun")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_train)
+
+    m = subparsers.add_parser("models", help="list the registered architectures")
+    m.set_defaults(func=run_models)
+
+
+def config_from_args(args: argparse.Namespace):
+    from cxrscreen.training.config import TrainConfig
+
+    return TrainConfig(
+        data=args.data or [],
+        out=args.out,
+        classes=args.classes,
+        label_map=parse_label_map(args.label_map),
+        model=args.model,
+        pretrained=not args.no_pretrained,
+        img_size=args.img_size,
+        lung_mode=args.lung_mode,
+        equalize=args.equalize,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        monitor=args.monitor,
+        augment=args.augment,
+        seed=args.seed,
+        split=args.split,
+        limit_per_class=args.limit_per_class,
+        frontal_only=not args.include_lateral,
+        on_bad_image=args.on_bad_image,
+        name=args.name,
+        device=args.device,
+        num_threads=args.num_threads,
+    )
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            out.append(item)
+    return out
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from cxrscreen.models.registry import get_spec
+    from cxrscreen.training.distributed import launch_torchrun
+    from cxrscreen.training.trainer import load_run_config, train
+
+    if args.nproc and "WORLD_SIZE" not in os.environ:
+        argv = sys.argv[1:]
+        return launch_torchrun(args.nproc, without_nproc(argv[argv.index("train"):]))
+    cfg = load_run_config(args.resume) if args.resume else config_from_args(args)
+    get_spec(cfg.model)
+    result = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        test = result.test_metrics
+        acc = test.get("accuracy", {}).get("value")
+        print(f"best epoch {result.best_epoch} ({cfg.monitor} {result.best_score:.4f}); test accuracy "
+              f"{acc if acc is None else f'{acc:.4f}'}; model: {result.checkpoint}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from cxrscreen.models.registry import list_models
+
+    for spec in list_models():
+        print(f"{spec.name:22s} {spec.default_img_size:4d}px  pretrained={'yes' if spec.has_pretrained else 'no '}  {spec.description}")
+    return 0

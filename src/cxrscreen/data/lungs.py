@@ -1,0 +1,77 @@
+"""Lung-focused preprocessing and the lung edits of the shortcut audit.
+
+All functions take an X-ray in the one image convention (float32 (H, W) in [0, 1]) and a lung mask (bool (H, W),
+True = lung, e.g. from :func:`cxrscreen.models.segmenter.segment_lungs`) and return float32 in [0, 1]. Pixels that
+are removed are set to the image's mean rather than to black, so the edit adds no strong new edges.
+An empty mask means no lungs to focus on: the image is returned as it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from cxrscreen.data.transforms import Preprocessing
+
+
+def check_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``mask`` as bool, after checking it has the image's shape."""
+    if mask.shape != image.shape:
+        raise ValueError(f"lung mask shape {mask.shape} differs from image shape {image.shape}")
+    return mask.astype(bool, copy=False)
+
+
+def lung_box(mask: np.ndarray, margin: float = 0.0) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right), bottom/right exclusive, of the mask's bounding box widened on each side by
+    ``margin`` times the box's height/width and clipped to the image. The whole image when the mask is empty."""
+    height, width = mask.shape
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return 0, height, 0, width
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    pad_y, pad_x = int(round(margin * (bottom - top))), int(round(margin * (right - left)))
+    return max(0, top - pad_y), min(height, bottom + pad_y), max(0, left - pad_x), min(width, right + pad_x)
+
+
+def dilate(mask: np.ndarray, fraction: float) -> np.ndarray:
+    """Grow ``mask`` by a disc of radius ``fraction`` x the shorter image side (pixels)."""
+    radius = fraction * min(mask.shape)
+    if radius <= 0 or not mask.any():
+        return mask.copy()
+    return ndimage.distance_transform_edt(~mask) <= radius
+
+
+def fill_where(image: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Copy of ``image`` with the pixels in ``where`` set to the image's mean."""
+    out = image.astype(np.float32, copy=True)
+    out[where] = np.float32(image.mean())
+    return out
+
+
+def hide_lungs(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The X-ray with the lungs replaced by the image mean: what a model sees outside the lungs."""
+    mask = check_mask(image, mask)
+    return fill_where(image, mask) if mask.any() else image.astype(np.float32, copy=True)
+
+
+def keep_only_lungs(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The X-ray with everything outside the lungs replaced by the image mean."""
+    mask = check_mask(image, mask)
+    return fill_where(image, ~mask) if mask.any() else image.astype(np.float32, copy=True)
+
+
+def apply_lung_mode(image: np.ndarray, mask: np.ndarray, pp: Preprocessing) -> np.ndarray:
+    """Apply ``pp.lung_mode``: ``mask`` sets everything outside the mask dilated by ``pp.mask_dilation`` to the
+    image mean; ``crop`` cuts to the lungs' box plus ``pp.crop_margin``; ``crop_mask`` does both (mask first, so
+    the fill value is the whole image's mean). ``none`` returns the image unchanged. Output size varies with the
+    crop; :func:`cxrscreen.data.transforms.prepare_image` resizes it afterwards."""
+    mask = check_mask(image, mask)
+    out = image.astype(np.float32, copy=False)
+    if not mask.any():
+        return out.copy()
+    if pp.lung_mode in ("mask", "crop_mask"):
+        out = fill_where(out, ~dilate(mask, pp.mask_dilation))
+    if pp.lung_mode in ("crop", "crop_mask"):
+        top, bottom, left, right = lung_box(mask, pp.crop_margin)
+        out = out[top:bottom, left:right]
+    return np.ascontiguousarray(out, dtype=np.float32)

@@ -1,0 +1,351 @@
+"""Predict and explain with a trained classifier, through torch or ONNX Runtime.
+
+:func:`load_predictor` turns a model file (checkpoint ``.pt``, run directory, or exported ``.onnx``) into a
+:class:`Predictor`. Every path - one image, a batch, already-prepared arrays - ends in the same post-processing:
+logits / ``meta.temperature`` -> softmax, and the out-of-distribution guard on the penultimate features when the
+model carries one (``meta.ood``). A screening aid, not a diagnosis: every result carries
+:data:`cxrscreen.SCREENING_NOTICE`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from cxrscreen import SCREENING_NOTICE
+from cxrscreen.data import transforms
+from cxrscreen.data.imageio import ImageSource, load_xray
+from cxrscreen.errors import ConfigError, CxrError, ModelError
+from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint
+from cxrscreen.models.registry import XrayClassifier
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "weights" / "default.pt"
+OUT_OF_DISTRIBUTION_LABEL = "not a chest X-ray?"
+BACKENDS = ("torch", "onnx")
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass
+class Prediction:
+    """One image's result. ``probabilities`` (class -> p, summing to 1) are temperature-scaled.
+
+    ``label`` is the most probable class, or ``"not a chest X-ray?"`` when the OOD guard rejects the image
+    (``in_distribution`` False). ``ood_score`` is None when the model has no guard; ``lungs_found`` is None when
+    the model's preprocessing does not look for the lungs.
+    """
+
+    source: str
+    label: str
+    probabilities: dict[str, float]
+    in_distribution: bool
+    ood_score: float | None
+    lungs_found: bool | None
+
+    @property
+    def top_class(self) -> str:
+        """The most probable class, even when the image was flagged as out of distribution."""
+        return max(self.probabilities, key=self.probabilities.__getitem__)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "label": self.label,
+            "probabilities": dict(self.probabilities),
+            "in_distribution": self.in_distribution,
+            "ood_score": self.ood_score,
+            "lungs_found": self.lungs_found,
+            "notice": SCREENING_NOTICE,
+        }
+
+
+@dataclass
+class PredictionFailure:
+    """An input that could not be predicted: ``source`` (path or name) and the one-line ``reason``."""
+
+    source: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "error": self.reason}
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.reason}"
+
+
+@dataclass
+class Explanation:
+    """Grad-CAM for one image: ``heatmap`` float32 (H, W) in [0, 1] at the input image's size, the X-ray with the
+    heatmap overlaid as PNG bytes, and the class it explains."""
+
+    heatmap: np.ndarray
+    overlay_png: bytes
+    target: str
+
+
+class InferenceBackend(Protocol):
+    """Runs the network: inputs float32 (N, 1, S, S) in [0, 1] -> (logits (N, C), features (N, F)), float32."""
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class TorchBackend:
+    """Eager PyTorch on CPU, in inference mode; channels-last memory layout when it is faster for the network."""
+
+    def __init__(self, model: XrayClassifier, channels_last: bool = False):
+        self.model = model.eval()
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            features = self.model.features(x)
+            logits = self.model.head(features)
+        return logits.numpy(), features.numpy()
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` (N, C) -> probabilities (N, C) in float64, rows summing to 1."""
+    scaled = np.asarray(logits, dtype=np.float64) / float(temperature)
+    scaled -= scaled.max(axis=1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def source_name(source: ImageSource, name: str | None) -> str:
+    """How an input is named in results and error messages."""
+    if name is not None:
+        return name
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, (bytes, bytearray)):
+        return "<upload>"
+    if isinstance(source, np.ndarray):
+        return "<array>"
+    return "<image>"
+
+
+def failure_reason(error: CxrError, name: str) -> str:
+    """The reason of an error whose message starts with ``name: `` (the convention), without the name."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    prefix = f"{name}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+class Predictor:
+    """A loaded classifier ready to predict and explain.
+
+    Attributes: ``meta`` (:class:`ModelMeta`), ``classes`` (class names in output order), ``backend_name``
+    (``torch`` or ``onnx``), ``model_path`` (the file it was loaded from), ``batch_size``.
+    """
+
+    def __init__(
+        self,
+        meta: ModelMeta,
+        backend: InferenceBackend,
+        backend_name: str,
+        model_path: Path,
+        torch_model: XrayClassifier | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ):
+        self.meta = meta
+        self.classes = list(meta.classes)
+        self.backend = backend
+        self.backend_name = backend_name
+        self.model_path = model_path
+        self.batch_size = batch_size
+        self._torch_model = torch_model
+
+    @property
+    def img_size(self) -> int:
+        return self.meta.preprocessing.img_size
+
+    def __repr__(self) -> str:
+        return f"Predictor({self.meta.name} v{self.meta.version}, {self.meta.arch}, {self.backend_name}, classes={self.classes})"
+
+    def prepare(self, source: ImageSource, name: str | None = None) -> tuple[np.ndarray, bool | None]:
+        """Decode and preprocess one input -> (float32 (S, S) in [0, 1], lungs_found or None).
+
+        Decoding first, with the input's name, keeps every error message naming the file.
+        """
+        image = load_xray(source, source_name(source, name))
+        pp = self.meta.preprocessing
+        prepare_with_info = getattr(transforms, "prepare_with_info", None)
+        if prepare_with_info is not None:
+            return prepare_with_info(image, pp)
+        return transforms.prepare_from_source(image, pp), None
+
+    def predict_prepared(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Prepared inputs float32 (N, S, S) in [0, 1] -> (probabilities (N, C) temperature-scaled, features (N, F)).
+
+        Runs in chunks of ``batch_size``. uint8 images must be divided by 255 first.
+        """
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 3 or images.shape[1:] != (self.img_size, self.img_size):
+            raise ConfigError(
+                f"images: expected shape (N, {self.img_size}, {self.img_size}), got {tuple(images.shape)}"
+            )
+        if images.size and (images.min() < 0.0 or images.max() > 1.0):
+            raise ConfigError("images: values must be in [0, 1] (divide uint8 images by 255)")
+        probs, features = [], []
+        for start in range(0, len(images), self.batch_size):
+            logits, feats = self.backend.run(images[start : start + self.batch_size, None])
+            probs.append(softmax(logits, self.meta.temperature))
+            features.append(feats)
+        if not probs:
+            return np.zeros((0, len(self.classes))), np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(probs), np.concatenate(features)
+
+    def ood_check(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(in_distribution bool (N,), scores (N,) or None) from the model's OOD guard; all True without a guard."""
+        if not self.meta.ood:
+            return np.ones(len(features), dtype=bool), None
+        from cxrscreen.inference.ood import in_distribution, ood_scores
+
+        return np.asarray(in_distribution(features, self.meta.ood), dtype=bool), np.asarray(ood_scores(features, self.meta.ood))
+
+    def _results(self, names: list[str], images: np.ndarray, lungs: list[bool | None]) -> list[Prediction]:
+        probs, features = self.predict_prepared(images)
+        accepted, scores = self.ood_check(features)
+        results = []
+        for i, name in enumerate(names):
+            probabilities = {c: float(p) for c, p in zip(self.classes, probs[i])}
+            top = self.classes[int(np.argmax(probs[i]))]
+            results.append(
+                Prediction(
+                    source=name,
+                    label=top if accepted[i] else OUT_OF_DISTRIBUTION_LABEL,
+                    probabilities=probabilities,
+                    in_distribution=bool(accepted[i]),
+                    ood_score=None if scores is None else float(scores[i]),
+                    lungs_found=lungs[i],
+                )
+            )
+        return results
+
+    def predict(self, source: ImageSource, name: str | None = None) -> Prediction:
+        """Predict one image (path, bytes, PIL image or array). Raises a :class:`CxrError` if it cannot be read."""
+        label = source_name(source, name)
+        image, lungs_found = self.prepare(source, name)
+        return self._results([label], image[None], [lungs_found])[0]
+
+    def predict_batch(
+        self, sources: Sequence[ImageSource], names: Sequence[str] | None = None
+    ) -> list[Prediction | PredictionFailure]:
+        """Predict many inputs; one result per input, in order. An input that cannot be read gives a
+        :class:`PredictionFailure` (source + reason) and the others are still predicted."""
+        if names is not None and len(names) != len(sources):
+            raise ConfigError(f"names: {len(names)} names for {len(sources)} sources")
+        results: list[Prediction | PredictionFailure | None] = [None] * len(sources)
+        for start in range(0, len(sources), self.batch_size):
+            chunk_ok: list[int] = []
+            images: list[np.ndarray] = []
+            lungs: list[bool | None] = []
+            for index in range(start, min(start + self.batch_size, len(sources))):
+                name = source_name(sources[index], None if names is None else names[index])
+                try:
+                    image, lungs_found = self.prepare(sources[index], name)
+                except CxrError as exc:
+                    results[index] = PredictionFailure(name, failure_reason(exc, name))
+                    continue
+                chunk_ok.append(index)
+                images.append(image)
+                lungs.append(lungs_found)
+            if chunk_ok:
+                chunk_names = [source_name(sources[i], None if names is None else names[i]) for i in chunk_ok]
+                for index, prediction in zip(chunk_ok, self._results(chunk_names, np.stack(images), lungs)):
+                    results[index] = prediction
+        return results  # type: ignore[return-value]
+
+    @property
+    def torch_model(self) -> XrayClassifier:
+        """The torch network (Grad-CAM needs gradients). Loaded on first use for the ONNX backend."""
+        if self._torch_model is None:
+            if self.model_path.suffix.lower() == ".onnx":
+                raise ModelError(
+                    f"{self.model_path}: Grad-CAM needs the torch checkpoint (.pt); an .onnx file has no gradients"
+                )
+            self._torch_model, _ = load_checkpoint(self.model_path)
+        return self._torch_model
+
+    def explain(self, source: ImageSource, target: str | None = None, name: str | None = None) -> Explanation:
+        """Grad-CAM of ``target`` (a class name; None = the predicted class) for one image."""
+        from cxrscreen.explain.gradcam import GradCam
+        from cxrscreen.explain.overlay import overlay_png
+
+        if target is not None and target not in self.classes:
+            raise ConfigError(f"--target {target!r} is not one of the model's classes: {', '.join(self.classes)}")
+        label = source_name(source, name)
+        original = load_xray(source, label)
+        prepared, _ = self.prepare(original, label)
+        cam = GradCam(self.torch_model)
+        class_index = None if target is None else self.classes.index(target)
+        heatmaps, logits = cam(torch.from_numpy(prepared)[None, None], class_index)
+        chosen = self.classes[int(np.argmax(logits[0]))] if target is None else target
+        heatmap = transforms.resize(heatmaps[0], original.shape)
+        heatmap = np.clip(heatmap, 0.0, 1.0).astype(np.float32)
+        return Explanation(heatmap=heatmap, overlay_png=overlay_png(original, heatmap), target=chosen)
+
+
+def resolve_model_path(path: str | os.PathLike | None) -> Path:
+    """A model file from a path: None -> the bundled default; a run directory -> ``RUN/best.pt``."""
+    if path is None:
+        if not DEFAULT_MODEL.is_file():
+            raise ModelError(
+                f"no bundled model found at {DEFAULT_MODEL}; pass a model file with --model "
+                "(a checkpoint .pt, a run directory or an exported .onnx)"
+            )
+        return DEFAULT_MODEL
+    model_path = Path(path)
+    if model_path.is_dir():
+        best = model_path / "best.pt"
+        if not best.is_file():
+            raise ModelError(f"{model_path}: run directory holds no best.pt")
+        return best
+    if not model_path.exists():
+        raise ModelError(f"{model_path}: model file not found")
+    return model_path
+
+
+def load_predictor(
+    path: str | os.PathLike | None = None,
+    backend: str = "torch",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    threads: int | None = None,
+    channels_last: bool = False,
+    onnx_optimization: str = "all",
+) -> Predictor:
+    """Load a model for prediction.
+
+    ``path``: a checkpoint (``.pt``), a run directory (its ``best.pt``), an exported ``.onnx`` (ONNX backend only)
+    or None for the bundled default. ``backend``: ``torch`` (eager) or ``onnx`` (ONNX Runtime; a checkpoint is
+    exported once to a cache file). ``threads``: intra-op threads (None keeps the library defaults).
+    ``onnx_optimization``: ONNX Runtime graph optimisation level, ``all``/``extended``/``basic``/``disabled``.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    model_path = resolve_model_path(path)
+    is_onnx = model_path.suffix.lower() == ".onnx"
+    if backend == "torch":
+        if is_onnx:
+            raise ConfigError(f"{model_path}: an .onnx model needs --backend onnx")
+        if threads is not None:
+            torch.set_num_threads(threads)
+        model, meta = load_checkpoint(model_path)
+        return Predictor(meta, TorchBackend(model, channels_last), "torch", model_path, model, batch_size)
+    from cxrscreen.inference.onnx_export import OnnxRuntimeBackend, cached_onnx_export, read_onnx_meta
+
+    onnx_path = model_path if is_onnx else cached_onnx_export(model_path)
+    meta = read_onnx_meta(onnx_path)
+    runner = OnnxRuntimeBackend(onnx_path, threads=threads, optimization=onnx_optimization)
+    return Predictor(meta, runner, "onnx", model_path, None, batch_size)

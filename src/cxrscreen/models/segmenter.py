@@ -1,0 +1,564 @@
+"""The lung segmenter: a small MONAI U-Net that finds the lung fields on a chest X-ray.
+
+Input follows the one image convention (float32 (H, W) in [0, 1]); :func:`segment_lungs` returns a boolean mask at
+the image's own size, cleaned up (the two largest components kept, holes filled) and checked for plausibility, so
+that callers fall back to the whole image instead of trusting a bad mask.
+
+The network runs on CPU in torch or in ONNX Runtime (:func:`export_segmenter_onnx`); both share the resizing and
+post-processing here, so they give the same mask. The weight file is self-describing (architecture, input size,
+training summary, test Dice) and the bundled one, ``weights/lung_unet.pt``, is loaded once per process.
+
+Training (:func:`train_segmenter`, ``cxrscreen segment train``) uses image/mask pairs laid out as
+``images/<stem>.jpg`` + ``masks/<stem>.png``; a mask pixel is lung when it is 255 (binary masks, Montgomery and
+Shenzhen) or 150/200 (JSRT's right/left lung; 250 there is the heart).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy import ndimage
+from torch import nn
+
+from cxrscreen.data.imageio import load_xray
+from cxrscreen.data.transforms import resize
+from cxrscreen.errors import ConfigError, DatasetLayoutError, ImageDecodeError, ModelError
+from cxrscreen.io_utils import atomic_write
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "lung_unet.pt"
+FILE_FORMAT = "cxrscreen-lung-segmenter"
+LUNG_MASK_VALUES = (150, 200, 255)
+BACKENDS = ("torch", "onnx")
+IMG_SIZES = (128, 160, 192, 256)
+
+
+@dataclass(frozen=True)
+class SegmenterArch:
+    """Architecture of the MONAI ``UNet`` and the square input side it was trained at."""
+
+    img_size: int = 128
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    strides: tuple[int, ...] = (2, 2, 2, 2)
+    num_res_units: int = 1
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SegmenterArch":
+        return cls(
+            img_size=int(data["img_size"]),
+            channels=tuple(data["channels"]),
+            strides=tuple(data["strides"]),
+            num_res_units=int(data["num_res_units"]),
+        )
+
+
+class LungUNet(nn.Module):
+    """(N, 1, S, S) float in [0, 1] -> lung logits (N, 1, S, S).
+
+    Each image is standardised (zero mean, unit variance) inside the network: scanners and collections differ
+    mostly in brightness and contrast, and doing it here keeps torch and ONNX inputs identical.
+    """
+
+    def __init__(self, arch: SegmenterArch):
+        super().__init__()
+        from monai.networks.nets import UNet
+
+        self.unet = UNet(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=1,
+            channels=arch.channels,
+            strides=arch.strides,
+            num_res_units=arch.num_res_units,
+            norm="batch",
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = x.std(dim=(2, 3), keepdim=True)
+        return self.unet((x - mean) / (std + 1e-3))
+
+
+class LungProbabilityNet(nn.Module):
+    """The exported graph: (N, 1, S, S) in [0, 1] -> lung probability (N, 1, S, S)."""
+
+    def __init__(self, net: LungUNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Post-processing and plausibility
+
+
+@dataclass(frozen=True)
+class PlausibilityLimits:
+    """When a mask looks like two lungs. Lungs cover about 25% of an adult PA X-ray (15-40% on the training masks).
+
+    - ``min_area`` / ``max_area``: lung area as a fraction of the image.
+    - ``min_side_share``: each half of the image (left/right) must hold this share of the lung area.
+    - ``max_uncertain``: share of the pixels with a lung probability above 0.2 that are below 0.8; a network that
+      does not recognise the picture is unsure over large regions.
+    """
+
+    min_area: float = 0.06
+    max_area: float = 0.60
+    min_side_share: float = 0.20
+    max_uncertain: float = 0.35
+
+
+@dataclass
+class LungSegmentation:
+    """``mask``: bool (H, W) at the image's size, True = lung. ``reason`` says why a mask is not plausible."""
+
+    mask: np.ndarray
+    plausible: bool
+    area_fraction: float
+    reason: str | None = None
+
+
+def clean_mask(mask: np.ndarray, keep: int = 2, min_relative_size: float = 0.1) -> np.ndarray:
+    """Keep the ``keep`` largest connected components (dropping any below ``min_relative_size`` of the largest)
+    and fill their holes. bool (H, W) -> bool (H, W)."""
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    order = np.argsort(sizes)[::-1][:keep]
+    kept = [index + 1 for index in order if sizes[index] >= min_relative_size * sizes[order[0]]]
+    return ndimage.binary_fill_holes(np.isin(labels, kept))
+
+
+def check_plausibility(mask: np.ndarray, uncertain_fraction: float, limits: PlausibilityLimits) -> str | None:
+    """None when ``mask`` (bool (H, W)) looks like a pair of lungs, else the reason it does not."""
+    area = float(mask.mean())
+    if area == 0.0:
+        return "no lungs found"
+    if area < limits.min_area:
+        return f"lung area {area:.0%} of the image is too small"
+    if area > limits.max_area:
+        return f"lung area {area:.0%} of the image is too large"
+    half = mask.shape[1] // 2
+    left_share = float(mask[:, :half].sum()) / float(mask.sum())
+    if min(left_share, 1.0 - left_share) < limits.min_side_share:
+        return "lungs found on one side only"
+    if uncertain_fraction > limits.max_uncertain:
+        return f"segmenter unsure ({uncertain_fraction:.0%} of the possible lung area is uncertain)"
+    return None
+
+
+def probabilities_to_segmentation(
+    probs: np.ndarray, size: tuple[int, int], limits: PlausibilityLimits
+) -> LungSegmentation:
+    """Lung probabilities (S, S) in [0, 1] -> :class:`LungSegmentation` at ``size`` (H, W)."""
+    full = resize(probs.astype(np.float32), size)
+    mask = clean_mask(full >= 0.5)
+    uncertain = float((probs < 0.8).sum() - (probs <= 0.2).sum()) / max(float((probs > 0.2).sum()), 1.0)
+    reason = check_plausibility(mask, uncertain, limits)
+    return LungSegmentation(mask=mask, plausible=reason is None, area_fraction=float(mask.mean()), reason=reason)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inference
+
+
+class LungSegmenter:
+    """Runs a lung network (torch or ONNX Runtime) and turns its output into :class:`LungSegmentation`.
+
+    ``predict_probs`` maps a float32 batch (N, 1, S, S) in [0, 1] to lung probabilities of the same shape.
+    """
+
+    def __init__(
+        self,
+        predict_probs: Callable[[np.ndarray], np.ndarray],
+        info: dict[str, Any],
+        backend: str,
+        limits: PlausibilityLimits = PlausibilityLimits(),
+    ):
+        self.predict_probs = predict_probs
+        self.info = info
+        self.backend = backend
+        self.arch = SegmenterArch.from_dict(info["arch"])
+        self.limits = limits
+
+    @property
+    def img_size(self) -> int:
+        return self.arch.img_size
+
+    def network_input(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Images (H, W) in [0, 1] of any sizes -> float32 batch (N, 1, S, S)."""
+        batch = [resize(np.clip(image, 0.0, 1.0).astype(np.float32), self.img_size) for image in images]
+        return np.stack(batch)[:, None].astype(np.float32)
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Lung probabilities (N, S, S) in [0, 1] at the network's input size."""
+        return self.predict_probs(self.network_input(images))[:, 0]
+
+    def segment(self, image: np.ndarray) -> LungSegmentation:
+        """One image, float32 (H, W) in [0, 1] -> :class:`LungSegmentation` at (H, W)."""
+        return self.segment_batch([image])[0]
+
+    def segment_batch(self, images: Sequence[np.ndarray], batch_size: int = 32) -> list[LungSegmentation]:
+        """Many images (each (H, W) in [0, 1], sizes may differ), run through the network in batches."""
+        out: list[LungSegmentation] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            for image, probs in zip(chunk, self.probabilities(chunk)):
+                out.append(probabilities_to_segmentation(probs, image.shape, self.limits))
+        return out
+
+
+def read_segmenter_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw weight file dict, validated; raises :class:`ModelError` naming the path and the cause."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: lung segmenter file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise ModelError(f"{path}: not a readable lung segmenter ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
+        raise ModelError(f"{path}: not a cxrscreen lung segmenter file")
+    return payload
+
+
+def build_network(path: str | os.PathLike) -> tuple[LungUNet, dict[str, Any]]:
+    """The network of a weight file, in eval mode, and the file's description (``info``)."""
+    payload = read_segmenter_file(path)
+    info = payload["info"]
+    net = LungUNet(SegmenterArch.from_dict(info["arch"]))
+    try:
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: weights do not fit the architecture they describe") from exc
+    return net.eval(), info
+
+
+def torch_predictor(net: LungUNet) -> Callable[[np.ndarray], np.ndarray]:
+    prob_net = LungProbabilityNet(net).eval()
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return prob_net(torch.from_numpy(batch)).numpy()
+
+    return predict
+
+
+def onnx_model_bytes(net: LungUNet, info: dict[str, Any]) -> bytes:
+    """The network as an ONNX model (dynamic batch, output = probabilities), ``info`` in its metadata."""
+    import onnx
+
+    size = info["arch"]["img_size"]
+    example = torch.rand(2, 1, size, size)
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        LungProbabilityNet(net).eval(),
+        (example,),
+        buffer,
+        input_names=["image"],
+        output_names=["lung_probability"],
+        dynamic_axes={"image": {0: "batch"}, "lung_probability": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    model = onnx.load_from_string(buffer.getvalue())
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "cxrscreen_lung_segmenter", json.dumps(info)
+    return model.SerializeToString()
+
+
+def onnx_predictor(model_bytes: bytes, threads: int = 2) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {"image": batch})[0]
+
+    return predict
+
+
+def export_segmenter_onnx(out_path: str | os.PathLike, weights: str | os.PathLike | None = None) -> Path:
+    """Write the segmenter (bundled one when ``weights`` is None) as a self-describing ONNX file."""
+    net, info = build_network(weights or DEFAULT_WEIGHTS)
+    data = onnx_model_bytes(net, info)
+    with atomic_write(out_path, "wb") as fh:
+        fh.write(data)
+    return Path(out_path)
+
+
+def read_onnx_segmenter(path: Path) -> tuple[bytes, dict[str, Any]]:
+    import onnx
+
+    if not path.is_file():
+        raise ModelError(f"{path}: lung segmenter file not found")
+    data = path.read_bytes()
+    try:
+        props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+    except Exception as exc:  # onnx raises DecodeError and others for a foreign file
+        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
+    if "cxrscreen_lung_segmenter" not in props:
+        raise ModelError(f"{path}: not a cxrscreen lung segmenter (no metadata)")
+    return data, json.loads(props["cxrscreen_lung_segmenter"])
+
+
+@functools.lru_cache(maxsize=8)
+def cached_segmenter(path: str, backend: str, mtime: float) -> LungSegmenter:
+    file = Path(path)
+    if backend == "onnx":
+        if file.suffix == ".onnx":
+            data, info = read_onnx_segmenter(file)
+        else:
+            net, info = build_network(file)
+            data = onnx_model_bytes(net, info)
+        return LungSegmenter(onnx_predictor(data), info, backend)
+    if file.suffix == ".onnx":
+        raise ConfigError(f"{path}: an .onnx segmenter needs backend='onnx'")
+    net, info = build_network(file)
+    return LungSegmenter(torch_predictor(net), info, backend)
+
+
+def load_segmenter(path: str | os.PathLike | None = None, backend: str = "torch") -> LungSegmenter:
+    """The lung segmenter of a weight file (``.pt``, or ``.onnx`` for backend ``onnx``); the bundled one when
+    ``path`` is None. Loaded once per process per (file, backend); no network access."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    file = Path(path) if path is not None else DEFAULT_WEIGHTS
+    if not file.is_file():
+        hint = " (the bundled segmenter is missing; train one with `cxrscreen segment train`)" if path is None else ""
+        raise ModelError(f"{file}: lung segmenter file not found{hint}")
+    return cached_segmenter(str(file.resolve()), backend, file.stat().st_mtime)
+
+
+def segment_lungs(image: np.ndarray, segmenter: LungSegmenter | None = None) -> LungSegmentation:
+    """Find the lungs on one X-ray, float32 (H, W) in [0, 1]; the bundled segmenter unless one is given."""
+    return (segmenter or load_segmenter()).segment(image)
+
+
+def segment_lungs_batch(images: Sequence[np.ndarray], segmenter: LungSegmenter | None = None) -> list[LungSegmentation]:
+    """:func:`segment_lungs` for many images at once (faster: the network runs on batches)."""
+    return (segmenter or load_segmenter()).segment_batch(images)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data and metrics
+
+
+def read_lung_mask(path: str | os.PathLike) -> np.ndarray:
+    """A published lung mask PNG -> bool (H, W): 255 (binary masks) or 150/200 (JSRT lungs) are lung."""
+    try:
+        with Image.open(path) as image:
+            values = np.asarray(image.convert("L"))
+    except (OSError, ValueError) as exc:
+        raise ImageDecodeError(f"{path}: not a readable mask ({exc})") from None
+    return np.isin(values, LUNG_MASK_VALUES)
+
+
+def segmentation_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """(image, mask) paths of a folder with ``images/<stem>.*`` and ``masks/<stem>.png``, sorted by stem."""
+    root = Path(root)
+    masks = {p.stem: p for p in (root / "masks").glob("*.png")}
+    pairs = [(p, masks[p.stem]) for p in sorted((root / "images").iterdir()) if p.stem in masks] if masks else []
+    if not pairs:
+        raise DatasetLayoutError(f"{root}: no images/<stem>.jpg + masks/<stem>.png pairs found")
+    return pairs
+
+
+def load_pairs(pairs: Sequence[tuple[Path, Path]], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images float32 (N, S, S) in [0, 1] and masks float32 (N, S, S) in {0, 1} at side ``size``."""
+    images = np.stack([resize(load_xray(image), size) for image, _ in pairs])
+    masks = np.stack([resize(read_lung_mask(mask).astype(np.float32), size) >= 0.5 for _, mask in pairs])
+    return images.astype(np.float32), masks.astype(np.float32)
+
+
+def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Dice and IoU of two bool masks of the same shape (1.0 when both are empty)."""
+    inter = float(np.logical_and(pred, truth).sum())
+    total = float(pred.sum() + truth.sum())
+    union = total - inter
+    return (2 * inter / total if total else 1.0), (inter / union if union else 1.0)
+
+
+def evaluate_segmenter(segmenter: LungSegmenter, pairs: Sequence[tuple[Path, Path]]) -> dict[str, Any]:
+    """Dice/IoU at each image's own size: mean, median, min, and the share of masks judged plausible."""
+    images = [load_xray(image) for image, _ in pairs]
+    truths = [read_lung_mask(mask) for _, mask in pairs]
+    results = segmenter.segment_batch(images)
+    scores = np.array([dice_iou(r.mask, t) for r, t in zip(results, truths)])
+    return {
+        "images": len(pairs),
+        "dice_mean": float(scores[:, 0].mean()),
+        "dice_median": float(np.median(scores[:, 0])),
+        "dice_min": float(scores[:, 0].min()),
+        "iou_mean": float(scores[:, 1].mean()),
+        "iou_median": float(np.median(scores[:, 1])),
+        "iou_min": float(scores[:, 1].min()),
+        "plausible_fraction": float(np.mean([r.plausible for r in results])),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class SegmenterTrainConfig:
+    """``cxrscreen segment train``: data, input size, schedule. ``test_data`` is only evaluated, at the end."""
+
+    data: str = "../shared/data/lung_segmentation/montgomery_shenzhen"
+    test_data: str | None = "../shared/data/lung_segmentation/jsrt"
+    out: str = str(DEFAULT_WEIGHTS)
+    img_size: int = 128
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.08
+    threads: int = 2
+    seed: int = 0
+    arch: SegmenterArch = field(default_factory=SegmenterArch)
+
+    def __post_init__(self) -> None:
+        if self.img_size not in IMG_SIZES:
+            raise ConfigError(f"--img-size must be one of {', '.join(map(str, IMG_SIZES))}, got {self.img_size}")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        self.arch = dataclasses.replace(self.arch, img_size=self.img_size)
+
+
+def augment_pairs(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same random geometry for images and masks (N, 1, S, S): rotation +-10 deg, scale 0.85-1.15, shift +-6%;
+    then gamma 0.7-1.4 and contrast/brightness on the images only. No flips: the heart makes the lungs asymmetric.
+    """
+    n = images.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, generator=gen)
+
+    angle = uniform(-10, 10) * math.pi / 180
+    scale = uniform(0.85, 1.15)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos, -sin, uniform(-0.06, 0.06)], 1), torch.stack([sin, cos, uniform(-0.06, 0.06)], 1)], 1
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    masks = (F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False) >= 0.5).float()
+    gamma = torch.exp(uniform(math.log(0.7), math.log(1.4))).view(n, 1, 1, 1)
+    contrast = uniform(0.8, 1.2).view(n, 1, 1, 1)
+    brightness = uniform(-0.08, 0.08).view(n, 1, 1, 1)
+    images = (images.clamp(0, 1) ** gamma - 0.5) * contrast + 0.5 + brightness
+    return images.clamp(0, 1), masks
+
+
+def save_segmenter(path: str | os.PathLike, net: LungUNet, info: dict[str, Any]) -> None:
+    """Write weights (fp16: half the size, Dice unchanged) and ``info`` atomically."""
+    payload = {
+        "format": FILE_FORMAT,
+        "info": info,
+        "state_dict": {k: v.detach().cpu().half() if v.is_floating_point() else v.cpu() for k, v in net.state_dict().items()},
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_write(path, "wb") as fh:
+        fh.write(buffer.getvalue())
+
+
+def mean_dice(net: LungUNet, images: np.ndarray, masks: np.ndarray) -> float:
+    """Mean Dice at the network's size of thresholded outputs for (N, S, S) images and masks."""
+    with torch.inference_mode():
+        pred = net.eval()(torch.from_numpy(images[:, None])) > 0
+    truth = torch.from_numpy(masks[:, None]) > 0.5
+    inter = (pred & truth).sum(dim=(1, 2, 3)).float()
+    total = (pred.sum(dim=(1, 2, 3)) + truth.sum(dim=(1, 2, 3))).float()
+    return float((2 * inter / total.clamp(min=1)).mean())
+
+
+def train_segmenter(cfg: SegmenterTrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the U-Net with Dice + BCE and AdamW (one-cycle schedule), keep the epoch best on a held-out part of
+    the training collection, evaluate on ``cfg.test_data`` and save the self-describing file to ``cfg.out``.
+    Returns the file's ``info``."""
+    from monai.losses import DiceCELoss
+
+    started = time.time()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    pairs = segmentation_pairs(cfg.data)
+    order = np.random.default_rng(cfg.seed).permutation(len(pairs))
+    n_val = max(1, int(round(cfg.val_fraction * len(pairs))))
+    val_pairs = [pairs[i] for i in sorted(order[:n_val])]
+    train_pairs = [pairs[i] for i in sorted(order[n_val:])]
+    train_x, train_y = load_pairs(train_pairs, cfg.img_size)
+    val_x, val_y = load_pairs(val_pairs, cfg.img_size)
+    log(f"loaded {len(train_pairs)} training and {len(val_pairs)} validation pairs in {time.time() - started:.0f}s")
+
+    net = LungUNet(cfg.arch)
+    loss_fn = DiceCELoss(sigmoid=True)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_pairs) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    images_t, masks_t = torch.from_numpy(train_x[:, None]), torch.from_numpy(train_y[:, None])
+    best_dice, best_state, best_epoch, history = -1.0, None, 0, []
+    for epoch in range(1, cfg.epochs + 1):
+        net.train()
+        total = 0.0
+        for batch in torch.randperm(len(train_pairs), generator=gen).split(cfg.batch_size):
+            x, y = augment_pairs(images_t[batch], masks_t[batch], gen)
+            loss = loss_fn(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(batch)
+        val_dice = mean_dice(net, val_x, val_y)
+        history.append({"epoch": epoch, "loss": total / len(train_pairs), "val_dice": val_dice})
+        log(f"epoch {epoch}/{cfg.epochs} loss {total / len(train_pairs):.4f} val dice {val_dice:.4f} "
+            f"({time.time() - started:.0f}s)")
+        if val_dice > best_dice:
+            best_dice, best_epoch = val_dice, epoch
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(best_state)
+    net.eval()
+    info: dict[str, Any] = {
+        "arch": dataclasses.asdict(cfg.arch),
+        "train_summary": {
+            "data": str(cfg.data),
+            "train_images": len(train_pairs),
+            "val_images": len(val_pairs),
+            "epochs": cfg.epochs,
+            "best_epoch": best_epoch,
+            "val_dice_at_input_size": best_dice,
+            "train_seconds": round(time.time() - started, 1),
+            "threads": cfg.threads,
+            "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "arch"},
+            "history": history,
+        },
+        "test": {},
+    }
+    if cfg.test_data:
+        segmenter = LungSegmenter(torch_predictor(net), info, "torch")
+        info["test"] = {"data": str(cfg.test_data), **evaluate_segmenter(segmenter, segmentation_pairs(cfg.test_data))}
+        log(f"test Dice on {cfg.test_data}: mean {info['test']['dice_mean']:.4f}, min {info['test']['dice_min']:.4f}")
+    save_segmenter(cfg.out, net, info)
+    log(f"saved {cfg.out}")
+    return info

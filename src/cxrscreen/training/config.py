@@ -1,0 +1,93 @@
+"""Training configuration: one dataclass with defaults that work; the CLI maps flags onto it and a run writes
+the resolved config (``config.json``) next to its outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cxrscreen.data.transforms import Preprocessing
+from cxrscreen.errors import ConfigError
+
+MONITORS = ("macro_f1", "auc")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. ``out`` is the run directory."""
+
+    data: list[str]
+    out: str = "runs/default"
+    classes: str = "covid,normal,viral"
+    label_map: dict[str, str] = field(default_factory=dict)
+    model: str = "efficientnet_lite0"
+    pretrained: bool = True
+    img_size: int = 224
+    lung_mode: str = "none"
+    equalize: str = "none"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.3
+    label_smoothing: float = 0.05
+    patience: int = 3
+    monitor: str = "macro_f1"
+    seed: int = 0
+    split: str | None = None
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    dedup_distance: int = 6
+    limit_per_class: int | None = None
+    frontal_only: bool = True
+    augment: str = "default"
+    num_threads: int | None = None
+    device: str = "auto"
+    amp: bool = True
+    on_bad_image: str = "skip"
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ConfigError("--data is required (a dataset folder or CSV manifest; repeat to combine)")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ConfigError(f"--batch-size must be at least 2, got {self.batch_size}")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"--lr must be in (0, 1), got {self.lr}")
+        if self.monitor not in MONITORS:
+            raise ConfigError(f"--monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.on_bad_image not in ("skip", "fail"):
+            raise ConfigError(f"--on-bad-image must be skip or fail, got {self.on_bad_image!r}")
+        if self.limit_per_class is not None and self.limit_per_class < 2:
+            raise ConfigError(f"--limit-per-class must be at least 2, got {self.limit_per_class}")
+        self.fractions = tuple(float(f) for f in self.fractions)  # type: ignore[assignment]
+        if len(self.fractions) != 3 or any(f <= 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
+            raise ConfigError(f"split fractions must be three positive numbers summing to 1, got {self.fractions}")
+        self.preprocessing  # validates img_size, lung_mode, equalize
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(img_size=self.img_size, lung_mode=self.lung_mode, equalize=self.equalize)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["fractions"] = list(self.fractions)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "fractions" in values:
+            values["fractions"] = tuple(values["fractions"])
+        return cls(**values)

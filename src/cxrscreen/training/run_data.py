@@ -1,0 +1,118 @@
+"""The data of a training run: the records, their leakage-free split and the prepared images of each side."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from cxrscreen.data.cache import load_prepared
+from cxrscreen.data.labels import LabelSet
+from cxrscreen.data.records import Record
+from cxrscreen.data.sources import Dataset
+from cxrscreen.errors import DatasetLayoutError
+from cxrscreen.training.config import TrainConfig
+
+SIDES = ("train", "val", "test")
+
+
+@dataclass
+class RunData:
+    """Prepared inputs (uint8, N x S x S) and class indices per side, plus what the run was trained on."""
+
+    label_set: LabelSet
+    records: dict[str, list[Record]]
+    images: dict[str, np.ndarray]
+    targets: dict[str, np.ndarray]
+    hashes: dict[str, list[str]]
+    dropped: Counter = field(default_factory=Counter)
+    bad_images: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    data_paths: list[str] = field(default_factory=list)
+
+    train_images = property(lambda self: self.images["train"])
+    val_images = property(lambda self: self.images["val"])
+    test_images = property(lambda self: self.images["test"])
+    train_targets = property(lambda self: self.targets["train"])
+    val_targets = property(lambda self: self.targets["val"])
+    test_targets = property(lambda self: self.targets["test"])
+    train_hashes = property(lambda self: self.hashes["train"])
+
+    def summary(self) -> dict[str, Any]:
+        """Training-data summary stored in the checkpoint (counts per side, class and source)."""
+        classes = list(self.label_set.classes)
+        per_side = {side: dict(zip(classes, np.bincount(self.targets[side], minlength=len(classes)).tolist())) for side in SIDES}
+        sources = Counter(r.source for side in SIDES for r in self.records[side])
+        return {
+            "data": self.data_paths,
+            "classes": classes,
+            "images_per_split": per_side,
+            "sources": dict(sources),
+            "patients_known": sum(1 for side in SIDES for r in self.records[side] if r.patient_id),
+            "dropped_labels": dict(self.dropped),
+            "bad_images": len(self.bad_images),
+            "split_rule": "by patient and by near-duplicate image (64-bit pHash), stratified by class, seeded",
+        }
+
+
+def limit_per_class(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    """At most ``limit`` images per class, drawn with ``seed`` (small runs for tests and benchmarks)."""
+    if limit is None:
+        return dataset
+    rng = np.random.default_rng(seed)
+    keep = [np.flatnonzero(dataset.targets == c) for c in range(len(dataset.classes))]
+    chosen = np.sort(np.concatenate([rng.permutation(idx)[:limit] for idx in keep]))
+    return dataset.subset(chosen)
+
+
+def prepare_run_data(
+    cfg: TrainConfig,
+    split_file: Path | None,
+    save_split_to: Path | None,
+    log: Callable[[str], None],
+    progress: bool,
+) -> RunData:
+    """Load the collections, split them (or read a saved split), and prepare every image once."""
+    from cxrscreen.data.dedup import hash_files
+    from cxrscreen.data.sources import load_dataset
+    from cxrscreen.data.splits import load_split, make_split, save_split
+
+    label_set = LabelSet.parse(cfg.classes, cfg.label_map)
+    full = load_dataset(cfg.data, label_set, frontal_only=cfg.frontal_only)
+    for note in full.notes:
+        log(note)
+    if full.dropped:
+        log("dropped (no class in this task): " + ", ".join(f"{k} {v}" for k, v in sorted(full.dropped.items())))
+    dataset = limit_per_class(full, cfg.limit_per_class, cfg.seed)
+    hashes = hash_files(dataset.paths, progress=progress).hashes
+    if split_file is not None:
+        split = load_split(split_file, dataset)
+    else:
+        split = make_split(dataset, hashes, seed=cfg.seed, fractions=cfg.fractions, max_distance=cfg.dedup_distance)
+    if save_split_to is not None:
+        save_split(split, save_split_to)
+    data = RunData(label_set, {}, {}, {}, {}, full.dropped, [], list(full.notes), list(cfg.data))
+    for side in SIDES:
+        side_records = split.part(side).records
+        prepared = load_prepared([r.path for r in side_records], cfg.preprocessing, progress=progress, on_bad_image=cfg.on_bad_image)
+        kept = [side_records[i] for i in prepared.ok]
+        data.records[side] = kept
+        data.images[side] = prepared.images
+        data.targets[side] = np.array([label_set.index_of(r.label) for r in kept], dtype=np.int64)
+        data.hashes[side] = [hashes[r.path] for r in kept if r.path in hashes]
+        data.bad_images.extend(prepared.errors)
+    for path, reason in data.bad_images:
+        log(f"{path}: {reason} (skipped)")
+    if data.bad_images:
+        log(f"skipped {len(data.bad_images)} unreadable image(s)")
+    for side in SIDES:
+        if len(data.images[side]) == 0:
+            raise DatasetLayoutError(f"the {side} split is empty: too few images in {', '.join(cfg.data)}")
+    missing = [c for i, c in enumerate(label_set.classes) if not (data.train_targets == i).any()]
+    if missing:
+        raise DatasetLayoutError(f"no training images for class(es) {', '.join(missing)} in {', '.join(cfg.data)}")
+    log(", ".join(f"{side} {len(data.images[side])}" for side in SIDES) + " images")
+    return data

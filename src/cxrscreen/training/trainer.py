@@ -1,0 +1,383 @@
+"""The training loop: data -> leakage-free split -> cached inputs -> transfer learning -> calibrated checkpoint.
+
+A run directory holds ``config.json`` (the resolved config), ``split.csv``, ``metrics.csv`` (one row per epoch),
+``last.pt`` (after every completed epoch, for ``--resume``), ``best.pt`` (the model to use) and, once the run has
+finished, ``summary.json``. Every file is written atomically, so a killed run leaves no half-written file and
+resumes from its last completed epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from cxrscreen.data.labels import LabelSet
+from cxrscreen.errors import ConfigError, RunDirError
+from cxrscreen.io_utils import atomic_write, write_json
+from cxrscreen.models.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
+from cxrscreen.models.registry import XrayClassifier, create_model
+from cxrscreen.training.config import TrainConfig
+from cxrscreen.training.distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
+from cxrscreen.training.run_data import RunData, prepare_run_data
+
+CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.json", "split.csv", "metrics.csv"
+LAST_FILE, BEST_FILE, SUMMARY_FILE = "last.pt", "best.pt", "summary.json"
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    test_metrics: dict[str, Any]
+    seconds: float
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / BEST_FILE
+
+
+@dataclass
+class TrainState:
+    """What ``last.pt`` carries besides the weights, to resume exactly where a run stopped."""
+
+    epoch: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    epochs_without_improvement: int = 0
+    history: list[dict[str, float]] | None = None
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The saved config of a run, for ``--resume``: the same data, split, model and schedule as before."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunDirError(f"{run_dir}: nothing to resume (no {CONFIG_FILE})")
+    try:
+        cfg = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
+    except (ValueError, TypeError) as exc:
+        raise RunDirError(f"{run_dir / CONFIG_FILE}: unreadable run config ({exc})") from None
+    cfg.out = str(run_dir)
+    return cfg
+
+
+def check_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    """Refuse to overwrite a run by accident, and to resume what cannot be resumed."""
+    run_dir = cfg.run_dir
+    if resume:
+        if (run_dir / SUMMARY_FILE).exists():
+            raise RunDirError(f"{run_dir}: this run has already finished; nothing to resume")
+        return
+    if (run_dir / SUMMARY_FILE).exists() and not overwrite:
+        raise RunDirError(f"{run_dir}: holds a finished run; use --overwrite to replace it or --out for a new one")
+    if (run_dir / LAST_FILE).exists() and not overwrite:
+        raise RunDirError(f"{run_dir}: holds an unfinished run; use --resume to continue it or --overwrite")
+
+
+def class_weights(targets: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights (mean 1) so that a rare class counts as much as a common one."""
+    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
+    weights = counts.sum() / (num_classes * np.maximum(counts, 1.0))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Linear warm-up, then cosine decay to 1% of the base rate."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def to_input(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (N, S, S) -> float (N, 1, S, S) in [0, 1], channels-last, on ``device``."""
+    x = images_uint8.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def predict_logits(model: XrayClassifier, images: np.ndarray, device: torch.device, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, C) and penultimate features (N, F) of uint8 images (N, S, S), in eval mode."""
+    model.eval()
+    logits, feats = [], []
+    for start in range(0, len(images), batch_size):
+        x = to_input(torch.from_numpy(images[start : start + batch_size]), device)
+        f = model.features(x)
+        feats.append(f.float().cpu().numpy())
+        logits.append(model.head(f).float().cpu().numpy())
+    if not logits:
+        return np.zeros((0, model.head.out_features), np.float32), np.zeros((0, model.head.in_features), np.float32)
+    return np.concatenate(logits), np.concatenate(feats)
+
+
+def validation_scores(logits: np.ndarray, targets: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Point estimates used to pick the best epoch (no bootstrap: that is for the final report)."""
+    from cxrscreen.evaluation.metrics import point_metrics
+
+    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    return point_metrics(targets, probs, num_classes)
+
+
+def rank_indices(n_images: int, epoch: int, seed: int, rank: int, world_size: int) -> np.ndarray:
+    """A rank's share of the epoch's seeded shuffle (disjoint across ranks; the same on resume)."""
+    sampler = DistributedSampler(range(n_images), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    return np.fromiter(iter(sampler), dtype=np.int64)
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
+    """Rewrite ``metrics.csv`` (atomically) from the whole history."""
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    with atomic_write(path, "w") as fh:
+        fh.write(buffer.getvalue())
+
+
+def build_meta(cfg: TrainConfig, data: RunData, metrics: dict[str, Any] | None = None) -> ModelMeta:
+    return ModelMeta(
+        arch=cfg.model,
+        classes=list(data.label_set.classes),
+        preprocessing=cfg.preprocessing,
+        label_map=dict(data.label_set.extra),
+        name=cfg.name or f"cxrscreen-{cfg.model}-{len(data.label_set.classes)}class",
+        version=time.strftime("%Y%m%d"),
+        train_summary=data.summary(),
+        metrics=metrics or {},
+        config=cfg.to_dict(),
+    )
+
+
+class Trainer:
+    """One training run; construct with a config, call :meth:`run`."""
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, progress: bool = True, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.progress = progress and ctx.is_main
+        self.log = log if ctx.is_main else (lambda _msg: None)
+        self.run_dir = cfg.run_dir
+
+    # -- set-up -----------------------------------------------------------------------------------------------
+    def setup(self, resume: bool) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        torch.manual_seed(cfg.seed)
+        has_last = resume and (self.run_dir / LAST_FILE).is_file()
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                for stale in (SUMMARY_FILE, LAST_FILE, BEST_FILE, METRICS_FILE):
+                    (self.run_dir / stale).unlink(missing_ok=True)
+            write_json(self.run_dir / CONFIG_FILE, cfg.to_dict())
+        split_file = self.run_dir / SPLIT_FILE if resume else (Path(cfg.split) if cfg.split else None)
+        # Rank 0 builds the split (and any cache) first; the other ranks then read the same files.
+        if ctx.is_main:
+            self.data = prepare_run_data(cfg, split_file, self.run_dir / SPLIT_FILE, self.log, self.progress)
+        barrier(ctx)
+        if not ctx.is_main:
+            self.data = prepare_run_data(cfg, self.run_dir / SPLIT_FILE, None, self.log, False)
+        num_classes = len(self.data.label_set.classes)
+        self.model = create_model(cfg.model, num_classes, pretrained=cfg.pretrained and not has_last)
+        self.model.to(ctx.device).to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        weights = class_weights(self.data.train_targets, num_classes).to(ctx.device)
+        self.loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+        self.state = TrainState(history=[])
+        if has_last:
+            self.load_last()
+        self.net = DistributedDataParallel(self.model) if ctx.distributed else self.model
+        from cxrscreen.training.augment import BatchAugment, augment_config
+
+        self.augment = BatchAugment(augment_config(cfg.augment), seed=cfg.seed)
+
+    def load_last(self) -> None:
+        payload = read_checkpoint(self.run_dir / LAST_FILE)
+        self.model.load_state_dict(payload["state_dict"])
+        extra = payload.get("extra", {})
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self.state = TrainState(**extra["state"])
+        self.log(f"resuming {self.run_dir} after epoch {self.state.epoch}")
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        start = time.time()
+        steps_per_epoch = self.steps_per_epoch()
+        total_steps = steps_per_epoch * cfg.epochs
+        warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+        for epoch in range(self.state.epoch + 1, cfg.epochs + 1):
+            train_stats = self.train_epoch(epoch, steps_per_epoch, total_steps, warmup)
+            val = self.validate()
+            self.record_epoch(epoch, train_stats, val)
+            if self.state.epochs_without_improvement >= cfg.patience:
+                self.log(f"early stop: {cfg.monitor} did not improve for {cfg.patience} epochs")
+                break
+        barrier(self.ctx)
+        test_metrics = self.finish() if self.ctx.is_main else {}
+        return TrainResult(self.run_dir, self.state.best_epoch, self.state.best_score, self.state.epoch, test_metrics, time.time() - start)
+
+    def steps_per_epoch(self) -> int:
+        per_rank = math.ceil(len(self.data.train_images) / self.ctx.world_size)
+        return max(1, per_rank // self.cfg.batch_size)
+
+    def train_epoch(self, epoch: int, steps: int, total_steps: int, warmup: int) -> dict[str, float]:
+        cfg, ctx = self.cfg, self.ctx
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout: same on resume
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 7 + ctx.rank)
+        indices = rank_indices(len(self.data.train_images), epoch, cfg.seed, ctx.rank, ctx.world_size)
+        images = torch.from_numpy(self.data.train_images)
+        targets = torch.from_numpy(self.data.train_targets)
+        self.net.train()
+        seen, loss_sum, tick = 0, 0.0, time.time()
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not self.progress, leave=False)
+        for step in bar:
+            batch = indices[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            if len(batch) < 2:
+                break
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at((epoch - 1) * steps + step, total_steps, warmup, cfg.lr)
+            x = self.augment(to_input(images[batch], torch.device("cpu")), generator).to(ctx.device)
+            x = x.contiguous(memory_format=torch.channels_last)
+            y = targets[batch].to(ctx.device)
+            with self.autocast():
+                loss = self.loss_fn(self.net(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            seen += len(batch)
+            loss_sum += float(loss.detach()) * len(batch)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.time() - tick):.1f}")
+        totals = all_reduce_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64), ctx)
+        elapsed = time.time() - tick
+        return {"train_loss": float(totals[0] / max(totals[1], 1)), "images_per_s": float(totals[1] / max(elapsed, 1e-9))}
+
+    def autocast(self):
+        if self.ctx.device.type == "cuda" and self.cfg.amp:
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cpu", enabled=False)
+
+    def validate(self) -> dict[str, float]:
+        """Validation scores, computed on each rank's share and gathered (every rank gets the same numbers)."""
+        ctx = self.ctx
+        share = np.arange(ctx.rank, len(self.data.val_images), ctx.world_size)
+        logits, _ = predict_logits(self.model, self.data.val_images[share], ctx.device)
+        gathered = [(share, logits)]
+        if ctx.distributed:
+            import torch.distributed as dist
+
+            gathered = [None] * ctx.world_size
+            dist.all_gather_object(gathered, (share, logits))
+        order = np.concatenate([g[0] for g in gathered])
+        all_logits = np.concatenate([g[1] for g in gathered])[np.argsort(order)]
+        return validation_scores(all_logits, self.data.val_targets, len(self.data.label_set.classes))
+
+    def record_epoch(self, epoch: int, train_stats: dict[str, float], val: dict[str, float]) -> None:
+        cfg, state = self.cfg, self.state
+        score = val.get(cfg.monitor, float("nan"))
+        improved = np.isfinite(score) and score > state.best_score + 1e-6
+        state.epoch = epoch
+        if improved:
+            state.best_score, state.best_epoch, state.epochs_without_improvement = float(score), epoch, 0
+        else:
+            state.epochs_without_improvement += 1
+        row = {"epoch": epoch, **{k: round(v, 6) for k, v in train_stats.items()}}
+        row.update({f"val_{k}": round(v, 6) for k, v in val.items()})
+        row["lr"] = round(self.optimizer.param_groups[0]["lr"], 8)
+        state.history.append(row)
+        self.log(
+            f"epoch {epoch}: loss {train_stats['train_loss']:.4f}, val acc {val.get('accuracy', float('nan')):.4f}, "
+            f"val {cfg.monitor} {score:.4f}{' (best)' if improved else ''}, {train_stats['images_per_s']:.1f} img/s"
+        )
+        if self.ctx.is_main:
+            meta = build_meta(cfg, self.data, {"validation": val, "epoch": epoch})
+            write_metrics_csv(self.run_dir / METRICS_FILE, state.history)
+            if improved:
+                save_checkpoint(self.run_dir / BEST_FILE, self.model, meta)
+            extra = {"optimizer": self.optimizer.state_dict(), "state": state.__dict__}
+            save_checkpoint(self.run_dir / LAST_FILE, self.model, meta, extra=extra)
+        barrier(self.ctx)
+
+    # -- after training ---------------------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Calibrate, fit the OOD guard, store training hashes and test metrics in ``best.pt``; write the summary."""
+        from cxrscreen.evaluation.calibration import fit_temperature
+        from cxrscreen.inference.ood import fit_ood_guard
+
+        payload = read_checkpoint(self.run_dir / BEST_FILE)
+        self.model.load_state_dict(payload["state_dict"])
+        meta = ModelMeta.from_dict(payload["meta"])
+        device = self.ctx.device
+        val_logits, val_feats = predict_logits(self.model, self.data.val_images, device)
+        _, train_feats = predict_logits(self.model, self.data.train_images, device)
+        meta.temperature = float(fit_temperature(val_logits, self.data.val_targets))
+        meta.ood = fit_ood_guard(train_feats, val_feats)
+        meta.train_hashes = list(self.data.train_hashes)
+        test_logits, _ = predict_logits(self.model, self.data.test_images, device)
+        test = test_report(test_logits / meta.temperature, self.data.test_targets, meta.classes, self.cfg.seed)
+        meta.metrics = {"validation": validation_scores(val_logits, self.data.val_targets, len(meta.classes)),
+                        "test": test, "best_epoch": self.state.best_epoch}
+        save_checkpoint(self.run_dir / BEST_FILE, self.model, meta)
+        summary = {
+            "run_dir": str(self.run_dir),
+            "best_epoch": self.state.best_epoch,
+            "best_score": self.state.best_score,
+            "monitor": self.cfg.monitor,
+            "epochs_run": self.state.epoch,
+            "temperature": meta.temperature,
+            "data": meta.train_summary,
+            "test": test,
+        }
+        write_json(self.run_dir / SUMMARY_FILE, summary)
+        return test
+
+
+def test_report(logits: np.ndarray, targets: np.ndarray, classes: list[str], seed: int) -> dict[str, Any]:
+    """Test-split metrics with bootstrap CIs, as stored in the checkpoint and the run summary."""
+    from cxrscreen.evaluation.metrics import multiclass_metrics, one_vs_rest
+
+    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    report = multiclass_metrics(targets, probs, classes, n_resamples=1000, seed=seed).to_dict()
+    if "covid" in classes:
+        report["covid_vs_rest"] = one_vs_rest(targets, probs, classes, "covid", n_resamples=1000, seed=seed).to_dict()
+    return report
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Train a classifier as ``cfg`` says (under torchrun: one rank of a DDP run)."""
+    ctx = init_distributed(cfg.device)
+    try:
+        if ctx.is_main:
+            check_run_dir(cfg, resume, overwrite)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        trainer = Trainer(cfg, ctx, progress, log)
+        trainer.setup(resume)
+        return trainer.run()
+    finally:
+        shutdown_distributed()

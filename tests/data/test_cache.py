@@ -1,0 +1,178 @@
+"""The prepared-image disk cache: same result as preparing directly, keyed by content and preprocessing."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrscreen.data import cache as cache_module
+from cxrscreen.data.cache import (
+    PreparedCache,
+    build_cache,
+    default_cache_dir,
+    load_prepared,
+    to_uint8,
+)
+from cxrscreen.data.transforms import Preprocessing, prepare_from_source
+from cxrscreen.errors import ConfigError, DatasetLayoutError, ImageDecodeError
+from cxrscreen.models import segmenter
+
+PP = Preprocessing(img_size=64)
+
+
+@pytest.fixture
+def real_images(small_radiography: Path) -> list[Path]:
+    """Six real X-rays from two classes (symlinks to the shared data)."""
+    return sorted(small_radiography.glob("COVID/images/*.jpg"))[:3] + sorted(small_radiography.glob("Normal/images/*.jpg"))[:3]
+
+
+def entries(cache_dir: Path) -> list[Path]:
+    return sorted(cache_dir.glob("prepared/*/*/*.npy"))
+
+
+def forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args, **kwargs):
+        raise AssertionError("decoded although the cache holds the image")
+
+    monkeypatch.setattr(cache_module, "prepare_from_source", fail)
+
+
+def test_cold_and_warm_match_direct_preparation(tmp_path, real_images, monkeypatch):
+    cold = load_prepared(real_images, PP, cache_dir=tmp_path, progress=False)
+    expected = np.stack([to_uint8(prepare_from_source(p, PP)) for p in real_images])
+    assert cold.images.dtype == np.uint8 and cold.images.shape == (6, 64, 64)
+    np.testing.assert_array_equal(cold.images, expected)
+    assert cold.ok == list(range(6)) and cold.errors == []
+    assert len(entries(tmp_path)) == 6
+
+    forbid_decoding(monkeypatch)
+    warm = load_prepared(real_images, PP, cache_dir=tmp_path, progress=False)
+    np.testing.assert_array_equal(warm.images, expected)
+
+
+def test_key_is_file_content_not_name(tmp_path, real_images, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    load_prepared(real_images[:1], PP, cache_dir=cache_dir, progress=False)
+    renamed = tmp_path / "renamed.jpg"
+    shutil.copyfile(real_images[0], renamed)
+    edited = tmp_path / "edited.png"
+    Image.open(real_images[0]).rotate(90).save(edited)
+
+    with monkeypatch.context() as patch:
+        forbid_decoding(patch)
+        assert load_prepared([renamed], PP, cache_dir=cache_dir, progress=False).ok == [0]
+    load_prepared([edited], PP, cache_dir=cache_dir, progress=False)
+    assert len(entries(cache_dir)) == 2
+
+
+def test_preprocessing_change_uses_other_entries(tmp_path, real_images):
+    plain = load_prepared(real_images[:2], PP, cache_dir=tmp_path, progress=False)
+    equalized = load_prepared(real_images[:2], Preprocessing(img_size=64, equalize="hist"), cache_dir=tmp_path, progress=False)
+    larger = load_prepared(real_images[:2], Preprocessing(img_size=96), cache_dir=tmp_path, progress=False)
+    assert not np.array_equal(plain.images, equalized.images)
+    assert larger.images.shape == (2, 96, 96)
+    assert len({p.parent.parent for p in entries(tmp_path)}) == 3
+
+
+def test_lung_variant_depends_on_segmenter_weights(tmp_path, monkeypatch):
+    weights = tmp_path / "lung_unet.pt"
+    monkeypatch.setattr(segmenter, "DEFAULT_WEIGHTS", weights)
+    lungs = Preprocessing(img_size=64, lung_mode="crop")
+    weights.write_bytes(b"weights one")
+    first = PreparedCache(lungs, tmp_path).variant
+    weights.write_bytes(b"weights two, retrained")
+    second = PreparedCache(lungs, tmp_path).variant
+    assert first != second
+    # Without lungs the segmenter does not matter.
+    assert PreparedCache(PP, tmp_path).variant == PreparedCache(PP, tmp_path / "other").variant
+
+
+def test_bad_files_are_reported_or_raise(tmp_path, real_images):
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(real_images[0].read_bytes()[:300])
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    paths = [real_images[0], truncated, tmp_path / "missing.png", real_images[1], text]
+
+    result = load_prepared(paths, PP, cache_dir=tmp_path / "cache", progress=False)
+    assert result.ok == [0, 3] and result.images.shape == (2, 64, 64)
+    failed = dict(result.errors)
+    assert set(failed) == {str(truncated), str(tmp_path / "missing.png"), str(text)}
+    assert failed[str(tmp_path / "missing.png")] == "file not found"
+    assert all(not reason.startswith(str(tmp_path)) for reason in failed.values())
+
+    with pytest.raises(ImageDecodeError, match=f"^{truncated}: "):
+        load_prepared(real_images[:2] + [truncated], PP, cache_dir=tmp_path / "cache", progress=False, on_bad_image="fail")
+    with pytest.raises(ConfigError, match="on-bad-image"):
+        load_prepared(paths, PP, cache_dir=tmp_path / "cache", on_bad_image="ignore")
+
+
+def test_damaged_entry_is_rebuilt(tmp_path, real_images):
+    first = load_prepared(real_images[:1], PP, cache_dir=tmp_path, progress=False)
+    (entry,) = entries(tmp_path)
+    entry.write_bytes(entry.read_bytes()[:50])
+    again = load_prepared(real_images[:1], PP, cache_dir=tmp_path, progress=False)
+    np.testing.assert_array_equal(again.images, first.images)
+    assert np.array_equal(np.load(entry), first.images[0])
+
+
+def test_without_cache_nothing_is_written(tmp_path, real_images):
+    result = load_prepared(real_images, PP, cache_dir=tmp_path, progress=False, use_cache=False)
+    assert result.images.shape == (6, 64, 64)
+    assert not any(tmp_path.iterdir())
+
+
+def test_parallel_decoding_matches_serial(tmp_path, small_radiography):
+    paths = sorted(small_radiography.glob("*/images/*.jpg"))[:24]
+    serial = load_prepared(paths, PP, cache_dir=tmp_path / "a", progress=False, workers=1)
+    parallel = load_prepared(paths, PP, cache_dir=tmp_path / "b", progress=False, workers=4)
+    np.testing.assert_array_equal(serial.images, parallel.images)
+
+
+def test_concurrent_builders_leave_valid_entries(tmp_path, small_radiography):
+    paths = sorted(small_radiography.glob("*/images/*.jpg"))[:20]
+    results = []
+    builders = [
+        threading.Thread(target=lambda: results.append(load_prepared(paths, PP, cache_dir=tmp_path, progress=False, workers=2)))
+        for _ in range(3)
+    ]
+    for builder in builders:
+        builder.start()
+    for builder in builders:
+        builder.join()
+    assert len(results) == 3 and all(np.array_equal(r.images, results[0].images) for r in results)
+    assert len(entries(tmp_path)) == 20
+    assert not list(tmp_path.rglob("*.tmp"))
+    for entry in entries(tmp_path):
+        assert np.load(entry).shape == (64, 64)
+
+
+def test_build_cache_counts(tmp_path, small_radiography):
+    tree = tmp_path / "data"
+    (tree / "a").mkdir(parents=True)
+    for path in sorted(small_radiography.glob("COVID/images/*.jpg"))[:4]:
+        shutil.copyfile(path, tree / "a" / path.name)
+    (tree / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+
+    first = build_cache([str(tree)], PP, progress=False, cache_dir=tmp_path / "cache")
+    assert (first.cached, first.built) == (0, 4)
+    assert [Path(p).name for p, _ in first.failed] == ["broken.png"]
+    second = build_cache([str(tree)], PP, progress=False, cache_dir=tmp_path / "cache")
+    assert (second.cached, second.built, len(second.failed)) == (4, 0, 1)
+    assert second.to_dict()["failed"][0]["path"].endswith("broken.png")
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetLayoutError, match="empty"):
+        build_cache([str(tmp_path / "empty")], PP, progress=False, cache_dir=tmp_path / "cache")
+
+
+def test_cache_location_follows_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXRSCREEN_CACHE", str(tmp_path / "somewhere"))
+    assert default_cache_dir() == tmp_path / "somewhere"
+    monkeypatch.delenv("CXRSCREEN_CACHE")
+    assert default_cache_dir() == Path.home() / ".cache" / "cxrscreen"

@@ -1,0 +1,91 @@
+"""Lung-focused preprocessing and the audit's lung edits, on synthetic images with exact pixel checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxrscreen.data.lungs import apply_lung_mode, dilate, hide_lungs, keep_only_lungs, lung_box
+from cxrscreen.data.transforms import Preprocessing, prepare_image, prepare_with_info
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    """A 40x50 ramp (distinct values everywhere) with mean 0.5."""
+    return np.linspace(0.0, 1.0, 40 * 50, dtype=np.float32).reshape(40, 50)
+
+
+@pytest.fixture
+def two_lungs() -> np.ndarray:
+    mask = np.zeros((40, 50), dtype=bool)
+    mask[10:30, 5:15] = True
+    mask[12:28, 30:45] = True
+    return mask
+
+
+def test_lung_box_adds_margin_and_clips(two_lungs):
+    assert lung_box(two_lungs) == (10, 30, 5, 45)
+    assert lung_box(two_lungs, margin=0.1) == (8, 32, 1, 49)  # 10% of 20 rows = 2, of 40 columns = 4
+    assert lung_box(two_lungs, margin=0.5) == (0, 40, 0, 50)
+    assert lung_box(np.zeros((4, 6), dtype=bool)) == (0, 4, 0, 6)
+
+
+def test_crop_mode_cuts_the_lung_box_plus_margin(image, two_lungs):
+    out = apply_lung_mode(image, two_lungs, Preprocessing(lung_mode="crop", crop_margin=0.1))
+    np.testing.assert_array_equal(out, image[8:32, 1:49])
+
+
+def test_mask_mode_fills_outside_the_dilated_mask_with_the_mean(image, two_lungs):
+    pp = Preprocessing(lung_mode="mask", mask_dilation=0.05)  # 0.05 * 40 = 2 px
+    out = apply_lung_mode(image, two_lungs, pp)
+    kept = dilate(two_lungs, 0.05)
+    assert kept[8, 10] and not kept[7, 10] and kept[20, 3] and not kept[20, 2]
+    np.testing.assert_array_equal(out[kept], image[kept])
+    np.testing.assert_allclose(out[~kept], image.mean(), atol=1e-7)
+    assert out.shape == image.shape
+
+
+def test_crop_mask_fills_with_the_whole_image_mean_then_crops(image, two_lungs):
+    pp = Preprocessing(lung_mode="crop_mask", crop_margin=0.1, mask_dilation=0.0)
+    out = apply_lung_mode(image, two_lungs, pp)
+    expected = np.where(two_lungs, image, image.mean())[8:32, 1:49]
+    np.testing.assert_allclose(out, expected, atol=1e-7)
+
+
+def test_empty_mask_leaves_the_image_alone(image):
+    empty = np.zeros_like(image, dtype=bool)
+    for mode in ("crop", "mask", "crop_mask"):
+        np.testing.assert_array_equal(apply_lung_mode(image, empty, Preprocessing(lung_mode=mode)), image)
+    np.testing.assert_array_equal(hide_lungs(image, empty), image)
+
+
+def test_hide_and_keep_only_lungs_are_complementary(image, two_lungs):
+    hidden, kept = hide_lungs(image, two_lungs), keep_only_lungs(image, two_lungs)
+    np.testing.assert_allclose(hidden[two_lungs], image.mean(), atol=1e-7)
+    np.testing.assert_array_equal(hidden[~two_lungs], image[~two_lungs])
+    np.testing.assert_array_equal(kept[two_lungs], image[two_lungs])
+    np.testing.assert_allclose(kept[~two_lungs], image.mean(), atol=1e-7)
+
+
+def test_mask_of_another_shape_is_refused(image):
+    with pytest.raises(ValueError, match="shape"):
+        hide_lungs(image, np.ones((10, 10), dtype=bool))
+
+
+def test_prepare_with_info_uses_the_lungs_of_a_real_xray(shared_data):
+    path = sorted((shared_data / "lung_segmentation" / "jsrt" / "images").glob("*.jpg"))[0]
+    pp = Preprocessing(img_size=64, lung_mode="crop")
+    cropped, found = prepare_with_info(path, pp)
+    assert found is True and cropped.shape == (64, 64) and cropped.dtype == np.float32
+    whole, none_needed = prepare_with_info(path, Preprocessing(img_size=64))
+    assert none_needed is None
+    assert np.abs(cropped - whole).mean() > 0.02  # the crop changed the view
+
+
+def test_prepare_with_info_falls_back_to_the_whole_image_without_lungs():
+    blank = np.full((120, 100), 0.3, dtype=np.float32)
+    blank[40:80, 30:70] = 0.8
+    pp = Preprocessing(img_size=32, lung_mode="crop_mask")
+    out, found = prepare_with_info(blank, pp)
+    assert found is False
+    np.testing.assert_allclose(out, prepare_image(blank, Preprocessing(img_size=32)), atol=1e-6)

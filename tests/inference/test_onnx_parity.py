@@ -1,0 +1,77 @@
+"""ONNX export: self-describing file, dynamic batch, and ONNX Runtime agreeing with torch on real X-rays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from cxrscreen.data.transforms import prepare_from_source
+from cxrscreen.errors import ModelError
+from cxrscreen.inference.onnx_export import OnnxRuntimeBackend, cache_dir, export_onnx, read_onnx_meta
+from cxrscreen.inference.predictor import load_predictor
+from cxrscreen.models.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+
+
+def test_export_is_self_describing(exported: Path, tiny_checkpoint: Path) -> None:
+    _, meta = load_checkpoint(tiny_checkpoint)
+    assert read_onnx_meta(exported) == meta
+    proto = onnx.load(str(exported))
+    onnx.checker.check_model(proto)
+    assert [o.name for o in proto.graph.output] == ["logits", "features"]
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value
+
+
+@pytest.mark.parametrize("optimization", ["all", "disabled"])
+def test_onnx_runtime_matches_torch_on_real_xrays(
+    optimization: str, exported: Path, tiny_checkpoint: Path, real_xrays: list[Path]
+) -> None:
+    torch_predictor = load_predictor(tiny_checkpoint)
+    onnx_predictor = load_predictor(exported, backend="onnx", onnx_optimization=optimization)
+    images = np.stack([prepare_from_source(p, torch_predictor.meta.preprocessing) for p in real_xrays])
+    torch_probs, torch_features = torch_predictor.predict_prepared(images)
+    onnx_probs, onnx_features = onnx_predictor.predict_prepared(images)
+    np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(onnx_features, torch_features, atol=1e-3, rtol=1e-3)
+    # Dynamic batch: one image at a time gives the same answers as the batch of eight.
+    single = np.concatenate([onnx_predictor.predict_prepared(images[i : i + 1])[0] for i in range(len(images))])
+    np.testing.assert_allclose(single, onnx_probs, atol=1e-5)
+    assert np.ptp(torch_probs, axis=0).max() > 0.05
+
+
+def test_checkpoint_is_exported_once_to_the_cache(tiny_checkpoint: Path, real_xrays: list[Path], tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CXRSCREEN_CACHE", str(tmp_path))
+    first = load_predictor(tiny_checkpoint, backend="onnx")
+    cached = sorted(cache_dir().glob("*.onnx"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    second = load_predictor(tiny_checkpoint, backend="onnx")
+    assert cached[0].stat().st_mtime_ns == stamp
+    assert first.predict(real_xrays[0]).probabilities == second.predict(real_xrays[0]).probabilities
+    assert first.backend_name == "onnx" and first.meta.classes == ["covid", "normal", "viral"]
+
+
+def test_foreign_files_are_refused(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00garbage")
+    with pytest.raises(ModelError, match="^" + str(junk)):
+        load_predictor(junk, backend="onnx")
+    plain = tmp_path / "plain.onnx"
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "empty", [], [])), str(plain))
+    with pytest.raises(ModelError, match="no cxrscreen metadata"):
+        read_onnx_meta(plain)
+    with pytest.raises(ModelError, match="cannot load"):
+        OnnxRuntimeBackend(junk)
+
+
+def test_explain_needs_the_checkpoint(exported: Path, real_xrays: list[Path]) -> None:
+    with pytest.raises(ModelError, match="Grad-CAM needs the torch checkpoint"):
+        load_predictor(exported, backend="onnx").explain(real_xrays[0])

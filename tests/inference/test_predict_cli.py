@@ -1,0 +1,154 @@
+"""``cxrscreen predict / explain / export`` end to end on real X-rays, through cxrscreen.cli.main."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrscreen import SCREENING_NOTICE
+from cxrscreen.cli import main
+
+CLASSES = ["covid", "normal", "viral"]
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path, real_xrays: list[Path]) -> Path:
+    """A folder with four real X-rays, one in a subfolder (recursion)."""
+    folder = tmp_path / "xrays"
+    (folder / "sub").mkdir(parents=True)
+    for path in real_xrays[:3]:
+        (folder / path.name).symlink_to(path)
+    (folder / "sub" / real_xrays[6].name).symlink_to(real_xrays[6])
+    return folder
+
+
+@pytest.fixture
+def bad_files(tmp_path: Path, real_xrays: list[Path]) -> dict[str, Path]:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    files = {
+        "empty": bad / "empty.png",
+        "text": bad / "readme.png",
+        "truncated": bad / "cut.jpg",
+        "missing": bad / "missing.jpg",
+    }
+    files["empty"].write_bytes(b"")
+    files["text"].write_text("this is text, not a PNG\n")
+    files["truncated"].write_bytes(real_xrays[1].read_bytes()[:1500])
+    return files
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_csv_schema(capsys, tiny_checkpoint: Path, image_dir: Path) -> None:
+    code, out, err = run(capsys, "predict", str(image_dir), "--model", str(tiny_checkpoint), "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["path", "label", "p_covid", "p_normal", "p_viral"]
+    assert len(rows) == 1 + 4
+    assert {Path(r[0]).name for r in rows[1:]} == {p.name for p in image_dir.rglob("*.jpg")}
+    for row in rows[1:]:
+        probs = [float(x) for x in row[2:]]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+        assert row[1] == CLASSES[int(np.argmax(probs))]
+
+
+def test_json_schema_and_batch_size(capsys, tiny_checkpoint: Path, image_dir: Path) -> None:
+    code, out, _ = run(capsys, "predict", str(image_dir), "--model", str(tiny_checkpoint), "--format", "json", "--batch-size", "3")
+    assert code == 0
+    data = json.loads(out)
+    assert data["notice"] == SCREENING_NOTICE
+    assert len(data["predictions"]) == 4
+    for item in data["predictions"]:
+        assert set(item) == {"path", "label", "probabilities", "in_distribution", "ood_score", "lungs_found"}
+        assert list(item["probabilities"]) == CLASSES
+        assert sum(item["probabilities"].values()) == pytest.approx(1.0)
+        assert item["label"] in CLASSES and item["in_distribution"] is True
+
+
+def test_table_has_the_screening_footer(capsys, tiny_checkpoint: Path, real_xrays: list[Path]) -> None:
+    code, out, _ = run(capsys, "predict", str(real_xrays[0]), "--model", str(tiny_checkpoint))
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["label", "p_covid", "p_normal", "p_viral", "path"]
+    label, *probs, path = lines[1].split(maxsplit=4)
+    assert path == str(real_xrays[0]) and label in CLASSES
+    assert sum(map(float, probs)) == pytest.approx(1.0, abs=2e-3)
+    assert lines[-1] == SCREENING_NOTICE
+
+
+def test_bad_files_one_line_each_others_still_predicted(
+    capsys, tiny_checkpoint: Path, image_dir: Path, bad_files: dict[str, Path]
+) -> None:
+    paths = [str(image_dir), *map(str, bad_files.values())]
+    code, out, err = run(capsys, "predict", *paths, "--model", str(tiny_checkpoint), "--format", "csv")
+    assert code == 1
+    assert len(out.strip().splitlines()) == 1 + 4
+    err_lines = err.strip().splitlines()
+    assert len(err_lines) == len(bad_files)
+    for kind, path in bad_files.items():
+        (line,) = [l for l in err_lines if l.startswith(f"{path}: ")]
+        assert {"empty": "empty", "text": "not", "truncated": "truncated", "missing": "not found"}[kind] in line
+    assert "Traceback" not in err
+
+
+def test_only_bad_files_exit_1(capsys, tiny_checkpoint: Path, bad_files: dict[str, Path]) -> None:
+    code, out, err = run(capsys, "predict", str(bad_files["empty"]), "--model", str(tiny_checkpoint), "--format", "json")
+    assert code == 1
+    assert json.loads(out)["predictions"] == []
+    assert err.strip() == f"{bad_files['empty']}: empty file"
+
+
+def test_predict_with_explain_writes_overlays(capsys, tiny_checkpoint: Path, image_dir: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "cams"
+    code, _, err = run(capsys, "predict", str(image_dir), "--model", str(tiny_checkpoint), "--explain", str(out_dir), "--target", "viral")
+    assert code == 0, err
+    written = sorted(p.name for p in out_dir.iterdir())
+    assert written == sorted(f"{p.stem}_gradcam.png" for p in image_dir.rglob("*.jpg"))
+    source = next(image_dir.rglob("*.jpg"))
+    with Image.open(out_dir / f"{source.stem}_gradcam.png") as overlay, Image.open(source) as original:
+        assert overlay.mode == "RGB" and overlay.size == original.size
+
+
+def test_explain_command(capsys, tiny_checkpoint: Path, real_xrays: list[Path], bad_files, tmp_path: Path) -> None:
+    out_dir = tmp_path / "cams"
+    xray = real_xrays[6]
+    code, out, err = run(capsys, "explain", str(xray), str(bad_files["text"]), "--model", str(tiny_checkpoint), "--out", str(out_dir), "--save-array")
+    assert code == 1
+    assert err.strip().startswith(f"{bad_files['text']}: ")
+    assert out.strip() == str(out_dir / f"{xray.stem}_gradcam.png")
+    heatmap = np.load(out_dir / f"{xray.stem}_gradcam.npy")
+    with Image.open(xray) as original:
+        assert heatmap.shape == (original.height, original.width)
+    assert heatmap.dtype == np.float32 and np.isfinite(heatmap).all() and 0 <= heatmap.min() < heatmap.max() <= 1
+
+
+def test_unknown_target_is_a_one_line_error(capsys, tiny_checkpoint: Path, real_xrays: list[Path], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "explain", str(real_xrays[0]), "--model", str(tiny_checkpoint), "--out", str(tmp_path), "--target", "flu")
+    assert code == 2
+    assert err.strip() == "cxrscreen: error: --target 'flu' is not one of the model's classes: covid, normal, viral"
+
+
+def test_export_then_predict_with_onnx(capsys, tiny_checkpoint: Path, real_xrays: list[Path], tmp_path: Path) -> None:
+    onnx_path = tmp_path / "model.onnx"
+    code, out, _ = run(capsys, "export", "--model", str(tiny_checkpoint), "--onnx", str(onnx_path))
+    assert code == 0 and out.strip() == str(onnx_path) and onnx_path.stat().st_size > 1_000_000
+    images = [str(p) for p in real_xrays[:3]]
+    _, torch_out, _ = run(capsys, "predict", *images, "--model", str(tiny_checkpoint), "--format", "csv")
+    for model in (str(onnx_path), str(tiny_checkpoint)):
+        code, onnx_out, err = run(capsys, "predict", *images, "--model", model, "--backend", "onnx", "--format", "csv")
+        assert code == 0, err
+        torch_rows, onnx_rows = (list(csv.reader(io.StringIO(t)))[1:] for t in (torch_out, onnx_out))
+        for t_row, o_row in zip(torch_rows, onnx_rows, strict=True):
+            assert t_row[:2] == o_row[:2]
+            np.testing.assert_allclose([float(x) for x in o_row[2:]], [float(x) for x in t_row[2:]], atol=1e-4)

@@ -1,0 +1,184 @@
+"""The Predictor contract on real X-rays: one result per input, temperature, OOD wiring, model paths."""
+
+from __future__ import annotations
+
+import io
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cxrscreen
+from cxrscreen import SCREENING_NOTICE
+from cxrscreen.data.imageio import load_xray
+from cxrscreen.data.transforms import prepare_from_source
+from cxrscreen.errors import ConfigError, ImageDecodeError, ModelError
+from cxrscreen.inference import predictor as predictor_module
+from cxrscreen.inference.predictor import (
+    OUT_OF_DISTRIBUTION_LABEL,
+    Prediction,
+    PredictionFailure,
+    load_predictor,
+)
+from cxrscreen.models.checkpoint import load_checkpoint
+
+CLASSES = ["covid", "normal", "viral"]
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_checkpoint: Path):
+    return load_predictor(tiny_checkpoint)
+
+
+def test_predict_real_image(predictor, real_xrays: list[Path]) -> None:
+    result = predictor.predict(real_xrays[0])
+    assert isinstance(result, Prediction)
+    assert result.source == str(real_xrays[0])
+    assert list(result.probabilities) == CLASSES
+    assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-9)
+    assert result.label == max(result.probabilities, key=result.probabilities.get)
+    assert result.in_distribution is True and result.ood_score is None
+    data = result.to_dict()
+    assert data["notice"] == SCREENING_NOTICE
+    assert data["label"] == result.label and data["probabilities"] == result.probabilities
+
+
+def test_probabilities_are_the_models_tempered_softmax(tmp_path: Path, real_xrays: list[Path], checkpoint_factory) -> None:
+    path = checkpoint_factory(tmp_path / "t.pt", temperature=2.5)
+    model, meta = load_checkpoint(path)
+    image = prepare_from_source(real_xrays[3], meta.preprocessing)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(image)[None, None])[0].double()
+    expected = torch.softmax(logits / 2.5, dim=0).numpy()
+    got = load_predictor(path).predict(real_xrays[3]).probabilities
+    np.testing.assert_allclose([got[c] for c in CLASSES], expected, atol=1e-6)
+    # Not a vacuous check: without the temperature the answer differs.
+    assert not np.allclose(expected, torch.softmax(logits, dim=0).numpy(), atol=1e-3)
+
+
+def test_every_source_kind_gives_the_same_answer(predictor, real_xrays: list[Path]) -> None:
+    path = real_xrays[6]  # ieee8023 image: not square, not 224 px
+    data = path.read_bytes()
+    sources = [str(path), path, data, Image.open(io.BytesIO(data)), load_xray(path)]
+    results = predictor.predict_batch(sources)
+    reference = results[0].probabilities
+    for result in results[1:]:
+        assert isinstance(result, Prediction)
+        np.testing.assert_allclose(list(result.probabilities.values()), list(reference.values()), atol=1e-6)
+    assert [r.source for r in results[2:]] == ["<upload>", "<image>", "<array>"]
+    assert predictor.predict(data, name="upload.jpg").source == "upload.jpg"
+
+
+def test_batch_keeps_going_past_bad_inputs(predictor, real_xrays: list[Path], tmp_path: Path) -> None:
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image at all\n")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(real_xrays[0].read_bytes()[:2000])
+    missing = tmp_path / "missing.png"
+    sources = [real_xrays[0], empty, text, real_xrays[1], truncated, missing, real_xrays[2]]
+    results = predictor.predict_batch(sources)
+    assert len(results) == len(sources)
+    failures = {r.source: r.reason for r in results if isinstance(r, PredictionFailure)}
+    assert set(failures) == {str(empty), str(text), str(truncated), str(missing)}
+    assert "empty" in failures[str(empty)]
+    assert "truncated" in failures[str(truncated)]
+    assert "not found" in failures[str(missing)]
+    assert all(not reason.startswith(str(tmp_path)) for reason in failures.values())
+    for index in (0, 3, 6):
+        alone = predictor.predict(sources[index])
+        assert results[index].probabilities == pytest.approx(alone.probabilities, abs=1e-6)
+    with pytest.raises(ImageDecodeError, match="^" + str(truncated)):
+        predictor.predict(truncated)
+
+
+def test_predict_batch_is_chunked_without_changing_results(tiny_checkpoint: Path, real_xrays: list[Path]) -> None:
+    whole = load_predictor(tiny_checkpoint, batch_size=32).predict_batch(real_xrays)
+    chunked = load_predictor(tiny_checkpoint, batch_size=3).predict_batch(real_xrays)
+    for a, b in zip(whole, chunked):
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
+    spread = np.ptp([list(r.probabilities.values()) for r in whole], axis=0)
+    assert spread.max() > 0.05  # the images get different answers, so the comparison above means something
+
+
+def test_predict_prepared_matches_predict(predictor, real_xrays: list[Path]) -> None:
+    images = np.stack([prepare_from_source(p, predictor.meta.preprocessing) for p in real_xrays[:4]])
+    probs, features = predictor.predict_prepared(images)
+    assert probs.shape == (4, 3) and features.shape == (4, 1280)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    for row, path in zip(probs, real_xrays[:4]):
+        np.testing.assert_allclose(row, list(predictor.predict(path).probabilities.values()), atol=1e-6)
+    with pytest.raises(ConfigError, match="expected shape"):
+        predictor.predict_prepared(images[:, :32, :32])
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        predictor.predict_prepared(images * 255.0)
+
+
+def test_ood_guard_relabels_rejected_images(tmp_path: Path, real_xrays: list[Path], monkeypatch, checkpoint_factory) -> None:
+    """With a guard in the model, rejected images get the OOD label; the guard sees the penultimate features."""
+    seen: list[np.ndarray] = []
+
+    def ood_scores(features, guard):
+        seen.append(features)
+        return features.mean(axis=1)
+
+    def in_distribution(features, guard):
+        return ood_scores(features, guard) <= guard["threshold"]
+
+    fake = types.ModuleType("cxrscreen.inference.ood")
+    fake.ood_scores, fake.in_distribution = ood_scores, in_distribution
+    monkeypatch.setitem(sys.modules, "cxrscreen.inference.ood", fake)
+    noise = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    plain = load_predictor(checkpoint_factory(tmp_path / "plain.pt"))
+    _, features = plain.predict_prepared(np.stack([prepare_from_source(real_xrays[0], plain.meta.preprocessing), noise]))
+    threshold = float(features.mean(axis=1).mean())
+    guarded = load_predictor(checkpoint_factory(tmp_path / "guarded.pt", ood={"threshold": threshold}))
+    results = guarded.predict_batch([real_xrays[0], noise])
+    scores = [r.ood_score for r in results]
+    assert all(s is not None for s in scores) and seen and seen[-1].shape == (2, 1280)
+    for result in results:
+        assert result.in_distribution == (result.ood_score <= threshold)
+        assert (result.label == OUT_OF_DISTRIBUTION_LABEL) == (not result.in_distribution)
+        assert sum(result.probabilities.values()) == pytest.approx(1.0)
+    assert [r.in_distribution for r in results].count(True) == 1
+
+
+def test_model_paths(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "best.pt").write_bytes(tiny_checkpoint.read_bytes())
+    assert load_predictor(run_dir).model_path == run_dir / "best.pt"
+    with pytest.raises(ModelError, match="no best.pt"):
+        load_predictor(tmp_path)
+    with pytest.raises(ModelError, match="not found"):
+        load_predictor(tmp_path / "nope.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="^" + str(junk)):
+        load_predictor(junk)
+    with pytest.raises(ConfigError, match="--backend"):
+        load_predictor(tiny_checkpoint, backend="tensorrt")
+    monkeypatch.setattr(predictor_module, "DEFAULT_MODEL", tmp_path / "absent" / "default.pt")
+    with pytest.raises(ModelError, match="no bundled model found"):
+        cxrscreen.load_model()
+
+
+@pytest.mark.skipif(not predictor_module.DEFAULT_MODEL.is_file(), reason="bundled default model not trained yet")
+def test_bundled_model_on_clear_real_cases(radiography_root: Path) -> None:
+    """A handful of clear cases from each class; the bundled model must get nearly all of them."""
+    predictor = cxrscreen.load_model()
+    folders = {"covid": "COVID", "normal": "Normal", "viral": "Viral Pneumonia"}
+    cases = [
+        (cls, path)
+        for cls, folder in folders.items()
+        if cls in predictor.classes
+        for path in sorted((radiography_root / folder / "images").glob("*.jpg"))[-4:]
+    ]
+    results = predictor.predict_batch([p for _, p in cases])
+    correct = sum(r.label == cls for (cls, _), r in zip(cases, results))
+    assert correct >= len(cases) - 1, [(cls, r.label) for (cls, _), r in zip(cases, results)]

@@ -1,0 +1,147 @@
+"""A real Predictor on a small checkpoint, real X-rays as PNG/JPEG/DICOM bytes, and a live loopback server."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import torch
+import uvicorn
+from PIL import Image
+
+from cxrscreen.data.imageio import load_xray
+from cxrscreen.data.transforms import Preprocessing
+from cxrscreen.inference.predictor import Predictor, load_predictor
+from cxrscreen.models.checkpoint import ModelMeta, save_checkpoint
+from cxrscreen.models.registry import create_model
+
+CLASSES = ["covid", "normal", "viral"]
+PATIENT_NAME = "Testpatient^Serveprivacy"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", len(CLASSES), pretrained=False)
+    meta = ModelMeta(
+        arch="efficientnet_lite0",
+        classes=list(CLASSES),
+        preprocessing=Preprocessing(img_size=64),
+        name="serve-test-model",
+        version="7",
+        metrics={"val": {"accuracy": 0.5, "auroc_covid": float("nan")}},
+    )
+    path = tmp_path_factory.mktemp("serve-model") / "tiny.pt"
+    save_checkpoint(path, model, meta)
+    return path
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_checkpoint: Path) -> Predictor:
+    torch.set_num_threads(1)
+    return load_predictor(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def covid_jpeg(radiography_root: Path) -> Path:
+    return sorted((radiography_root / "COVID" / "images").glob("*.jpg"))[0]
+
+
+@pytest.fixture(scope="session")
+def ieee_jpeg(shared_data: Path) -> Path:
+    """A non-square real X-ray (ieee8023 keeps the aspect ratio)."""
+    for path in sorted((shared_data / "covid-chestxray-dataset" / "images").glob("*.jpg")):
+        with Image.open(path) as image:
+            if image.width != image.height:
+                return path
+    raise AssertionError("no non-square image in covid-chestxray-dataset")
+
+
+def xray_as_png(path: Path, size: int | None = None, bits: int = 8, compress_level: int = 6) -> bytes:
+    """A real X-ray re-encoded as PNG, optionally resized to ``size`` and stored at 16 bits."""
+    xray = load_xray(path)
+    image = Image.fromarray(np.round(xray * 255).astype(np.uint8), mode="L")
+    if size:
+        image = image.resize((size, size), Image.BILINEAR)
+    if bits == 16:
+        image = Image.fromarray(np.asarray(image, dtype=np.uint16) * 257)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def xray_as_dicom(path: Path) -> bytes:
+    """A real X-ray as a 12-bit MONOCHROME2 DICOM carrying a patient name (which must never reach a log)."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    pixels = np.round(load_xray(path) * 4095).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = "SERVE-PRIVACY-0001"
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def png_of():
+    """``png_of(path, size=None, bits=8, compress_level=6)``: a real X-ray re-encoded as PNG bytes."""
+    return xray_as_png
+
+
+@pytest.fixture(scope="session")
+def dicom_of():
+    """``dicom_of(path)``: a real X-ray as DICOM bytes whose PatientName is :data:`PATIENT_NAME`."""
+    return xray_as_dicom
+
+
+@pytest.fixture(scope="session")
+def patient_name() -> str:
+    return PATIENT_NAME
+
+
+@pytest.fixture(scope="session")
+def serve_live():
+    """``with serve_live(app) as base_url``: the app on uvicorn, in a thread, on a free loopback port."""
+    return live_server
+
+
+@contextmanager
+def live_server(app) -> Iterator[str]:
+    """Run ``app`` on uvicorn in a thread on a free loopback port; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
