@@ -12,11 +12,14 @@ from cxrscreen.evaluation.metrics import (
     Interval,
     binary_metrics,
     bootstrap_weights,
+    classification_report,
     difference,
     multiclass_metrics,
     one_vs_rest,
+    point_metrics,
     weighted_auroc,
 )
+from cxrscreen.evaluation.tables import format_interval, format_table
 from cxrscreen.errors import ConfigError
 
 CLASSES = ["covid", "normal", "viral"]
@@ -144,3 +147,25 @@ def test_difference_of_intervals():
     assert drop.value == pytest.approx(1.0 - 0.75)
     assert drop.low <= drop.value <= drop.high
     assert np.isnan(difference(a.auroc, Interval(0.5, 0.4, 0.6)).low)
+
+
+def test_point_metrics_and_report_for_the_trainer():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 300)
+    probs = rng.dirichlet(np.ones(3), 300) + 0.3 * np.eye(3)[y]
+    probs /= probs.sum(1, keepdims=True)
+    point = point_metrics(y, probs, 3)
+    assert point["auc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+    assert point["macro_f1"] == pytest.approx(f1_score(y, probs.argmax(1), average="macro"))
+    report = classification_report(y, probs, CLASSES, n_resamples=50, seed=0)
+    assert report.multiclass.macro_auroc.value == pytest.approx(point["auc"])
+    assert report.covid_vs_rest.auroc.value == pytest.approx(roc_auc_score(y == 0, probs[:, 0]))
+    assert classification_report(y, probs, ["normal", "viral", "other"], n_resamples=0).covid_vs_rest is None
+
+
+def test_interval_formatting():
+    assert format_interval(Interval(0.9123, 0.8991, 0.9252)) == "0.912 [0.899, 0.925]"
+    assert format_interval(Interval(float("nan"), float("nan"), float("nan"))) == "-"
+    assert format_interval(Interval(0.5, float("nan"), float("nan"))) == "0.500"
+    table = format_table(["class", "n"], [["covid", "3"], ["viral", "12"]]).splitlines()
+    assert table[0] == "class   n" and table[2] == "covid   3" and table[3] == "viral  12"

@@ -28,7 +28,8 @@ PATIENT_NAME = "Testpatient^Serveprivacy"
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    model = create_model("efficientnet_lite0", len(CLASSES), pretrained=False)
+    # ImageNet weights (bundled with the package, no download) give Grad-CAM maps with structure.
+    model = create_model("efficientnet_lite0", len(CLASSES), pretrained=True)
     meta = ModelMeta(
         arch="efficientnet_lite0",
         classes=list(CLASSES),

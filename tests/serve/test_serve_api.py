@@ -8,6 +8,7 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -66,6 +67,8 @@ def test_predict_with_explanation_and_image_keeps_input_size(client, predictor, 
     original = Image.open(ieee_jpeg)
     overlay = decoded_png(body["explanation"]["overlay_png"])
     assert overlay.size == original.size and overlay.mode == "RGB"
+    red, _, blue = np.asarray(overlay, dtype=np.int16).transpose(2, 0, 1)
+    assert np.abs(red - blue).max() > 50  # a coloured heatmap over the grey X-ray
     assert body["explanation"]["target"] in predictor.classes
     shown = decoded_png(body["image_png"])
     assert shown.size == original.size and shown.mode == "L"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,6 +46,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         dedup_distance=args.dedup_distance,
         progress=not args.quiet,
     )
-    result = evaluate_model(cfg, log=lambda line: print(line, file=sys.stderr))
+    result = evaluate_model(cfg)
     print(evaluation_report(result))
     return 0

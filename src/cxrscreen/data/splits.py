@@ -1,7 +1,8 @@
 """Train/validation/test splits that never put one patient, or one picture, on two sides.
 
 Images are joined into groups when they share a patient (``Record.group_key``) or are near-duplicates of each
-other (pHash Hamming distance <= ``max_distance``, within or across collections); the groups are connected
+other (pHash distance <= ``max_distance`` bits per 64, see :mod:`cxrscreen.data.dedup`; within or across
+collections); the groups are connected
 components of that graph. Whole groups are then dealt to the splits, largest first, each to the split that most
 lacks the group's classes, so every split gets about its fraction of every class. Seeded: the same dataset,
 hashes and seed give the same split.
@@ -75,13 +76,13 @@ def parse_fractions(spec: str | Sequence[float]) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def leakage_groups(dataset: Dataset, hashes: Mapping[str, str], max_distance: int) -> np.ndarray:
+def leakage_groups(dataset: Dataset, hashes: Mapping[str, str], max_distance: float) -> np.ndarray:
     """Group index per record (int64 (N,)): same patient or near-duplicate pictures share a group."""
     n = len(dataset.records)
     first_of_patient: dict[str, int] = {}
     edges = [(first_of_patient.setdefault(r.group_key, i), i) for i, r in enumerate(dataset.records)]
     hashed = np.array([i for i, r in enumerate(dataset.records) if r.path in hashes], dtype=np.int64)
-    pairs = near_duplicate_pairs(hashes_to_array(hashes[dataset.records[i].path] for i in hashed), max_distance)
+    pairs, _ = near_duplicate_pairs(hashes_to_array(hashes[dataset.records[i].path] for i in hashed), max_distance)
     row = np.concatenate([np.array([e[0] for e in edges], dtype=np.int64), hashed[pairs[:, 0]]])
     col = np.concatenate([np.array([e[1] for e in edges], dtype=np.int64), hashed[pairs[:, 1]]])
     graph = coo_matrix((np.ones(len(row)), (row, col)), shape=(n, n))
@@ -115,7 +116,7 @@ def make_split(
     hashes: Mapping[str, str],
     seed: int = 0,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    max_distance: int = DEFAULT_MAX_DISTANCE,
+    max_distance: float = DEFAULT_MAX_DISTANCE,
 ) -> Split:
     """A leakage-free, class-stratified split of ``dataset``; ``hashes`` maps record paths to pHashes
     (:func:`cxrscreen.data.dedup.hash_files`), images without a hash are grouped by patient only."""

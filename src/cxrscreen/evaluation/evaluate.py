@@ -24,14 +24,18 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from cxrscreen import SCREENING_NOTICE
 from cxrscreen.data.cache import load_prepared
+from cxrscreen.data.dedup import hash_files, leave_out_near_duplicates
 from cxrscreen.data.labels import CLASS_GROUPS, OTHER, LabelSet
 from cxrscreen.data.records import Record
+from cxrscreen.data.sources import load_dataset, scan_paths, task_class
+from cxrscreen.data.sources.base import read_csv_rows
+from cxrscreen.data.splits import load_split
 from cxrscreen.errors import ConfigError, DatasetLayoutError
 from cxrscreen.evaluation.calibration import (
     ReliabilityDiagram,
@@ -39,6 +43,7 @@ from cxrscreen.evaluation.calibration import (
     reliability_diagram,
     rescale_temperature,
 )
+from cxrscreen.evaluation import plots
 from cxrscreen.evaluation.metrics import (
     BinaryMetrics,
     Interval,
@@ -47,6 +52,7 @@ from cxrscreen.evaluation.metrics import (
     difference,
     multiclass_metrics,
 )
+from cxrscreen.inference.predictor import load_predictor
 from cxrscreen.io_utils import atomic_write, write_json
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
@@ -141,6 +147,7 @@ class CollectionResult:
     classes: list[str]
     n_listed: int
     left_out_near_duplicates: int | None
+    dedup_distance: int
     unreadable: list[tuple[str, str]]
     without_class: dict[str, int]
     unknown_labels: dict[str, int]
@@ -169,6 +176,7 @@ class CollectionResult:
             "images_listed": self.n_listed,
             "images_evaluated": self.n_evaluated,
             "left_out_near_duplicates": self.left_out_near_duplicates,
+            "dedup_distance": self.dedup_distance,
             "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
             "without_model_class": dict(self.without_class),
             "unknown_labels": dict(self.unknown_labels),
@@ -306,11 +314,8 @@ def slug(text: str) -> str:
 class Evaluator:
     """Evaluates collections with one loaded predictor; :func:`evaluate_model` builds and runs it."""
 
-    def __init__(self, cfg: EvaluationConfig, log: Callable[[str], None] = print):
-        from cxrscreen.inference.predictor import load_predictor
-
+    def __init__(self, cfg: EvaluationConfig):
         self.cfg = cfg
-        self.log = log
         self.predictor = load_predictor(cfg.model)
         self.meta = self.predictor.meta
         self.run_dir = find_run_dir(cfg.model)
@@ -350,13 +355,11 @@ class Evaluator:
     # -- choosing the images ----------------------------------------------------------------------------------
     def evaluate_collection(self, paths: list[str], role: str) -> CollectionResult:
         """Evaluate ``paths`` together: the run's split side when they are its training data, else all images."""
-        from cxrscreen.data.sources import load_dataset
-
-        trained_on = bool(self.train_data) and same_paths(paths, self.train_data)
+        trained_on = self.is_training_data(paths)
         notes: list[str] = []
         if role == "data" and trained_on and self.split_file is not None and self.cfg.split != "all":
-            records, name, listed, dropped, notes = self.split_side(paths)
-            return self.evaluate_records(name, "internal", paths, records, listed, None, dropped, notes)
+            records, name, dropped, notes = self.split_side(paths)
+            return self.evaluate_records(name, "internal", paths, records, len(records), None, dropped, notes)
         dataset = load_dataset(paths, all_findings_label_set(self.meta.label_map), allow_missing_classes=True)
         records = list(dataset.records)
         notes.extend(dataset.notes)
@@ -366,8 +369,6 @@ class Evaluator:
             notes.append("includes the images the model was trained on (--split all on its training data)")
         elif self.meta.train_hashes:
             records, left_out = self.without_training_duplicates(records)
-            self.log(f"{', '.join(paths)}: left out {left_out} near-duplicate(s) of the model's training images "
-                     f"(pHash distance <= {self.cfg.dedup_distance})")
         else:
             notes.append("the model stores no training-image hashes: near-duplicates of its training images could not be left out")
         if trained_on and self.cfg.split != "all" and self.split_file is None:
@@ -376,11 +377,17 @@ class Evaluator:
         name = ", ".join(paths)
         return self.evaluate_records(name, kind, paths, records, len(dataset.records), left_out, dataset.dropped, notes)
 
-    def split_side(self, paths: list[str]) -> tuple[list[Record], str, int, Counter, list[str]]:
-        """The records of the run's split side ``cfg.split``, loaded as the training run loaded them."""
-        from cxrscreen.data.sources import load_dataset
-        from cxrscreen.data.splits import load_split
+    def is_training_data(self, paths: list[str]) -> bool:
+        """Whether ``paths`` are the model's training data: the same folders, or images listed in the run's split."""
+        if self.train_data and same_paths(paths, self.train_data):
+            return True
+        if self.split_file is None:
+            return False
+        in_split = self.split_paths()
+        return any(record.path in in_split for record in scan_paths(paths)[0].records)
 
+    def split_side(self, paths: list[str]) -> tuple[list[Record], str, Counter, list[str]]:
+        """The records of the run's split side ``cfg.split``, loaded as the training run loaded them."""
         dataset = load_dataset(paths, self.meta.label_set, frontal_only=self.train_frontal_only, allow_missing_classes=True)
         in_split = self.split_paths()
         listed = [i for i, record in enumerate(dataset.records) if record.path in in_split]
@@ -392,16 +399,13 @@ class Evaluator:
         unused = len(dataset.records) - len(listed)
         if unused:
             notes.append(f"{unused} image(s) of --data are not in the run's split (not used by the run) and were not evaluated")
-        return records, f"internal {self.cfg.split} split", len(listed), dataset.dropped, notes
+        notes.append(f"{self.cfg.split} side of the run's split ({len(listed)} images in all sides)")
+        return records, f"internal {self.cfg.split} split", dataset.dropped, notes
 
     def split_paths(self) -> set[str]:
-        from cxrscreen.data.sources.base import read_csv_rows
-
         return {row["path"] for row in read_csv_rows(self.split_file, ("path", "split"))}
 
     def without_training_duplicates(self, records: list[Record]) -> tuple[list[Record], int]:
-        from cxrscreen.data.dedup import hash_files, leave_out_near_duplicates
-
         hashes = hash_files([r.path for r in records], progress=self.cfg.progress).hashes
         return leave_out_near_duplicates(records, hashes, self.meta.train_hashes, self.cfg.dedup_distance)
 
@@ -431,8 +435,6 @@ class Evaluator:
         unknown_labels: Counter,
         notes: list[str],
     ) -> CollectionResult:
-        from cxrscreen.data.sources import task_class
-
         if not records:
             raise DatasetLayoutError(f"{name}: no image left to evaluate")
         ok, unreadable, model_probs, flagged = self.predict([r.path for r in records])
@@ -459,6 +461,7 @@ class Evaluator:
         by_source = self.per_source(records, probs, targets, is_covid, groups) if self.cfg.by_source else []
         return CollectionResult(
             name=name, kind=kind, data=list(paths), classes=classes, n_listed=n_listed, left_out_near_duplicates=left_out,
+            dedup_distance=self.cfg.dedup_distance,
             unreadable=unreadable, without_class=dict(without_class), unknown_labels=dict(unknown_labels),
             flagged_out_of_distribution=flagged, multiclass=multiclass, covid_vs_rest=covid, calibration=calibration,
             by_source=by_source, notes=notes, paths=[r.path for r in records], sources=[r.source for r in records],
@@ -518,8 +521,6 @@ def write_predictions_csv(result: CollectionResult, path: Path) -> None:
 
 def write_outputs(result: EvaluationResult, out_dir: Path) -> None:
     """metrics.json, and per collection the figures and predictions.csv (external ones in a subfolder)."""
-    from cxrscreen.evaluation import plots
-
     used: set[str] = set()
     for index, collection in enumerate(result.collections):
         folder = out_dir
@@ -535,8 +536,12 @@ def write_outputs(result: EvaluationResult, out_dir: Path) -> None:
             mapped = collection.targets >= 0
             figures["confusion_matrix"] = plots.plot_confusion_matrix(
                 collection.multiclass.confusion, collection.classes, folder / "confusion_matrix.png", title)
-            figures["roc"] = plots.plot_roc_curves(
-                collection.targets[mapped], collection.probs[mapped], collection.classes, folder / "roc.png", title)
+            extra = None
+            if POSITIVE in collection.classes:
+                covid_score = collection.probs[:, collection.classes.index(POSITIVE)]
+                extra = {"covid vs rest, all images": (collection.is_covid, covid_score)}
+            figures["roc"] = plots.plot_roc_curves(collection.targets[mapped], collection.probs[mapped],
+                                                   collection.classes, folder / "roc.png", title, extra)
         if collection.calibration is not None:
             cal = collection.calibration
             figures["reliability"] = plots.plot_reliability(
@@ -547,7 +552,7 @@ def write_outputs(result: EvaluationResult, out_dir: Path) -> None:
     write_json(out_dir / "metrics.json", result.to_dict())
 
 
-def evaluate_model(cfg: EvaluationConfig | None = None, log: Callable[[str], None] = print, **kwargs: Any) -> EvaluationResult:
+def evaluate_model(cfg: EvaluationConfig | None = None, **kwargs: Any) -> EvaluationResult:
     """Evaluate a model as ``cfg`` (or the keyword arguments of :class:`EvaluationConfig`) says.
 
     Example (notebook): ``evaluate_model(model="runs/r1", external=["data/covid-chestxray-dataset"]).to_dict()``.
@@ -556,4 +561,4 @@ def evaluate_model(cfg: EvaluationConfig | None = None, log: Callable[[str], Non
         cfg = EvaluationConfig(**kwargs)
     elif kwargs:
         raise ConfigError("pass either an EvaluationConfig or keyword arguments, not both")
-    return Evaluator(cfg, log).run()
+    return Evaluator(cfg).run()

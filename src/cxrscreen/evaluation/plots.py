@@ -46,22 +46,38 @@ def plot_confusion_matrix(confusion: np.ndarray, classes: Sequence[str], path: s
     return save_figure(fig, path)
 
 
-def plot_roc_curves(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
-    """One-vs-rest ROC curve of every class present with both outcomes in ``y_true`` (N,), ``probs`` (N, C)."""
+def plot_roc_curves(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    path: str | Path,
+    title: str = "",
+    extra: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Path:
+    """One-vs-rest ROC curve of every class present with both outcomes in ``y_true`` (N,), ``probs`` (N, C).
+
+    ``extra`` adds dashed curves from (boolean truth, score) pairs, e.g. COVID-vs-rest over every image.
+    """
+    curves = [(f"{name}", np.asarray(y_true) == i, probs[:, i], "-") for i, name in enumerate(classes)]
+    curves += [(label, np.asarray(truth, dtype=bool), score, "--") for label, (truth, score) in (extra or {}).items()]
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    for index, name in enumerate(classes):
-        positive = np.asarray(y_true) == index
+    drawn = 0
+    for label, positive, score, style in curves:
         if positive.all() or not positive.any():
             continue
-        fpr, tpr, _ = roc_curve(positive, probs[:, index])
-        ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f}, n={int(positive.sum())})")
+        fpr, tpr, _ = roc_curve(positive, score)
+        ax.plot(fpr, tpr, linestyle=style, label=f"{label} (AUC {auc(fpr, tpr):.3f}, n={int(positive.sum())})")
+        drawn += 1
+    if not drawn:
+        ax.text(0.5, 0.5, "no class has both positive and negative images", ha="center", va="center")
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
     ax.set_title(title or "ROC, one class vs the rest")
-    ax.legend(loc="lower right", fontsize=8)
+    if drawn:
+        ax.legend(loc="lower right", fontsize=8)
     return save_figure(fig, path)
 
 

@@ -47,7 +47,8 @@ def collection_report(result: "CollectionResult") -> str:
     """What one collection's evaluation found: counts, overall and per-class metrics, COVID-vs-rest, calibration."""
     lines = [f"== {result.name} ({result.kind}): {result.n_evaluated} images evaluated of {result.n_listed} listed"]
     if result.left_out_near_duplicates is not None:
-        lines.append(f"left out {result.left_out_near_duplicates} near-duplicate(s) of the model's training images")
+        lines.append(f"left out {result.left_out_near_duplicates} near-duplicate(s) of the model's training images "
+                     f"(pHash distance <= {result.dedup_distance} of 64 bits)")
     if result.unreadable:
         lines.append(f"skipped {len(result.unreadable)} unreadable image(s), e.g. {result.unreadable[0][0]}: {result.unreadable[0][1]}")
     if result.without_class:

@@ -51,8 +51,12 @@ def export_onnx(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike)
     size = meta.preprocessing.img_size
     example = torch.rand(2, 1, size, size)
     buffer = io.BytesIO()
+    # The TorchScript exporter: deprecated since torch 2.9 but, for this network, 7x faster to export than the
+    # torch.export-based one (3 s against 20 s) for the same ONNX Runtime speed; torch is pinned. Its notices
+    # about itself and about constant-folding Slice are expected and silenced.
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
         torch.onnx.export(
             LogitsAndFeatures(model).eval(),
             (example,),

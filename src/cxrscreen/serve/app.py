@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import html
 import io
 import logging
@@ -332,6 +333,13 @@ def serve(settings: ServeSettings, model: str | Path | None = None, backend: str
         create_app(predictor, settings),
         host=settings.host,
         port=settings.port,
-        log_level="info",
+        log_config=logging_config(),
         server_header=False,
     )
+
+
+def logging_config() -> dict[str, Any]:
+    """uvicorn's logging setup, with cxrscreen's own log lines going to the same stream."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["cxrscreen"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,8 +231,14 @@ class Trainer:
         total_steps = steps_per_epoch * cfg.epochs
         warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
         for epoch in range(self.state.epoch + 1, cfg.epochs + 1):
-            train_stats = self.train_epoch(epoch, steps_per_epoch, total_steps, warmup)
-            val = self.validate()
+            try:
+                train_stats = self.train_epoch(epoch, steps_per_epoch, total_steps, warmup)
+                val = self.validate()
+            except KeyboardInterrupt:
+                if self.ctx.is_main:
+                    print(f"interrupted in epoch {epoch}; epoch {self.state.epoch} is saved in {self.run_dir / LAST_FILE}; "
+                          f"continue with: cxrscreen train --resume {self.run_dir}", file=sys.stderr)
+                raise
             self.record_epoch(epoch, train_stats, val)
             if self.state.epochs_without_improvement >= cfg.patience:
                 self.log(f"early stop: {cfg.monitor} did not improve for {cfg.patience} epochs")
@@ -314,12 +321,13 @@ class Trainer:
             f"val {cfg.monitor} {score:.4f}{' (best)' if improved else ''}, {train_stats['images_per_s']:.1f} img/s"
         )
         if self.ctx.is_main:
+            # best, then last (the resume point), then the log: a kill between two writes loses nothing.
             meta = build_meta(cfg, self.data, {"validation": val, "epoch": epoch})
-            write_metrics_csv(self.run_dir / METRICS_FILE, state.history)
             if improved:
                 save_checkpoint(self.run_dir / BEST_FILE, self.model, meta)
             extra = {"optimizer": self.optimizer.state_dict(), "state": state.__dict__}
             save_checkpoint(self.run_dir / LAST_FILE, self.model, meta, extra=extra)
+            write_metrics_csv(self.run_dir / METRICS_FILE, state.history)
         barrier(self.ctx)
 
     # -- after training ---------------------------------------------------------------------------------------

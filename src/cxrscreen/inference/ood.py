@@ -1,0 +1,140 @@
+"""Out-of-distribution guard: is this input like the chest X-rays the model was trained on?
+
+Fitted at the end of training on the classifier's penultimate features (N, F) and stored in the checkpoint
+(``ModelMeta.ood``) as a plain dict of lists and floats (under 0.5 MB for F = 1280). The score is a Mahalanobis
+distance under a probabilistic-PCA covariance of the L2-normalised features: a shrunk (Ledoit-Wolf) covariance
+in the top ``k`` principal directions plus one isotropic variance for everything outside them,
+
+    score^2 = z' Lambda^-1 z + |r|^2 / sigma^2,   z = P (x - mean),  r = (x - mean) - P' z.
+
+The residual term is what catches most non-X-rays: photographs, noise and text land away from the subspace the
+X-rays span, not far along it (a Mahalanobis distance within the subspace alone missed most of them in
+tests/inference/test_ood.py). The threshold is the ``accept_rate`` quantile (default 99%) of the scores of
+held-out real X-rays (the validation set), so about 1% of real X-rays like the training data are flagged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cxrscreen.errors import ModelError
+
+METHOD = "ppca-mahalanobis"
+FORMAT_VERSION = 1
+MIN_CALIBRATION = 10
+REQUIRED_KEYS = ("method", "feature_dim", "mean", "components", "precision", "residual_variance", "threshold")
+
+
+def fit_ood_guard(
+    train_features: np.ndarray,
+    val_features: np.ndarray | None = None,
+    accept_rate: float = 0.99,
+    max_components: int = 32,
+) -> dict[str, Any]:
+    """Fit the guard on training features (N, F) and set its threshold on validation features (M, F).
+
+    ``k = min(max_components, N // 4, F - 1)`` principal directions are modelled (a quarter of the images at most,
+    so the residual variance is not fitted away on few images). With fewer than ``MIN_CALIBRATION`` validation
+    rows the threshold comes from the training features themselves, which flags more real X-rays than
+    ``1 - accept_rate``; the dict records which set calibrated it.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    train = _as_features(train_features, "training")
+    if not np.isfinite(train).all():
+        raise ValueError("training features hold NaN or infinite values")
+    if not 0.5 <= accept_rate < 1.0:
+        raise ValueError(f"accept_rate must be in [0.5, 1), got {accept_rate}")
+    n_images, dim = train.shape
+    if n_images < 2:
+        raise ValueError(f"the OOD guard needs at least 2 training images, got {n_images}")
+    unit = _l2_normalise(train)
+    mean = unit.mean(axis=0)
+    centred = unit - mean
+    k = max(1, min(max_components, n_images // 4, dim - 1))
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    components = vt[:k]
+    projected = centred @ components.T
+    precision = LedoitWolf().fit(projected).precision_
+    residual = centred - projected @ components
+    residual_variance = max(float((residual**2).sum(axis=1).mean()) / (dim - k), 1e-12)
+    guard: dict[str, Any] = {
+        "method": METHOD,
+        "version": FORMAT_VERSION,
+        "feature_dim": int(dim),
+        "n_fit": int(n_images),
+        "mean": _floats(mean),
+        "components": [_floats(row) for row in components],
+        "precision": [_floats(row) for row in precision],
+        "residual_variance": residual_variance,
+        "accept_rate": float(accept_rate),
+        "threshold": 0.0,
+    }
+    val = None if val_features is None else _as_features(val_features, "validation", dim)
+    calibration_set, calibration = ("validation", val) if val is not None and len(val) >= MIN_CALIBRATION else ("training", train)
+    scores = ood_scores(calibration, guard)
+    if not np.isfinite(scores).any():
+        raise ValueError(f"{calibration_set} features hold no finite row to set the threshold on")
+    guard["threshold"] = float(np.quantile(scores[np.isfinite(scores)], accept_rate))
+    guard["calibration"] = {
+        "set": calibration_set,
+        "images": int(len(calibration)),
+        "accepted": float(np.mean(scores <= guard["threshold"])),
+    }
+    return guard
+
+
+def ood_scores(features: np.ndarray, guard: dict[str, Any]) -> np.ndarray:
+    """Distance of each row of ``features`` (N, F) from the training X-rays: float64 (N,), >= 0, larger = stranger.
+
+    Rows holding NaN or infinity score ``inf``.
+    """
+    check_guard(guard)
+    feats = np.asarray(features, dtype=np.float64)
+    if feats.ndim != 2 or feats.shape[1] != int(guard["feature_dim"]):
+        raise ModelError(f"OOD guard: features of shape {feats.shape}, expected (N, {guard['feature_dim']}); guard and model disagree")
+    mean = np.asarray(guard["mean"])
+    components = np.asarray(guard["components"])
+    precision = np.asarray(guard["precision"])
+    finite = np.isfinite(feats).all(axis=1)
+    centred = _l2_normalise(np.where(finite[:, None], feats, 0.0)) - mean
+    projected = centred @ components.T
+    within = np.einsum("ij,jk,ik->i", projected, precision, projected)
+    outside = ((centred - projected @ components) ** 2).sum(axis=1) / float(guard["residual_variance"])
+    scores = np.sqrt(np.maximum(within, 0.0) + outside)
+    scores[~finite] = np.inf
+    return scores
+
+
+def in_distribution(features: np.ndarray, guard: dict[str, Any]) -> np.ndarray:
+    """True for rows of ``features`` (N, F) the guard accepts as chest X-rays like the training data: bool (N,)."""
+    return ood_scores(features, guard) <= float(guard["threshold"])
+
+
+def check_guard(guard: dict[str, Any]) -> None:
+    """Raise :class:`ModelError` when ``guard`` is not a guard this version can use (e.g. from a newer cxrscreen)."""
+    missing = [key for key in REQUIRED_KEYS if key not in guard]
+    if missing:
+        raise ModelError(f"OOD guard: missing {', '.join(missing)}; refit it or retrain")
+    if guard["method"] != METHOD or int(guard.get("version", 0)) > FORMAT_VERSION:
+        raise ModelError(f"OOD guard: unknown method {guard['method']!r} version {guard.get('version')}")
+
+
+def _as_features(features: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:
+    feats = np.asarray(features, dtype=np.float64)
+    if feats.ndim != 2 or (dim is not None and feats.shape[1] != dim):
+        expected = f"(N, {dim})" if dim is not None else "(N, F)"
+        raise ValueError(f"{what} features of shape {feats.shape}, expected {expected}")
+    return feats
+
+
+def _l2_normalise(feats: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length: the guard looks at the direction of the features, not their magnitude."""
+    return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+
+
+def _floats(values: np.ndarray) -> list[float]:
+    # float32 precision is plenty for the guard and keeps pickled checkpoints small.
+    return [float(v) for v in np.asarray(values, dtype=np.float32)]

@@ -1,0 +1,161 @@
+"""The shortcut audit on synthetic X-rays with exact lung masks and models that look at one region only.
+
+COVID images carry a striped texture (mean 0.5, like the flat background) either in a corner outside the lungs
+(a shortcut, like a hospital's marker) or inside the lungs. A model that scores the texture in a corner must be
+called out with "uses shortcuts"; one that scores it inside the lungs "relies on the lungs".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cxrscreen.data.records import Record
+from cxrscreen.data.transforms import Preprocessing
+from cxrscreen.evaluation.audit import AuditConfig, audit_arrays, audit_report, lung_edits, mask_in_input_frame
+from cxrscreen.inference.predictor import Predictor, TorchBackend
+from cxrscreen.models.checkpoint import ModelMeta
+
+HEIGHT, WIDTH, SIDE = 64, 96, 64
+
+
+def lung_mask() -> np.ndarray:
+    mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
+    mask[12:52, 12:40] = True
+    mask[12:52, 56:84] = True
+    return mask
+
+
+def stripes(shape: tuple[int, int]) -> np.ndarray:
+    rows = np.arange(shape[0])[:, None]
+    return np.where((rows // 2) % 2 == 0, 0.3, 0.7) * np.ones(shape, dtype=np.float32)
+
+
+def synthetic_xray(covid: bool, where: str) -> np.ndarray:
+    image = np.full((HEIGHT, WIDTH), 0.5, dtype=np.float32)
+    if covid and where == "corner":
+        image[0:8, 0:8] = stripes((8, 8))
+    if covid and where == "lungs":
+        mask = lung_mask()
+        image[mask] = stripes((HEIGHT, WIDTH))[mask]
+    return image
+
+
+class RegionTexture(nn.Module):
+    """Activations = (x - 0.5)^2 inside a fixed region of the input (the Grad-CAM layer)."""
+
+    def __init__(self, region: np.ndarray):
+        super().__init__()
+        self.register_buffer("region", torch.from_numpy(region.astype(np.float32)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - 0.5) ** 2 * self.region
+
+
+class RegionModel(nn.Module):
+    """Scores COVID by the texture inside ``region`` (S, S) of the network input; classes covid, normal."""
+
+    target_layer = "texture"
+
+    def __init__(self, region: np.ndarray):
+        super().__init__()
+        self.texture = RegionTexture(region)
+        self.head = nn.Linear(1, 2)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[200.0], [-200.0]]))
+            self.head.bias.copy_(torch.tensor([-2.0, 2.0]))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.texture(x).sum(dim=(2, 3)) / self.texture.region.sum()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def predictor_for(region: np.ndarray) -> Predictor:
+    model = RegionModel(region).eval()
+    meta = ModelMeta(arch="synthetic", classes=["covid", "normal"], preprocessing=Preprocessing(img_size=SIDE))
+    return Predictor(meta, TorchBackend(model), "torch", Path("region-model"), model)
+
+
+def corner_region() -> np.ndarray:
+    region = np.zeros((SIDE, SIDE), dtype=bool)
+    region[0:6, 0:5] = True  # the 8x8 corner of the 64x96 image, resized to 64x64
+    return region
+
+
+def lung_region() -> np.ndarray:
+    return mask_in_input_frame(lung_mask(), Preprocessing(img_size=SIDE))
+
+
+def audit_of(region: np.ndarray, where: str):
+    labels = ["covid"] * 12 + ["normal"] * 12
+    images = [synthetic_xray(label == "covid", where) for label in labels]
+    records = [Record(f"synthetic/{i}.png", label, label, "site_a" if i % 2 else "site_b") for i, label in enumerate(labels)]
+    cfg = AuditConfig(n_resamples=50, gradcam_per_class=4, probe_folds=3)
+    return audit_arrays(predictor_for(region), images, [lung_mask()] * len(images), records, cfg, log=lambda _m: None)
+
+
+def test_lung_edits_hide_and_keep_the_dilated_lungs():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.0, 1.0, (HEIGHT, WIDTH)).astype(np.float32)
+    mask = lung_mask()
+    edits = lung_edits(image, mask, dilation=0.05)  # 0.05 * 64 = 3.2 px
+    mean = np.float32(image.mean())
+    np.testing.assert_array_equal(edits["original"], image)
+    hidden, only = edits["lungs_hidden"], edits["lungs_only"]
+    assert np.all(hidden[mask] == mean)
+    assert np.all(hidden[12:52, 9:12] == mean)  # the 3 px border beside the left lung is hidden too
+    np.testing.assert_array_equal(hidden[0:8, 0:8], image[0:8, 0:8])  # far from the lungs: untouched
+    np.testing.assert_array_equal(only[mask], image[mask])
+    np.testing.assert_array_equal(only[12:52, 9:12], image[12:52, 9:12])  # the dilated border is kept
+    assert np.all(only[0:8, 0:8] == mean)
+    for edited in (hidden, only):
+        assert edited.dtype == np.float32 and edited.shape == image.shape
+
+
+def test_no_dilation_edits_exactly_the_mask():
+    image = np.linspace(0, 1, HEIGHT * WIDTH, dtype=np.float32).reshape(HEIGHT, WIDTH)
+    edits = lung_edits(image, lung_mask(), dilation=0.0)
+    changed = edits["lungs_hidden"] != image
+    assert not changed[~lung_mask()].any()
+
+
+def test_mask_follows_a_lung_crop_into_the_input_frame():
+    mask = lung_mask()
+    plain = mask_in_input_frame(mask, Preprocessing(img_size=32))
+    cropped = mask_in_input_frame(mask, Preprocessing(img_size=32, lung_mode="crop", crop_margin=0.0))
+    assert plain.shape == cropped.shape == (32, 32)
+    assert cropped.mean() > plain.mean()  # the crop removes background, so the lungs fill more of the frame
+    assert cropped[:, 0].all() and not cropped[:, 16].any()  # crop starts at the left lung; gap in the middle
+
+
+def test_a_model_looking_at_a_corner_uses_shortcuts():
+    result = audit_of(corner_region(), "corner")
+    auroc = {name: s.covid_vs_rest.auroc.value for name, s in result.scores.items()}
+    assert auroc["original"] == pytest.approx(1.0)
+    assert auroc["lungs_hidden"] == pytest.approx(1.0)
+    assert auroc["lungs_only"] == pytest.approx(0.5)
+    assert result.verdict.startswith("uses shortcuts")
+    assert result.gradcam_lung_share["covid"] < 0.05
+    assert result.probe is not None and result.probe.n_images == 24
+    text = audit_report(result)
+    assert "lungs hidden" in text and "verdict: uses shortcuts" in text
+
+
+def test_a_model_looking_at_the_lungs_relies_on_them():
+    result = audit_of(lung_region(), "lungs")
+    auroc = {name: s.covid_vs_rest.auroc.value for name, s in result.scores.items()}
+    assert auroc["original"] == pytest.approx(1.0)
+    assert auroc["lungs_only"] == pytest.approx(1.0)
+    assert auroc["lungs_hidden"] == pytest.approx(0.5)
+    assert result.verdict.startswith("relies on the lungs")
+    assert result.gradcam_lung_share["covid"] > 0.95
+    assert result.scores["lungs_only"].multiclass.accuracy.value == pytest.approx(1.0)
+    data = result.to_dict()
+    assert set(data["scores"]) == {"original", "lungs_hidden", "lungs_only"}
+    assert data["verdict"] == result.verdict

@@ -1,0 +1,162 @@
+"""The OOD guard on synthetic features with a known answer, and on real X-ray features vs non-X-rays."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from cxrscreen.data.imageio import load_xray
+from cxrscreen.data.transforms import Preprocessing, prepare_image
+from cxrscreen.errors import ModelError
+from cxrscreen.inference.ood import fit_ood_guard, in_distribution, ood_scores
+
+DIM, RANK = 64, 6
+
+
+def gaussian_features(rng: np.random.Generator, n: int, basis: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """Points near a RANK-dimensional subspace of R^DIM (strong along it, weak noise across it), around ``offset``."""
+    return offset + rng.normal(size=(n, RANK)) * np.linspace(3, 1, RANK) @ basis + 0.05 * rng.normal(size=(n, DIM))
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(DIM, DIM)))[0]
+    along, across = basis[:RANK], basis[RANK:]
+    offset = 20 * np.abs(rng.normal(size=DIM))  # far from the origin, like post-ReLU features
+    guard = fit_ood_guard(gaussian_features(rng, 2000, along, offset), gaussian_features(rng, 1000, along, offset))
+    return rng, along, across, offset, guard
+
+
+def test_accepts_about_the_requested_share_of_inliers(synthetic) -> None:
+    rng, along, _, offset, guard = synthetic
+    accepted = in_distribution(gaussian_features(rng, 4000, along, offset), guard).mean()
+    assert 0.975 <= accepted <= 0.998
+    assert guard["calibration"] == {"set": "validation", "images": 1000, "accepted": pytest.approx(0.99, abs=0.002)}
+
+
+def test_rejects_points_off_the_subspace_and_far_along_it(synthetic) -> None:
+    rng, along, across, offset, guard = synthetic
+    inliers = gaussian_features(rng, 200, along, offset)
+    off_subspace = inliers + 1.0 * across[rng.integers(0, len(across), 200)]  # small step, but across the data
+    far_along = inliers + 30.0 * along[0]  # 10 standard deviations along the widest direction
+    assert not in_distribution(off_subspace, guard).any()
+    assert not in_distribution(far_along, guard).any()
+    steps = np.array([0.0, 0.5, 1.0, 2.0, 4.0])
+    scores = ood_scores(inliers[:1] + steps[:, None] * across[0], guard)
+    assert np.all(np.diff(scores) > 0)  # further from the data, higher score
+
+
+def test_nan_rows_are_rejected_and_shapes_checked(synthetic) -> None:
+    rng, along, _, offset, guard = synthetic
+    feats = gaussian_features(rng, 3, along, offset)
+    feats[1, 5] = np.nan
+    assert np.isinf(ood_scores(feats, guard)[1]) and not in_distribution(feats, guard)[1]
+    with pytest.raises(ModelError, match="expected \\(N, 64\\)"):
+        ood_scores(np.zeros((2, 32)), guard)
+    with pytest.raises(ModelError, match="missing"):
+        ood_scores(feats, {})
+
+
+def test_without_enough_validation_rows_training_features_calibrate(synthetic) -> None:
+    rng, along, _, offset, _ = synthetic
+    guard = fit_ood_guard(gaussian_features(rng, 100, along, offset), gaussian_features(rng, 3, along, offset))
+    assert guard["calibration"]["set"] == "training"
+
+
+def test_guard_is_plain_small_and_survives_a_checkpoint(tmp_path: Path) -> None:
+    from cxrscreen.data.transforms import Preprocessing
+    from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+    from cxrscreen.models.registry import create_model
+
+    rng = np.random.default_rng(1)
+    features = np.abs(rng.normal(size=(3000, 1280)))
+    guard = fit_ood_guard(features[:2000], features[2000:])
+    json.dumps(guard)  # only lists, floats, ints and strings
+    assert len(pickle.dumps(guard)) < 2_000_000
+    meta = ModelMeta(arch="efficientnet_lite0", classes=["covid", "normal", "viral"], preprocessing=Preprocessing(64), ood=guard)
+    save_checkpoint(tmp_path / "m.pt", create_model("efficientnet_lite0", 3, pretrained=False), meta)
+    _, loaded = load_checkpoint(tmp_path / "m.pt")
+    np.testing.assert_array_equal(ood_scores(features[:50], loaded.ood), ood_scores(features[:50], guard))
+
+
+# -- real features: ImageNet EfficientNet-Lite0 on chest X-rays vs things that are not frontal chest X-rays --------
+
+IMG_SIZE = 64
+FRONTAL_FOLDERS = (
+    "COVID-19_Radiography_Dataset/COVID/images",
+    "COVID-19_Radiography_Dataset/Normal/images",
+    "COVID-19_Radiography_Dataset/Viral Pneumonia/images",
+    "TB_Chest_Radiography_Database/Tuberculosis",
+    "chest_xray/test/PNEUMONIA",
+    "lung_segmentation/montgomery_shenzhen/images",
+)
+PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon", "page", "text", "hubble_deep_field",
+          "immunohistochemistry", "brick", "grass", "gravel", "clock", "cell", "logo", "colorwheel", "cat")
+
+
+def frontal_xrays(shared: Path, start: int, per_folder: int) -> list[Path]:
+    return [path for folder in FRONTAL_FOLDERS for path in sorted((shared / folder).glob("*.jpg"))[start : start + per_folder]]
+
+
+def ieee_views(shared: Path, views: tuple[str, ...]) -> list[Path]:
+    root = shared / "covid-chestxray-dataset"
+    with open(root / "metadata.csv", newline="", encoding="utf-8") as fh:
+        rows = [row for row in csv.DictReader(fh) if row["view"] in views]
+    return [path for row in rows if (path := root / "images" / row["filename"]).is_file()]
+
+
+def rendered_text(index: int) -> np.ndarray:
+    image = Image.new("L", (256, 256), 255 if index % 2 else 0)
+    draw = ImageDraw.Draw(image)
+    for line in range(12):
+        draw.text((5, 5 + 20 * line), f"Radiology report {index}: line {line}, value {index * line}", fill=0 if index % 2 else 255)
+    return np.asarray(image)
+
+
+@pytest.fixture(scope="module")
+def real_features(shared_data: Path) -> dict[str, np.ndarray]:
+    import skimage.data
+
+    from cxrscreen.models.registry import create_model
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    sets = {
+        "fit": frontal_xrays(shared_data, 0, 10),
+        "val": frontal_xrays(shared_data, 10, 5),
+        "held_out": frontal_xrays(shared_data, 20, 5),
+        "ieee_frontal": ieee_views(shared_data, ("PA", "AP"))[:30],
+        "lateral": ieee_views(shared_data, ("L",)),
+        "photos": [getattr(skimage.data, name)() for name in PHOTOS],
+        "noise": [rng.random((128, 128)) for _ in range(5)] + [rng.normal(0.5, 0.2, (128, 128)).clip(0, 1) for _ in range(5)],
+        "text": [rendered_text(i) for i in range(10)],
+    }
+    model = create_model("efficientnet_lite0", 3).eval()
+    pp = Preprocessing(img_size=IMG_SIZE)
+    out = {}
+    for name, sources in sets.items():
+        batch = np.stack([prepare_image(load_xray(source), pp) for source in sources])[:, None]
+        with torch.no_grad():
+            out[name] = model.features(torch.from_numpy(batch)).numpy()
+    return out
+
+
+def test_real_xrays_pass_and_non_xrays_are_flagged(real_features: dict[str, np.ndarray]) -> None:
+    """Measured at 64 px (README): held-out frontal 2/30 flagged, ieee8023 frontal 4/30, lateral 44/44,
+    photos 19/19, noise 10/10, text 10/10. The bounds leave room for library and platform differences."""
+    guard = fit_ood_guard(real_features["fit"], real_features["val"])
+    flagged = {name: float(1 - in_distribution(feats, guard).mean()) for name, feats in real_features.items()}
+    assert len(real_features["lateral"]) >= 40
+    assert flagged["held_out"] <= 0.15, flagged
+    assert flagged["ieee_frontal"] <= 0.3, flagged
+    for name in ("photos", "noise", "text"):
+        assert flagged[name] >= 0.9, flagged
+    assert flagged["lateral"] >= 0.7, flagged

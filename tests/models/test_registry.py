@@ -1,0 +1,53 @@
+"""The model registry and the pretrained backbone (verified against the reference package, not assumed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cxrscreen.errors import ConfigError
+from cxrscreen.models.efficientnet_lite import WEIGHT_SHA256, file_sha256, load_reference, weights_file
+from cxrscreen.models.registry import create_model, list_models
+
+
+def test_registry_lists_pretrained_and_monai_architectures() -> None:
+    specs = {spec.name: spec for spec in list_models()}
+    assert specs["efficientnet_lite0"].has_pretrained
+    assert "monai_densenet121" in specs and not specs["monai_densenet121"].has_pretrained
+
+
+def test_unknown_architecture_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="resnet9000"):
+        create_model("resnet9000", 3)
+
+
+def test_shipped_weight_file_matches_its_checksum() -> None:
+    assert file_sha256(weights_file("lite0")) == WEIGHT_SHA256["efficientnet-lite0"]
+
+
+def test_gray_backbone_equals_reference_on_repeated_channels() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 96, 96)
+    model = create_model("efficientnet_lite0", 3, pretrained=True).eval()
+    reference = load_reference("lite0")
+    with torch.no_grad():
+        ours = model.backbone(x)
+        theirs = reference.extract_features(x.repeat(1, 3, 1, 1))
+    assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+def test_pretrained_weights_differ_from_random_init() -> None:
+    pretrained = create_model("efficientnet_lite0", 2, pretrained=True).backbone.net._conv_head.weight
+    random = create_model("efficientnet_lite0", 2, pretrained=False).backbone.net._conv_head.weight
+    assert not torch.allclose(pretrained, random)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "monai_densenet121"])
+def test_every_model_takes_the_image_convention(name: str) -> None:
+    model = create_model(name, 3, pretrained=False).eval()
+    with torch.no_grad():
+        logits = model(torch.rand(2, 1, 64, 64))
+        feats = model.features(torch.rand(2, 1, 64, 64))
+    assert logits.shape == (2, 3)
+    assert feats.shape == (2, model.head.in_features)
+    assert dict(model.named_modules())[model.target_layer] is not None
