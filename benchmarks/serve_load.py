@@ -82,7 +82,10 @@ def wait_until_healthy(server: subprocess.Popen, base_url: str, log_path: Path, 
     raise SystemExit(f"the server did not answer /healthz within {timeout_s:.0f} s")
 
 
-def run_client(url: str, images: list[tuple[str, bytes]], offset: int, count: int, deadline: float, result: LoadResult) -> None:
+def run_client(
+    url: str, images: list[tuple[str, bytes]], offset: int, count: int, deadline: float, result: LoadResult
+) -> None:
+    """Send ``count`` uploads one after another on one connection, starting at ``images[offset]``."""
     with httpx.Client(timeout=120) as client:
         for i in range(count):
             if time.monotonic() > deadline:
@@ -104,7 +107,10 @@ def run_client(url: str, images: list[tuple[str, bytes]], offset: int, count: in
                     result.errors.append(failure)
 
 
-def run_load(url: str, images: list[tuple[str, bytes]], clients: int, requests: int, max_seconds: float) -> tuple[LoadResult, float]:
+def run_load(
+    url: str, images: list[tuple[str, bytes]], clients: int, requests: int, max_seconds: float
+) -> tuple[LoadResult, float]:
+    """``clients`` threads of :func:`run_client` at once; returns what they saw and the wall time (s)."""
     result = LoadResult()
     deadline = time.monotonic() + max_seconds
     threads = [

@@ -19,7 +19,7 @@ from cxrscreen.data.cache import (
     to_uint8,
 )
 from cxrscreen.data.transforms import Preprocessing, prepare_from_source
-from cxrscreen.errors import ConfigError, DatasetLayoutError, ImageDecodeError
+from cxrscreen.errors import ConfigError, DatasetLayoutError, ImageDecodeError, ModelError
 from cxrscreen.models import segmenter
 
 PP = Preprocessing(img_size=64)
@@ -110,6 +110,12 @@ def test_bad_files_are_reported_or_raise(tmp_path, real_images):
         load_prepared(real_images[:2] + [truncated], PP, cache_dir=tmp_path / "cache", progress=False, on_bad_image="fail")
     with pytest.raises(ConfigError, match="on-bad-image"):
         load_prepared(paths, PP, cache_dir=tmp_path / "cache", on_bad_image="ignore")
+
+
+def test_missing_segmenter_raises_once_instead_of_failing_every_file(tmp_path, real_images, monkeypatch):
+    monkeypatch.setattr(segmenter, "DEFAULT_WEIGHTS", tmp_path / "absent.pt")
+    with pytest.raises(ModelError, match="absent.pt"):
+        load_prepared(real_images, Preprocessing(img_size=64, lung_mode="crop"), cache_dir=tmp_path, progress=False)
 
 
 def test_damaged_entry_is_rebuilt(tmp_path, real_images):

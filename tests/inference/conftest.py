@@ -14,7 +14,9 @@ from cxrscreen.models.registry import create_model
 CLASSES = ["covid", "normal", "viral"]
 
 
-def make_checkpoint(path: Path, temperature: float = 1.0, ood: dict | None = None, seed: int = 0) -> Path:
+def make_checkpoint(
+    path: Path, temperature: float = 1.0, ood: dict | None = None, seed: int = 0, pp: Preprocessing | None = None
+) -> Path:
     torch.manual_seed(seed)
     model = create_model("efficientnet_lite0", len(CLASSES), pretrained=True)
     with torch.no_grad():
@@ -23,7 +25,7 @@ def make_checkpoint(path: Path, temperature: float = 1.0, ood: dict | None = Non
     meta = ModelMeta(
         arch="efficientnet_lite0",
         classes=list(CLASSES),
-        preprocessing=Preprocessing(img_size=64),
+        preprocessing=pp or Preprocessing(img_size=64),
         name="tiny-test-model",
         version="1",
         temperature=temperature,
@@ -35,7 +37,7 @@ def make_checkpoint(path: Path, temperature: float = 1.0, ood: dict | None = Non
 
 @pytest.fixture(scope="session")
 def checkpoint_factory():
-    """``make(path, temperature=1.0, ood=None, seed=0) -> path`` for tests that need their own checkpoint."""
+    """``make(path, temperature=1.0, ood=None, seed=0, pp=None) -> path`` for tests that need their own checkpoint."""
     return make_checkpoint
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def browser_page(request, predictor, serve_live):
         page = browser.new_page(viewport={"width": 1100, "height": 950})
         problems: list[str] = []
         page.on("pageerror", lambda error: problems.append(str(error)))
-        page.on("response", lambda answer: problems.append(f"{answer.status} {answer.url}") if answer.status >= 400 else None)
+        page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
         page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
         page.goto(base_url)
         try:
@@ -46,7 +47,23 @@ def browser_page(request, predictor, serve_live):
             browser.close()
 
 
-def test_upload_predict_and_toggle_heatmap(browser_page, predictor, covid_jpeg: Path, dicom_of, tmp_path: Path) -> None:
+def drop_file(page, name: str, data: bytes) -> None:
+    """Drop a file on the drop zone, as dragging it from the desktop does."""
+    transfer = page.evaluate_handle(
+        """([name, b64]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name));
+            return transfer;
+        }""",
+        [name, base64.b64encode(data).decode()],
+    )
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+
+
+def test_upload_predict_and_toggle_heatmap(
+    browser_page, predictor, covid_jpeg: Path, dicom_of, png_of, tmp_path: Path
+) -> None:
     from playwright.sync_api import expect
 
     page, problems = browser_page
@@ -87,6 +104,9 @@ def test_upload_predict_and_toggle_heatmap(browser_page, predictor, covid_jpeg: 
     expect(page.locator("#caption")).to_contain_text("chest.dcm (DICOM)", timeout=30_000)
     expect(page.locator("#result")).to_be_visible()
     assert image.evaluate("img => img.naturalWidth") == 224
+
+    drop_file(page, "dropped.png", png_of(covid_jpeg))
+    expect(page.locator("#caption")).to_contain_text("dropped.png (PNG)", timeout=30_000)
 
     page.set_input_files("#file-input", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"hello"}])
     expect(page.locator("#error")).to_contain_text("notes.png: not a PNG, JPEG or DICOM file", timeout=30_000)

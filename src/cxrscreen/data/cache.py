@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from cxrscreen.data.imageio import iter_image_files, load_xray
 from cxrscreen.data.transforms import Preprocessing, prepare_from_source
-from cxrscreen.errors import ConfigError, CxrError, DatasetLayoutError, ImageDecodeError
+from cxrscreen.errors import ConfigError, CxrError, DatasetLayoutError, ImageDecodeError, ModelError
 from cxrscreen.io_utils import atomic_write, write_json
 
 ON_BAD_IMAGE = ("skip", "fail")
@@ -160,13 +160,15 @@ def _lookup(index: int, path: str, cache: PreparedCache | None) -> _Outcome | No
 
 
 def _decode(index: int, path: str, pp: Preprocessing, cache: PreparedCache | None) -> _Outcome:
-    """Decode and prepare one file (storing it in ``cache``); any failure becomes a reason, never a crash."""
+    """Decode and prepare one file (storing it in ``cache``); a failure of the file becomes a reason."""
     try:
         data = _read_bytes(path)
         image = to_uint8(prepare_from_source(data, pp, name=path))
         if cache is not None:
             cache.put(content_hash(data), image)
         return _Outcome(index, image=image)
+    except (ModelError, ConfigError):
+        raise  # not about this file (e.g. the lung segmenter is missing): every file would fail alike
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop a 10,000-file run
         return _Outcome(index, reason=_reason(exc, path))
 

@@ -23,11 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-import imagehash
 import numpy as np
 from PIL import Image
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from cxrscreen.data.imageio import load_xray
@@ -51,6 +48,8 @@ def cache_dir() -> Path:
 
 def image_phash(image: np.ndarray) -> str:
     """256-bit pHash of a decoded X-ray (float32 (H, W) in [0, 1]) as 64 hex digits."""
+    import imagehash  # imported here, like scipy below, so that `cxrscreen --help` starts fast
+
     pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
     return str(imagehash.phash(Image.fromarray(pixels, mode="L"), hash_size=PHASH_SIZE))
 
@@ -207,6 +206,9 @@ def near_duplicate_groups(
     hashes: Iterable[str] | np.ndarray, max_distance: float = DEFAULT_MAX_DISTANCE
 ) -> list[list[int]]:
     """Groups (index lists, two or more members) of images linked by chains of near-duplicate pairs."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     values = as_hash_array(hashes)
     pairs, _ = near_duplicate_pairs(values, max_distance)
     if len(pairs) == 0:

@@ -62,27 +62,27 @@ class DataSummary:
             [
                 c.name,
                 str(c.images),
-                "-" if c.patients is None else f"{c.patients}" + (f" (+{c.images_without_patient} unknown)" if c.images_without_patient else ""),
+                format_patients(c),
                 str(len(c.sources)),
                 " / ".join(format_size(s) for s in (c.size_min, c.size_median, c.size_max)),
                 "-" if c.duplicate_groups is None else f"{c.duplicate_groups} ({c.images_in_duplicate_groups} images)",
             ]
             for c in self.classes
         ]
-        parts = [
-            self.description,
-            "",
-            format_table(["class", "images", "patients", "sources", "size WxH min / median / max", "near-duplicate groups"], rows),
-            "",
-            format_table(
-                ["source", *[c.name for c in self.classes]],
-                [[source, *[str(counts.get(c.name, 0)) for c in self.classes]] for source, counts in self.by_source.items()],
-            ),
-        ]
+        headers = ["class", "images", "patients", "sources", "size WxH min / median / max", "near-duplicate groups"]
+        names = [c.name for c in self.classes]
+        by_source = [[source, *[str(counts.get(n, 0)) for n in names]] for source, counts in self.by_source.items()]
+        parts = [self.description, "", format_table(headers, rows), "", format_table(["source", *names], by_source)]
         if self.unreadable:
             parts += ["", f"{len(self.unreadable)} unreadable images, e.g. {self.unreadable[0]}"]
         parts += ["", *[f"warning: {w}" for w in self.warnings]] if self.warnings else []
         return "\n".join(parts)
+
+
+def format_patients(row: ClassSummary) -> str:
+    if row.patients is None:
+        return "-"
+    return f"{row.patients} (+{row.images_without_patient} unknown)" if row.images_without_patient else str(row.patients)
 
 
 def format_size(size: Size | None) -> str:
@@ -128,9 +128,8 @@ def confounding_warnings(by_source: Mapping[str, Mapping[str, int]], classes: li
         for name in classes:
             sources = [s for s, counts in by_source.items() if counts.get(name)]
             if len(sources) == 1:
-                warnings.append(
-                    f"class {name} comes from one source only ({sources[0]}): a model can learn the source instead of the class"
-                )
+                warnings.append(f"class {name} comes from one source only ({sources[0]}): "
+                                "a model can learn the source instead of the class")
     single = [(s, next(iter(c))) for s, c in by_source.items() if len(c) == 1]
     if single and len(classes) > 1:
         listed = ", ".join(f"{s} ({c})" for s, c in single[:LISTED_SOURCES])
@@ -139,10 +138,13 @@ def confounding_warnings(by_source: Mapping[str, Mapping[str, int]], classes: li
     return warnings
 
 
-def duplicate_counts(dataset: Dataset, hashes: Mapping[str, str], max_distance: int) -> tuple[list[tuple[int, int]], list[str]]:
+def duplicate_counts(
+    dataset: Dataset, hashes: Mapping[str, str], max_distance: float
+) -> tuple[list[tuple[int, int]], list[str]]:
     """Per class (groups touching it, images of it in groups), and warnings for groups across classes or sources."""
     hashed = [i for i, r in enumerate(dataset.records) if r.path in hashes]
-    groups = [[hashed[k] for k in group] for group in near_duplicate_groups([hashes[dataset.records[i].path] for i in hashed], max_distance)]
+    found = near_duplicate_groups([hashes[dataset.records[i].path] for i in hashed], max_distance)
+    groups = [[hashed[k] for k in group] for group in found]
     per_class = []
     for index in range(len(dataset.classes)):
         touching = [[i for i in g if dataset.targets[i] == index] for g in groups]
@@ -150,20 +152,21 @@ def duplicate_counts(dataset: Dataset, hashes: Mapping[str, str], max_distance: 
     warnings = []
     across_classes = sum(1 for g in groups if len({int(dataset.targets[i]) for i in g}) > 1)
     if across_classes:
-        warnings.append(f"{across_classes} near-duplicate groups hold images of different classes (same picture, two labels)")
-    across_sources = Counter(
-        " + ".join(sorted({dataset.records[i].source.split("/")[0] for i in g})) for g in groups
-    )
+        warnings.append(f"{across_classes} near-duplicate groups hold images of different classes "
+                        "(same picture, two labels)")
+    across_sources = Counter(" + ".join(sorted({dataset.records[i].source.split("/")[0] for i in g})) for g in groups)
     for sources, n in across_sources.most_common():
         if "+" in sources:
             warnings.append(f"{n} near-duplicate groups span collections {sources} (the same pictures in both)")
     return per_class, warnings
 
 
-def summarize(dataset: Dataset, hashes: Mapping[str, str] | None = None, max_distance: int = DEFAULT_MAX_DISTANCE) -> DataSummary:
+def summarize(
+    dataset: Dataset, hashes: Mapping[str, str] | None = None, max_distance: float = DEFAULT_MAX_DISTANCE
+) -> DataSummary:
     """Summary of ``dataset``; near-duplicate groups only when ``hashes`` (record path -> pHash) are given."""
     sizes = [image_size(r.path) for r in dataset.records]
-    duplicates, duplicate_warnings = duplicate_counts(dataset, hashes, max_distance) if hashes is not None else (None, [])
+    duplicates, duplicate_warnings = (None, []) if hashes is None else duplicate_counts(dataset, hashes, max_distance)
     classes = []
     for index, name in enumerate(dataset.classes):
         members = np.flatnonzero(dataset.targets == index)
@@ -213,7 +216,9 @@ def save_figure(figure, path: Path) -> Path:
     return path
 
 
-def save_plots(dataset: Dataset, out_dir: str | os.PathLike, per_class: int = 16, histogram_images: int = 100, seed: int = 0) -> list[Path]:
+def save_plots(
+    dataset: Dataset, out_dir: str | os.PathLike, per_class: int = 16, histogram_images: int = 100, seed: int = 0
+) -> list[Path]:
     """Write ``intensity_histograms.png`` (mean pixel histogram per class) and ``samples_<class>.png`` (a grid of
     ``per_class`` random images per class) into ``out_dir``; returns the files written."""
     from matplotlib.figure import Figure

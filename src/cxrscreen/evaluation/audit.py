@@ -354,16 +354,16 @@ def gradcam_by_class(
 
 
 def select_records(evaluator, data: list[str], split: str) -> tuple[list[Record], int | None, list[str]]:
-    """The images to audit, chosen as ``cxrscreen evaluate`` chooses them: the run's split side for its own
-    training data, else every image without a near-duplicate among the model's training images.
-    Returns (records, near-duplicates left out or None, notes)."""
+    """The images to audit, chosen as ``cxrscreen evaluate`` chooses them (through its ``Evaluator``): the run's
+    split side for its own training data, else every image without a near-duplicate among the model's training
+    images. Returns (records, near-duplicates left out or None, notes)."""
     from cxrscreen.data.sources import load_dataset
-    from cxrscreen.evaluation.evaluate import all_findings_label_set, same_paths
+    from cxrscreen.evaluation.evaluate import all_findings_label_set
 
-    trained_on = bool(evaluator.train_data) and same_paths(data, evaluator.train_data)
+    trained_on = evaluator.is_training_data(data)
     if trained_on and evaluator.split_file is not None and split != "all":
-        records, _name, _listed, _dropped, notes = evaluator.split_side(data)
-        return records, None, notes
+        side = evaluator.split_side(data)
+        return list(side[0]), None, list(side[-1])
     dataset = load_dataset(data, all_findings_label_set(evaluator.meta.label_map), allow_missing_classes=True)
     records, notes = list(dataset.records), list(dataset.notes)
     if trained_on and split == "all":
@@ -390,8 +390,10 @@ def load_images(records: list[Record]) -> tuple[list[Record], list[np.ndarray], 
     return kept, images, unreadable
 
 
-def audit_model(cfg: AuditConfig | None = None, log: Callable[[str], None] = print, **kwargs: Any) -> AuditResult:
+def audit_model(cfg: AuditConfig | None = None, log: Callable[[str], None] = print, segmenter=None, **kwargs: Any) -> AuditResult:
     """Audit a model as ``cfg`` (or the keyword arguments of :class:`AuditConfig`) says; writes ``audit.json``.
+
+    ``segmenter``: a :class:`cxrscreen.models.segmenter.LungSegmenter` to use instead of ``cfg.segmenter``'s file.
 
     Example (notebook): ``audit_model(model="runs/r1", data=["data/covid-chestxray-dataset"]).verdict``.
     """
@@ -403,11 +405,11 @@ def audit_model(cfg: AuditConfig | None = None, log: Callable[[str], None] = pri
     elif kwargs:
         raise ConfigError("pass either an AuditConfig or keyword arguments, not both")
     evaluator = Evaluator(EvaluationConfig(data=list(cfg.data), model=cfg.model, split=cfg.split, seed=cfg.seed,
-                                           dedup_distance=cfg.dedup_distance, progress=cfg.progress), log)
+                                           dedup_distance=cfg.dedup_distance, progress=cfg.progress))
     data = list(cfg.data) or evaluator.train_data
     if not data:
         raise ConfigError("--data is required: the model does not name the data it was trained on")
-    segmenter = load_segmenter(cfg.segmenter)
+    segmenter = segmenter or load_segmenter(cfg.segmenter)
     records, left_out, notes = select_records(evaluator, data, cfg.split)
     if left_out is not None:
         log(f"{', '.join(data)}: left out {left_out} near-duplicate(s) of the model's training images")

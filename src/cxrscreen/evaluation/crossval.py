@@ -175,7 +175,7 @@ def leave_one_source_out(
                 train(fold_cfg, overwrite=True, progress=progress, log=log)
             evaluation = evaluate_model(EvaluationConfig(
                 data=[str(test_csv)], model=str(fold.run_dir), split="all", n_resamples=n_resamples, seed=cfg.seed,
-                dedup_distance=cfg.dedup_distance, out=str(fold.run_dir / "eval"), progress=progress), log=log)
+                dedup_distance=cfg.dedup_distance, out=str(fold.run_dir / "eval"), progress=progress))
             fold_scores(fold, evaluation)
         except CxrError as exc:
             fold.error = str(exc)

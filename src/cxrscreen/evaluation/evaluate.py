@@ -37,13 +37,13 @@ from cxrscreen.data.sources import load_dataset, scan_paths, task_class
 from cxrscreen.data.sources.base import read_csv_rows
 from cxrscreen.data.splits import load_split
 from cxrscreen.errors import ConfigError, DatasetLayoutError
+from cxrscreen.evaluation import plots
 from cxrscreen.evaluation.calibration import (
     ReliabilityDiagram,
     brier_score,
     reliability_diagram,
     rescale_temperature,
 )
-from cxrscreen.evaluation import plots
 from cxrscreen.evaluation.metrics import (
     BinaryMetrics,
     Interval,

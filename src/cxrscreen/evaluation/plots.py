@@ -1,4 +1,8 @@
-"""Evaluation figures as PNG files (matplotlib, Agg backend, written atomically)."""
+"""Evaluation figures as PNG files, written atomically.
+
+Figures are built with matplotlib's object API (:class:`matplotlib.figure.Figure`, rendered by Agg), not pyplot,
+so that no GUI backend is needed and a notebook's pyplot state is left alone.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +10,18 @@ import io
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import auc, roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import auc, roc_curve  # noqa: E402
-
-from cxrscreen.evaluation.calibration import ReliabilityDiagram  # noqa: E402
-from cxrscreen.io_utils import atomic_write  # noqa: E402
+from cxrscreen.evaluation.calibration import ReliabilityDiagram
+from cxrscreen.io_utils import atomic_write
 
 
-def save_figure(fig: plt.Figure, path: str | Path) -> Path:
-    """Render ``fig`` to PNG, write it atomically and close it."""
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Render ``fig`` to PNG and write it atomically."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
     with atomic_write(path, "wb") as fh:
         fh.write(buffer.getvalue())
     return Path(path)
@@ -32,7 +32,8 @@ def plot_confusion_matrix(confusion: np.ndarray, classes: Sequence[str], path: s
     confusion = np.asarray(confusion)
     row_share = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     size = 1.2 + 0.9 * len(classes)
-    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    fig = Figure(figsize=(size + 1.0, size))
+    ax = fig.subplots()
     image = ax.imshow(row_share, cmap="Blues", vmin=0.0, vmax=1.0)
     for (row, col), count in np.ndenumerate(confusion):
         ax.text(col, row, f"{count}\n{row_share[row, col]:.0%}", ha="center", va="center",
@@ -60,7 +61,8 @@ def plot_roc_curves(
     """
     curves = [(f"{name}", np.asarray(y_true) == i, probs[:, i], "-") for i, name in enumerate(classes)]
     curves += [(label, np.asarray(truth, dtype=bool), score, "--") for label, (truth, score) in (extra or {}).items()]
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
     drawn = 0
     for label, positive, score, style in curves:
         if positive.all() or not positive.any():
@@ -83,7 +85,8 @@ def plot_roc_curves(
 
 def plot_reliability(diagrams: dict[str, ReliabilityDiagram], path: str | Path, title: str = "") -> Path:
     """Reliability diagrams (e.g. ``{"T=1": ..., "T=1.7": ...}``) on one plot: accuracy against confidence."""
-    fig, (ax, ax_counts) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig = Figure(figsize=(5.5, 6.5))
+    ax, ax_counts = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="calibrated")
     for label, diagram in diagrams.items():
         filled = diagram.counts > 0

@@ -40,7 +40,7 @@ def fit_ood_guard(
     rows the threshold comes from the training features themselves, which flags more real X-rays than
     ``1 - accept_rate``; the dict records which set calibrated it.
     """
-    from sklearn.covariance import LedoitWolf
+    from threadpoolctl import threadpool_limits
 
     train = _as_features(train_features, "training")
     if not np.isfinite(train).all():
@@ -50,16 +50,10 @@ def fit_ood_guard(
     n_images, dim = train.shape
     if n_images < 2:
         raise ValueError(f"the OOD guard needs at least 2 training images, got {n_images}")
-    unit = _l2_normalise(train)
-    mean = unit.mean(axis=0)
-    centred = unit - mean
-    k = max(1, min(max_components, n_images // 4, dim - 1))
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    components = vt[:k]
-    projected = centred @ components.T
-    precision = LedoitWolf().fit(projected).precision_
-    residual = centred - projected @ components
-    residual_variance = max(float((residual**2).sum(axis=1).mean()) / (dim - k), 1e-12)
+    # One BLAS thread: these products are small, and more threads oversubscribe a machine torch already keeps busy
+    # (measured 20x slower on a loaded 2-core machine).
+    with threadpool_limits(1):
+        mean, components, precision, residual_variance = _fit_ppca(_l2_normalise(train), max_components)
     guard: dict[str, Any] = {
         "method": METHOD,
         "version": FORMAT_VERSION,
@@ -84,6 +78,24 @@ def fit_ood_guard(
         "accepted": float(np.mean(scores <= guard["threshold"])),
     }
     return guard
+
+
+def _fit_ppca(unit: np.ndarray, max_components: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(mean (F,), components (k, F), precision (k, k), residual variance) of unit-length features (N, F)."""
+    from sklearn.covariance import LedoitWolf
+    from sklearn.utils.extmath import randomized_svd
+
+    n_images, dim = unit.shape
+    mean = unit.mean(axis=0)
+    centred = unit - mean
+    k = max(1, min(max_components, n_images // 4, dim - 1))
+    # Only the top k directions are needed: randomized SVD is ~10x faster than a full one on (N, 1280) features.
+    _, _, components = randomized_svd(centred, k, random_state=0)
+    projected = centred @ components.T
+    precision = LedoitWolf().fit(projected).precision_
+    residual = centred - projected @ components
+    residual_variance = max(float((residual**2).sum(axis=1).mean()) / (dim - k), 1e-12)
+    return mean, components, precision, residual_variance
 
 
 def ood_scores(features: np.ndarray, guard: dict[str, Any]) -> np.ndarray:

@@ -144,7 +144,8 @@ class Predictor:
     """A loaded classifier ready to predict and explain.
 
     Attributes: ``meta`` (:class:`ModelMeta`), ``classes`` (class names in output order), ``backend_name``
-    (``torch`` or ``onnx``), ``model_path`` (the file it was loaded from), ``batch_size``.
+    (``torch`` or ``onnx``), ``model_path`` (the file it was loaded from), ``batch_size``, ``segmenter`` (the
+    lung segmenter for lung-focused preprocessing; None = the bundled torch one).
     """
 
     def __init__(
@@ -155,6 +156,7 @@ class Predictor:
         model_path: Path,
         torch_model: XrayClassifier | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        segmenter: Any = None,
     ):
         self.meta = meta
         self.classes = list(meta.classes)
@@ -162,6 +164,7 @@ class Predictor:
         self.backend_name = backend_name
         self.model_path = model_path
         self.batch_size = batch_size
+        self.segmenter = segmenter
         self._torch_model = torch_model
 
     @property
@@ -172,16 +175,8 @@ class Predictor:
         return f"Predictor({self.meta.name} v{self.meta.version}, {self.meta.arch}, {self.backend_name}, classes={self.classes})"
 
     def prepare(self, source: ImageSource, name: str | None = None) -> tuple[np.ndarray, bool | None]:
-        """Decode and preprocess one input -> (float32 (S, S) in [0, 1], lungs_found or None).
-
-        Decoding first, with the input's name, keeps every error message naming the file.
-        """
-        image = load_xray(source, source_name(source, name))
-        pp = self.meta.preprocessing
-        prepare_with_info = getattr(transforms, "prepare_with_info", None)
-        if prepare_with_info is not None:
-            return prepare_with_info(image, pp)
-        return transforms.prepare_from_source(image, pp), None
+        """Decode and preprocess one input -> (float32 (S, S) in [0, 1], lungs_found or None)."""
+        return transforms.prepare_with_info(source, self.meta.preprocessing, source_name(source, name), self.segmenter)
 
     def predict_prepared(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Prepared inputs float32 (N, S, S) in [0, 1] -> (probabilities (N, C) temperature-scaled, features (N, F)).
@@ -285,14 +280,28 @@ class Predictor:
             raise ConfigError(f"--target {target!r} is not one of the model's classes: {', '.join(self.classes)}")
         label = source_name(source, name)
         original = load_xray(source, label)
-        prepared, _ = self.prepare(original, label)
+        prepared, (top, bottom, left, right) = self.input_and_box(original)
         cam = GradCam(self.torch_model)
         class_index = None if target is None else self.classes.index(target)
         heatmaps, logits = cam(torch.from_numpy(prepared)[None, None], class_index)
         chosen = self.classes[int(np.argmax(logits[0]))] if target is None else target
-        heatmap = transforms.resize(heatmaps[0], original.shape)
-        heatmap = np.clip(heatmap, 0.0, 1.0).astype(np.float32)
+        heatmap = np.zeros(original.shape, dtype=np.float32)
+        heatmap[top:bottom, left:right] = np.clip(transforms.resize(heatmaps[0], (bottom - top, right - left)), 0.0, 1.0)
         return Explanation(heatmap=heatmap, overlay_png=overlay_png(original, heatmap), target=chosen)
+
+    def input_and_box(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """The network input of a decoded X-ray and the box (top, bottom, left, right) of the X-ray it shows:
+        the whole image unless the preprocessing crops to the lungs."""
+        pp = self.meta.preprocessing
+        if pp.lung_mode not in ("crop", "crop_mask"):
+            return self.prepare(image)[0], (0, image.shape[0], 0, image.shape[1])
+        from cxrscreen.data.lungs import lung_box
+        from cxrscreen.models.segmenter import segment_lungs
+
+        lungs = segment_lungs(image, self.segmenter)
+        # As in prepare_with_info: without plausible lungs the whole image is used.
+        mask = lungs.mask if lungs.plausible else np.ones(image.shape, dtype=bool)
+        return transforms.prepare_image(image, pp, mask), lung_box(mask, pp.crop_margin)
 
 
 def resolve_model_path(path: str | os.PathLike | None) -> Path:
@@ -342,10 +351,28 @@ def load_predictor(
         if threads is not None:
             torch.set_num_threads(threads)
         model, meta = load_checkpoint(model_path)
+        check_ood_guard(meta, model_path)
         return Predictor(meta, TorchBackend(model, channels_last), "torch", model_path, model, batch_size)
     from cxrscreen.inference.onnx_export import OnnxRuntimeBackend, cached_onnx_export, read_onnx_meta
 
     onnx_path = model_path if is_onnx else cached_onnx_export(model_path)
     meta = read_onnx_meta(onnx_path)
+    check_ood_guard(meta, model_path)
     runner = OnnxRuntimeBackend(onnx_path, threads=threads, optimization=onnx_optimization)
-    return Predictor(meta, runner, "onnx", model_path, None, batch_size)
+    segmenter = None
+    if meta.preprocessing.needs_lungs:
+        from cxrscreen.models.segmenter import load_segmenter
+
+        segmenter = load_segmenter(backend="onnx")
+    return Predictor(meta, runner, "onnx", model_path, None, batch_size, segmenter)
+
+
+def check_ood_guard(meta: ModelMeta, path: Path) -> None:
+    """Refuse, at load time, a model whose OOD guard this version cannot use."""
+    if meta.ood:
+        from cxrscreen.inference.ood import check_guard
+
+        try:
+            check_guard(meta.ood)
+        except ModelError as exc:
+            raise ModelError(f"{path}: {exc}") from None

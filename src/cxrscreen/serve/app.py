@@ -68,16 +68,13 @@ UPLOAD_REQUEST_BODY = {
         }
     },
 }
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"description": reason, "content": {"application/json": {"example": {"error": "..."}}}}
-    for code, reason in [
-        (400, "malformed request"),
-        (401, "API key missing or wrong"),
-        (413, "upload over the size limit"),
-        (415, "not a PNG, JPEG or DICOM file"),
-        (422, "file could not be decoded"),
-    ]
-}
+
+
+def error_docs(*codes_and_reasons: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for error answers, all of them ``{"error": "..."}``."""
+    example = {"application/json": {"example": {"error": "..."}}}
+    return {code: {"description": reason, "content": example} for code, reason in codes_and_reasons}
+
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the service's API key, if set")
 bearer_token = HTTPBearer(auto_error=False, description="the service's API key as a bearer token, if set")
@@ -128,18 +125,27 @@ def require_api_key(
         return
     given = key or (bearer.credentials if bearer else None)
     if given is None or not secrets.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(
-            401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)", {"WWW-Authenticate": "Bearer"}
-        )
+        message = "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)"
+        raise HTTPException(401, message, {"WWW-Authenticate": "Bearer"})
 
 
 def build_api_router() -> APIRouter:
-    router = APIRouter(dependencies=[Depends(require_api_key)], tags=["screening"], responses=ERROR_RESPONSES)
+    router = APIRouter(
+        dependencies=[Depends(require_api_key)],
+        tags=["screening"],
+        responses=error_docs((401, "API key missing or wrong")),
+    )
 
     @router.post(
         "/predict",
         summary="Screen one chest X-ray (PNG, JPEG or DICOM)",
         openapi_extra={"requestBody": UPLOAD_REQUEST_BODY},
+        responses=error_docs(
+            (400, "malformed multipart body"),
+            (413, "upload over the size limit"),
+            (415, "not a PNG, JPEG or DICOM file, or not multipart/form-data"),
+            (422, "the file could not be decoded, or no 'file' field"),
+        ),
     )
     async def predict(
         request: Request,
