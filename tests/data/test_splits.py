@@ -6,7 +6,6 @@ import csv
 import io
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 

@@ -7,6 +7,8 @@ called out with "uses shortcuts"; one that scores it inside the lungs "relies on
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +16,24 @@ import pytest
 import torch
 from torch import nn
 
+from cxrscreen.data.dedup import hash_files
+from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.records import Record
+from cxrscreen.data.sources import load_dataset
+from cxrscreen.data.splits import make_split, save_split
 from cxrscreen.data.transforms import Preprocessing
-from cxrscreen.evaluation.audit import AuditConfig, audit_arrays, audit_report, lung_edits, mask_in_input_frame
+from cxrscreen.evaluation.audit import (
+    AuditConfig,
+    audit_arrays,
+    audit_model,
+    audit_report,
+    lung_edits,
+    mask_in_input_frame,
+)
 from cxrscreen.inference.predictor import Predictor, TorchBackend
-from cxrscreen.models.checkpoint import ModelMeta
+from cxrscreen.models.checkpoint import ModelMeta, save_checkpoint
+from cxrscreen.models.registry import create_model
+from cxrscreen.models.segmenter import LungSegmenter
 
 HEIGHT, WIDTH, SIDE = 64, 96, 64
 
@@ -159,3 +174,44 @@ def test_a_model_looking_at_the_lungs_relies_on_them():
     data = result.to_dict()
     assert set(data["scores"]) == {"original", "lungs_hidden", "lungs_only"}
     assert data["verdict"] == result.verdict
+
+
+def fixed_lung_segmenter() -> LungSegmenter:
+    """A segmenter that finds the same two confident, lung-shaped ellipses on every image."""
+    side = 64
+    rows, cols = np.mgrid[0:side, 0:side] / side
+    lungs = (((rows - 0.5) / 0.32) ** 2 + ((np.abs(cols - 0.5) - 0.22) / 0.13) ** 2) <= 1.0
+    probs = np.where(lungs, 0.97, 0.01).astype(np.float32)
+    info = {"arch": {"img_size": side, "channels": [8, 16], "strides": [2], "num_res_units": 0}}
+    return LungSegmenter(lambda batch: np.broadcast_to(probs, batch.shape).copy(), info, "torch")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, small_radiography: Path) -> Path:
+    """A run directory with an untrained 64 px model on ``small_radiography`` and its split (no training needed)."""
+    run = tmp_path_factory.mktemp("audit-run")
+    classes = ("covid", "normal", "viral")
+    dataset = load_dataset([str(small_radiography)], LabelSet(classes))
+    save_split(make_split(dataset, hash_files(dataset.paths).hashes, seed=0), run / "split.csv")
+    torch.manual_seed(0)
+    meta = ModelMeta(arch="efficientnet_lite0", classes=list(classes), preprocessing=Preprocessing(img_size=64),
+                     name="tiny-audit-model", config={"data": [str(small_radiography)], "frontal_only": True})
+    save_checkpoint(run / "best.pt", create_model("efficientnet_lite0", 3, pretrained=True), meta)
+    return run
+
+
+def test_audit_model_on_real_images_writes_audit_json(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("CXRSCREEN_CACHE", str(tmp_path / "cache"))
+    messages: list[str] = []
+    result = audit_model(model=str(tiny_run), n_resamples=20, gradcam_per_class=2, log=messages.append,
+                         segmenter=fixed_lung_segmenter(), progress=False)
+    with open(tiny_run / "split.csv", encoding="utf-8") as fh:
+        test_side = [row for row in csv.DictReader(fh) if row["split"] == "test"]
+    assert result.n_images == len(test_side) and result.lungs_not_found == 0
+    assert result.scores["original"].multiclass.n_images == len(test_side)
+    assert set(result.gradcam_images) <= {"covid", "normal", "viral", "all"} and result.gradcam_images["all"] >= 1
+    assert 0.0 < result.lung_area_share < 1.0
+    assert result.probe is None  # one source (radiography_db)
+    saved = json.loads((tiny_run / "audit" / "audit.json").read_text())
+    assert saved["images_audited"] == len(test_side) and saved["verdict"] == result.verdict
+    assert any(result.verdict.startswith(v) for v in ("uses shortcuts", "relies on the lungs", "mixed", "no verdict"))

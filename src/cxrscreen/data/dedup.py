@@ -35,7 +35,7 @@ DEFAULT_MAX_DISTANCE = 6
 PHASH_SIZE = 16  # imagehash's hash_size: a 16x16 DCT block, 256 bits
 DISTANCE_UNIT_BITS = 64  # distances are reported per 64 bits of hash
 CACHE_FILE_NAME = f"phash{PHASH_SIZE * PHASH_SIZE}-v1.sqlite"
-# uint64 words in one block of the pairwise XOR: ~32 MB at a time whatever the number of images.
+# Pairs compared at once: ~32 MB of uint64 XOR per word, whatever the number of images.
 BLOCK_ELEMENTS = 4_000_000
 
 
@@ -158,17 +158,25 @@ def as_hash_array(hashes: Iterable[str] | np.ndarray) -> np.ndarray:
     return hashes_to_array(hashes)
 
 
-def block_distances(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """Hamming distances in bits per 64 of hash, float64 (len(rows), len(columns))."""
+def block_bits(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Differing bits of every (row, column) pair of hashes, uint16 (len(rows), len(columns))."""
     if rows.shape[1] != columns.shape[1]:
         raise ConfigError(f"cannot compare {rows.shape[1] * 64}-bit hashes with {columns.shape[1] * 64}-bit hashes")
-    bits = np.bitwise_count(rows[:, None, :] ^ columns[None, :, :]).sum(axis=-1, dtype=np.int64)
-    return bits * (DISTANCE_UNIT_BITS / (64 * rows.shape[1]))
+    bits = np.zeros((len(rows), len(columns)), dtype=np.uint16)
+    for word in range(rows.shape[1]):  # word by word on contiguous columns: faster than one 3-D XOR
+        bits += np.bitwise_count(rows[:, word, None] ^ np.ascontiguousarray(columns[:, word])[None, :])
+    return bits
+
+
+def bits_per_unit(hashes: np.ndarray) -> int:
+    """Hash bits per distance unit (64 bits of hash): 4 for 256-bit hashes."""
+    return hashes.shape[1] * 64 // DISTANCE_UNIT_BITS
 
 
 def hamming_distances(a: Iterable[str] | np.ndarray, b: Iterable[str] | np.ndarray) -> np.ndarray:
     """All pairwise distances (bits per 64), float64 (len(a), len(b)); for small sets (memory grows as the product)."""
-    return block_distances(as_hash_array(a), as_hash_array(b))
+    a, b = as_hash_array(a), as_hash_array(b)
+    return block_bits(a, b) / bits_per_unit(a)
 
 
 def near_duplicate_pairs(
@@ -177,15 +185,16 @@ def near_duplicate_pairs(
     """Pairs (i, j), i < j, int64 (K, 2), at distance <= ``max_distance`` (bits per 64), and their distances (K,)."""
     values = as_hash_array(hashes)
     n, words = values.shape
-    block = max(1, BLOCK_ELEMENTS // max(n * words, 1))
+    unit = bits_per_unit(values)
+    block = max(1, BLOCK_ELEMENTS // max(n, 1))
     pairs, distances = [np.zeros((0, 2), dtype=np.int64)], [np.zeros(0)]
     for start in range(0, n, block):
-        block_dist = block_distances(values[start : start + block], values[start:])
-        i, j = np.nonzero(block_dist <= max_distance)
+        bits = block_bits(values[start : start + block], values[start:])
+        i, j = np.nonzero(bits <= max_distance * unit)
         keep = j > i
         i, j = i[keep], j[keep]
         pairs.append(np.stack([i + start, j + start], axis=1).astype(np.int64))
-        distances.append(block_dist[i, j])
+        distances.append(bits[i, j] / unit)
     return np.concatenate(pairs), np.concatenate(distances)
 
 
@@ -195,10 +204,10 @@ def min_distances(hashes: Iterable[str] | np.ndarray, reference: Iterable[str] |
     out = np.full(len(values), np.inf)
     if len(reference) == 0 or len(values) == 0:
         return out
-    block = max(1, BLOCK_ELEMENTS // (len(reference) * reference.shape[1]))
+    block = max(1, BLOCK_ELEMENTS // len(reference))
     for start in range(0, len(values), block):
         rows = values[start : start + block]
-        out[start : start + len(rows)] = block_distances(rows, reference).min(axis=1)
+        out[start : start + len(rows)] = block_bits(rows, reference).min(axis=1) / bits_per_unit(reference)
     return out
 
 

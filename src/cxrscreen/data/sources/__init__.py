@@ -20,7 +20,7 @@ import numpy as np
 
 from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.records import Record
-from cxrscreen.data.sources import manifest, ieee8023, kermany, radiography, folder  # noqa: F401  (registration order)
+from cxrscreen.data.sources import manifest, ieee8023, kermany, radiography, folder  # noqa: F401  (detection order)
 from cxrscreen.data.sources.base import SOURCES, Source, SourceScan, register_source, subfolders
 from cxrscreen.errors import DatasetLayoutError
 
