@@ -72,7 +72,6 @@ def test_without_enough_validation_rows_training_features_calibrate(synthetic) -
 
 
 def test_guard_is_plain_small_and_survives_a_checkpoint(tmp_path: Path) -> None:
-    from cxrscreen.data.transforms import Preprocessing
     from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
     from cxrscreen.models.registry import create_model
 

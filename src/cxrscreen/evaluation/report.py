@@ -19,7 +19,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -93,7 +93,7 @@ def overview_section(meta, summary: dict | None) -> str:
     if summary:
         rows.append(["best epoch", f"{summary.get('best_epoch')} of {summary.get('epochs_run')} "
                                    f"({summary.get('monitor')} {summary.get('best_score', float('nan')):.4f})"])
-    return html.section("overview", "Model", html.table(["", ""], rows))
+    return html.section("overview", "Model", html.key_value_table(rows))
 
 
 def data_section(train_summary: dict, config: dict) -> str:
@@ -141,7 +141,7 @@ def curves_section(history: list[dict[str, str]]) -> str:
     val_ax.set_ylabel("validation")
     val_ax.set_ylim(0, 1.02)
     val_ax.legend(fontsize=8)
-    return html.section("curves", "Training curves", html.figure(figure_png(fig), "training loss and validation metrics"))
+    return html.section("curves", "Training curves", html.figure(figure_png(fig), "training loss and validation metrics", "wide"))
 
 
 def collection_block(collection: dict, eval_dir: Path) -> str:
@@ -252,7 +252,8 @@ def gradcam_section(run_dir: Path, eval_dir: Path, per_class: int, log: Callable
 
     predictor = load_predictor(run_dir)
     parts = [html.paragraph("Where the evidence for the predicted class lies (Grad-CAM), on the most confident correct "
-                            "and wrong predictions of each class of the internal evaluation.", "muted")]
+                            "and wrong predictions of each class of the first evaluated collection (eval/predictions.csv); "
+                            "wrong ones are captioned in red.", "muted")]
     for name in predictor.classes:
         cells = []
         for row, true, predicted, prob, correct in pick_examples(rows, predictor.classes, per_class):
@@ -303,11 +304,3 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, gradcam_per
     write_text(path, build_report(run_dir, gradcam_per_class, log))
     return path
 
-
-def report_context(run_dir: Path) -> dict[str, Any]:
-    """Which parts of a report the run directory can fill (for the CLI's one-line summary)."""
-    return {
-        "evaluation": (run_dir / "eval" / "metrics.json").is_file(),
-        "audit": any((run_dir / p).is_file() for p in AUDIT_PATHS),
-        "curves": (run_dir / "metrics.csv").is_file(),
-    }

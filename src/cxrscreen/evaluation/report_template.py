@@ -24,6 +24,7 @@ th { background: #f6f8fa; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 0.6rem; }
 figure { margin: 0; }
 figure img { width: 100%; height: auto; border: 1px solid #d0d7de; }
+figure.wide { max-width: 820px; }
 figcaption { font-size: 0.75rem; color: #57606a; word-break: break-all; }
 .wrong figcaption { color: #b42318; }
 """
@@ -48,6 +49,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def key_value_table(rows: Sequence[Sequence[str]]) -> str:
+    """A two-column table without a header: the first column names, the second values."""
+    body = "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table><tbody>{body}</tbody></table>"
 
 
 def png_img(data: bytes, alt: str) -> str:
