@@ -40,7 +40,7 @@ from cxrscreen.models.registry import create_model
 BATCH = 32
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "COVID-19_Radiography_Dataset"
 CONFIGS = {
-    "torch eager": {"backend": "torch"},
+    "torch eager": {"backend": "torch", "channels_last": False},
     "torch eager, channels-last": {"backend": "torch", "channels_last": True},
     "ONNX Runtime, all optimisations": {"backend": "onnx", "onnx_optimization": "all"},
     "ONNX Runtime, no optimisation": {"backend": "onnx", "onnx_optimization": "disabled"},

@@ -13,10 +13,10 @@ For efficientnet_lite0 (ImageNet weights), in one run, on a few hundred real X-r
   plain PyTorch loop whose Dataset opens, converts and resizes every image with Pillow at each step, as
   notebooks do; same network, same batch size.
 
-Steps of (a) and (b), and batches of the two evaluation loops, alternate, so that other work on a shared CPU
-slows both sides alike. The epoch's training time is ``--train-steps`` timed steps scaled to the image count
-(the step does not depend on which images it gets). The cache goes to a fresh temporary folder (removed at the
-end), so "cold" is really cold.
+Steps of (a) and (b), and batches of the two evaluation loops, alternate (each going first in turn), so that
+other work on a shared CPU slows both sides alike. The epoch's training time is ``--train-steps`` timed steps
+scaled to the image count (the step does not depend on which images it gets). The cache goes to a fresh
+temporary folder (removed at the end), so "cold" is really cold.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from cxrscreen.data.cache import PreparedImages, load_prepared
 from cxrscreen.data.imageio import iter_image_files
 from cxrscreen.data.transforms import Preprocessing
 from cxrscreen.inference.predictor import load_predictor
-from cxrscreen.models.checkpoint import ModelMeta, save_checkpoint
+from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from cxrscreen.models.registry import XrayClassifier, create_model
 from cxrscreen.training.augment import BatchAugment
 from cxrscreen.training.threads import configure_threads
@@ -96,13 +96,17 @@ def train_seconds(step: TrainStep, images: np.ndarray, batch_size: int, steps: i
     uint8 = torch.from_numpy(images)
     augment = BatchAugment(seed=0)
     order = torch.randperm(len(uint8), generator=torch.Generator().manual_seed(0))
-    raw_s = pipeline_s = 0.0
+    seconds = {"raw": 0.0, "pipeline": 0.0}
     for index in range(steps):
         batch = order[torch.arange(index * batch_size, (index + 1) * batch_size) % len(uint8)]
-        raw_s += timed(step, resident)
-        pipeline_s += timed(lambda: step(augment(to_input(uint8[batch], torch.device("cpu")))))
+        runs = {
+            "raw": lambda: step(resident),
+            "pipeline": lambda: step(augment(to_input(uint8[batch], torch.device("cpu")))),
+        }
+        for name in sorted(runs, reverse=index % 2 == 1):  # alternate which goes first
+            seconds[name] += timed(runs[name])
     images_seen = steps * batch_size
-    return raw_s / images_seen, pipeline_s / images_seen
+    return seconds["raw"] / images_seen, seconds["pipeline"] / images_seen
 
 
 class PillowDataset(Dataset):
@@ -125,13 +129,17 @@ def eval_seconds(model: XrayClassifier, predictor, images: np.ndarray, paths: li
     :class:`PillowDataset` + forward + softmax, batch by batch, interleaved."""
     loader = iter(DataLoader(PillowDataset(paths, images.shape[1]), batch_size=batch_size, num_workers=workers))
     model.eval()
-    cxrscreen_s = plain_s = 0.0
+    seconds = {"cxrscreen": 0.0, "plain": 0.0}
     with torch.no_grad():
-        for start in range(0, len(images), batch_size):
+        for index, start in enumerate(range(0, len(images), batch_size)):
             chunk = images[start : start + batch_size]
-            cxrscreen_s += timed(lambda: predictor.predict_prepared(chunk.astype(np.float32) / 255.0))
-            plain_s += timed(lambda: torch.softmax(model(next(loader)), dim=1))
-    return cxrscreen_s, plain_s
+            runs = {
+                "cxrscreen": lambda: predictor.predict_prepared(chunk.astype(np.float32) / 255.0),
+                "plain": lambda: torch.softmax(model(next(loader)), dim=1),
+            }
+            for name in sorted(runs, reverse=index % 2 == 1):  # alternate which goes first
+                seconds[name] += timed(runs[name])
+    return seconds["cxrscreen"], seconds["plain"]
 
 
 def cpu_name() -> str:
@@ -174,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
         checkpoint = Path(tmp) / "model.pt"
         save_checkpoint(checkpoint, model, ModelMeta(arch=ARCH, classes=CLASSES, preprocessing=pp))
         predictor = load_predictor(checkpoint, batch_size=args.batch_size)
+        # The plain loop gets the same network, loaded the same way (a notebook's model.load_state_dict).
+        model = load_checkpoint(checkpoint)[0]
         eval_seconds(model, predictor, images[: args.batch_size], paths[: args.batch_size], args.batch_size, 0)
         forward_s, plain_s = eval_seconds(model, predictor, images, paths, args.batch_size, args.plain_workers)
 

@@ -28,7 +28,8 @@ PP = Preprocessing(img_size=64)
 @pytest.fixture
 def real_images(small_radiography: Path) -> list[Path]:
     """Six real X-rays from two classes (symlinks to the shared data)."""
-    return sorted(small_radiography.glob("COVID/images/*.jpg"))[:3] + sorted(small_radiography.glob("Normal/images/*.jpg"))[:3]
+    covid, normal = (sorted(small_radiography.glob(f"{c}/images/*.jpg"))[:3] for c in ("COVID", "Normal"))
+    return covid + normal
 
 
 def entries(cache_dir: Path) -> list[Path]:
@@ -72,7 +73,8 @@ def test_key_is_file_content_not_name(tmp_path, real_images, monkeypatch):
 
 def test_preprocessing_change_uses_other_entries(tmp_path, real_images):
     plain = load_prepared(real_images[:2], PP, cache_dir=tmp_path, progress=False)
-    equalized = load_prepared(real_images[:2], Preprocessing(img_size=64, equalize="hist"), cache_dir=tmp_path, progress=False)
+    hist = Preprocessing(img_size=64, equalize="hist")
+    equalized = load_prepared(real_images[:2], hist, cache_dir=tmp_path, progress=False)
     larger = load_prepared(real_images[:2], Preprocessing(img_size=96), cache_dir=tmp_path, progress=False)
     assert not np.array_equal(plain.images, equalized.images)
     assert larger.images.shape == (2, 96, 96)
@@ -107,7 +109,7 @@ def test_bad_files_are_reported_or_raise(tmp_path, real_images):
     assert all(not reason.startswith(str(tmp_path)) for reason in failed.values())
 
     with pytest.raises(ImageDecodeError, match=f"^{truncated}: "):
-        load_prepared(real_images[:2] + [truncated], PP, cache_dir=tmp_path / "cache", progress=False, on_bad_image="fail")
+        load_prepared(real_images[:2] + [truncated], PP, cache_dir=tmp_path / "c", progress=False, on_bad_image="fail")
     with pytest.raises(ConfigError, match="on-bad-image"):
         load_prepared(paths, PP, cache_dir=tmp_path / "cache", on_bad_image="ignore")
 
@@ -143,10 +145,11 @@ def test_parallel_decoding_matches_serial(tmp_path, small_radiography):
 def test_concurrent_builders_leave_valid_entries(tmp_path, small_radiography):
     paths = sorted(small_radiography.glob("*/images/*.jpg"))[:20]
     results = []
-    builders = [
-        threading.Thread(target=lambda: results.append(load_prepared(paths, PP, cache_dir=tmp_path, progress=False, workers=2)))
-        for _ in range(3)
-    ]
+
+    def build() -> None:
+        results.append(load_prepared(paths, PP, cache_dir=tmp_path, progress=False, workers=2))
+
+    builders = [threading.Thread(target=build) for _ in range(3)]
     for builder in builders:
         builder.start()
     for builder in builders:

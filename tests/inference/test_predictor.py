@@ -53,7 +53,7 @@ def test_probabilities_are_the_models_tempered_softmax(tmp_path: Path, real_xray
         logits = model(torch.from_numpy(image)[None, None])[0].double()
     expected = torch.softmax(logits / 2.5, dim=0).numpy()
     got = load_predictor(path).predict(real_xrays[3]).probabilities
-    np.testing.assert_allclose([got[c] for c in CLASSES], expected, atol=1e-6)
+    np.testing.assert_allclose([got[c] for c in CLASSES], expected, atol=1e-5)
     # Not a vacuous check: without the temperature the answer differs.
     assert not np.allclose(expected, torch.softmax(logits, dim=0).numpy(), atol=1e-3)
 
@@ -66,7 +66,7 @@ def test_every_source_kind_gives_the_same_answer(predictor, real_xrays: list[Pat
     reference = results[0].probabilities
     for result in results[1:]:
         assert isinstance(result, Prediction)
-        np.testing.assert_allclose(list(result.probabilities.values()), list(reference.values()), atol=1e-6)
+        np.testing.assert_allclose(list(result.probabilities.values()), list(reference.values()), atol=1e-5)
     assert [r.source for r in results[2:]] == ["<upload>", "<image>", "<array>"]
     assert predictor.predict(data, name="upload.jpg").source == "upload.jpg"
 
@@ -90,7 +90,7 @@ def test_batch_keeps_going_past_bad_inputs(predictor, real_xrays: list[Path], tm
     assert all(not reason.startswith(str(tmp_path)) for reason in failures.values())
     for index in (0, 3, 6):
         alone = predictor.predict(sources[index])
-        assert results[index].probabilities == pytest.approx(alone.probabilities, abs=1e-6)
+        assert results[index].probabilities == pytest.approx(alone.probabilities, abs=1e-5)
     with pytest.raises(ImageDecodeError, match="^" + str(truncated)):
         predictor.predict(truncated)
 
@@ -110,7 +110,7 @@ def test_predict_prepared_matches_predict(predictor, real_xrays: list[Path]) -> 
     assert probs.shape == (4, 3) and features.shape == (4, 1280)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
     for row, path in zip(probs, real_xrays[:4]):
-        np.testing.assert_allclose(row, list(predictor.predict(path).probabilities.values()), atol=1e-6)
+        np.testing.assert_allclose(row, list(predictor.predict(path).probabilities.values()), atol=1e-5)
     with pytest.raises(ConfigError, match="expected shape"):
         predictor.predict_prepared(images[:, :32, :32])
     with pytest.raises(ConfigError, match=r"\[0, 1\]"):

@@ -96,7 +96,7 @@ class InferenceBackend(Protocol):
 class TorchBackend:
     """Eager PyTorch on CPU, in inference mode; channels-last memory layout when it is faster for the network."""
 
-    def __init__(self, model: XrayClassifier, channels_last: bool = False):
+    def __init__(self, model: XrayClassifier, channels_last: bool = True):
         self.model = model.eval()
         self.channels_last = channels_last
         if channels_last:
@@ -329,7 +329,7 @@ def load_predictor(
     backend: str = "torch",
     batch_size: int = DEFAULT_BATCH_SIZE,
     threads: int | None = None,
-    channels_last: bool = False,
+    channels_last: bool = True,
     onnx_optimization: str = "all",
 ) -> Predictor:
     """Load a model for prediction.
@@ -337,6 +337,8 @@ def load_predictor(
     ``path``: a checkpoint (``.pt``), a run directory (its ``best.pt``), an exported ``.onnx`` (ONNX backend only)
     or None for the bundled default. ``backend``: ``torch`` (eager) or ``onnx`` (ONNX Runtime; a checkpoint is
     exported once to a cache file). ``threads``: intra-op threads (None keeps the library defaults).
+    ``channels_last``: torch memory layout (faster for EfficientNet-Lite's depthwise convolutions on CPU, see
+    benchmarks/infer.py).
     ``onnx_optimization``: ONNX Runtime graph optimisation level, ``all``/``extended``/``basic``/``disabled``.
     """
     if backend not in BACKENDS:

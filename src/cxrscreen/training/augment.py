@@ -195,7 +195,9 @@ class BatchAugment:
             noise_std=_uniform(n, 0.0, cfg.max_noise_std, generator) * _bernoulli(n, cfg.noise_p, generator),
         )
 
-    def apply(self, images: torch.Tensor, params: AugmentParams, generator: torch.Generator | None = None) -> torch.Tensor:
+    def apply(
+        self, images: torch.Tensor, params: AugmentParams, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Apply drawn parameters; ``generator`` draws the noise pixels (defaults to the augmenter's own)."""
         if images.ndim != 4 or images.shape[1] != 1:
             raise ValueError(f"expected a batch (N, 1, S, S), got shape {tuple(images.shape)}")
