@@ -17,7 +17,7 @@ model, side by side:
 - the share of Grad-CAM mass inside the lung masks (against the share of the input the lungs cover);
 - the source probe: cross-validated accuracy of a linear probe telling the collections apart (internal test split
   vs external) from the model's features, on COVID images only so that the disease cannot give the answer away,
-  against the majority rate.
+  as many images of each (so the majority rate is 50%).
 
 Needs the bundled lung segmenter (for the lung recipe and the audit). Full-size command for the lead:
 
@@ -100,11 +100,14 @@ def ensure_run(cfg: TrainConfig, given: Path | None, split: Path | None) -> Path
     return run
 
 
-def collection_probe(run: Path, internal, external) -> dict[str, Any] | None:
-    """Source probe on the COVID images of the internal test split vs those of the external collection."""
-    paths = [p for p, t in zip(internal.paths, internal.targets) if t >= 0 and internal.classes[t] == "covid"]
-    n_internal = len(paths)
-    paths += [p for p, covid in zip(external.paths, external.is_covid) if covid]
+def collection_probe(run: Path, internal, external, seed: int) -> dict[str, Any] | None:
+    """Source probe on the COVID images of the internal test split vs those of the external collection, as many of
+    each (a seeded sample of the larger side), so that the majority rate is 50%."""
+    inside = [p for p, t in zip(internal.paths, internal.targets) if t >= 0 and internal.classes[t] == "covid"]
+    outside = [p for p, covid in zip(external.paths, external.is_covid) if covid]
+    rng = np.random.default_rng(seed)
+    n_internal = min(len(inside), len(outside))
+    paths = [str(p) for p in rng.permutation(inside)[:n_internal]] + [str(p) for p in rng.permutation(outside)[:n_internal]]
     predictor = load_predictor(run)
     prepared = load_prepared(paths, predictor.meta.preprocessing, progress=False)
     _, features = predictor.predict_prepared(prepared.images.astype(np.float32) / 255.0)
@@ -136,7 +139,7 @@ def measure(run: Path, args: argparse.Namespace) -> dict[str, Any]:
         "gradcam_lung_share": audit.gradcam_lung_share.get("all"),
         "lung_area_share": audit.lung_area_share,
         "verdict": audit.verdict,
-        "source_probe": collection_probe(run, internal, external),
+        "source_probe": collection_probe(run, internal, external, args.seed),
     }
 
 

@@ -215,3 +215,11 @@ def test_audit_model_on_real_images_writes_audit_json(tiny_run: Path, tmp_path: 
     saved = json.loads((tiny_run / "audit" / "audit.json").read_text())
     assert saved["images_audited"] == len(test_side) and saved["verdict"] == result.verdict
     assert any(result.verdict.startswith(v) for v in ("uses shortcuts", "relies on the lungs", "mixed", "no verdict"))
+
+
+def test_a_model_at_chance_gets_no_verdict():
+    blind = np.zeros((SIDE, SIDE), dtype=bool)
+    blind[-6:, -6:] = True  # a corner where no image has any texture
+    result = audit_of(blind, "corner")
+    assert result.scores["original"].covid_vs_rest.auroc.value == pytest.approx(0.5)
+    assert result.verdict.startswith("no verdict")

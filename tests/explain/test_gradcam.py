@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +107,21 @@ def test_normalize_map_keeps_orientation() -> None:
     cam = torch.tensor([[[0.0, 1.0], [2.0, 4.0]]])
     np.testing.assert_allclose(normalize_map(cam).numpy(), [[[0.0, 0.25], [0.5, 1.0]]])
     assert normalize_map(torch.full((1, 3, 3), 7.0)).abs().sum() == 0
+
+
+class InterleavedRegionModel(RegionModel):
+    """RegionModel during whose forward pass another thread runs the target layer (as a server predicting in
+    another thread would), at the worst moment: after this call's own activations were recorded."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fmap = self.features_out(self.conv2(torch.relu(self.conv1(x * self.masks))))
+        other = threading.Thread(target=lambda: self.features_out(torch.rand_like(fmap.detach())))
+        other.start()
+        other.join()
+        return self.head(torch.flatten(self.pool(fmap), 1))
+
+
+def test_other_threads_forward_passes_do_not_leak_into_the_map(xray: torch.Tensor) -> None:
+    expected, _ = GradCam(RegionModel())(xray, 0)
+    got, _ = GradCam(InterleavedRegionModel())(xray, 0)
+    np.testing.assert_allclose(got, expected, atol=1e-6)

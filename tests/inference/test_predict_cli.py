@@ -152,3 +152,25 @@ def test_export_then_predict_with_onnx(capsys, tiny_checkpoint: Path, real_xrays
         for t_row, o_row in zip(torch_rows, onnx_rows, strict=True):
             assert t_row[:2] == o_row[:2]
             np.testing.assert_allclose([float(x) for x in o_row[2:]], [float(x) for x in t_row[2:]], atol=1e-4)
+
+
+def test_bad_input_corpus_through_predict(capsys, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Every image case of the shared corpus: readable ones predicted, each broken one a single `path: reason`."""
+    from badinputs.corpus import build_corpus
+
+    cases = [c for c in build_corpus(tmp_path / "corpus") if c.target == "image"]
+    code, out, err = run(capsys, "predict", *(str(c.path) for c in cases), "--model", str(tiny_checkpoint), "--format", "csv")
+    assert code == 1
+    predicted = [row[0] for row in csv.reader(io.StringIO(out))][1:]
+    assert predicted == [str(c.path) for c in cases if c.expect == "ok"]
+    err_lines = err.strip().splitlines()
+    broken = [c for c in cases if c.expect == "error"]
+    assert len(err_lines) == len(broken)
+    for case, line in zip(broken, err_lines, strict=True):
+        assert line.startswith(f"{case.path}: ") and case.reason_substring in line, (case.name, line)
+
+
+def test_empty_folder_is_an_error(capsys, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    code, out, err = run(capsys, "predict", str(tmp_path), "--model", str(tiny_checkpoint))
+    assert code == 2 and out == ""
+    assert err.strip() == f"cxrscreen: error: {tmp_path}: no PNG, JPEG or DICOM files found"

@@ -13,7 +13,14 @@ from cxrscreen import SCREENING_NOTICE
 from cxrscreen.data.imageio import iter_image_files
 from cxrscreen.errors import ConfigError, CxrError
 from cxrscreen.explain.overlay import write_explanation
-from cxrscreen.inference.predictor import BACKENDS, DEFAULT_BATCH_SIZE, Prediction, PredictionFailure, load_predictor
+from cxrscreen.inference.predictor import (
+    BACKENDS,
+    DEFAULT_BATCH_SIZE,
+    Prediction,
+    PredictionFailure,
+    check_target,
+    load_predictor,
+)
 
 FORMATS = ("table", "csv", "json")
 
@@ -49,6 +56,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="FILE", help="checkpoint .pt, run directory or .onnx (default: bundled model)")
 
 
+def image_files(paths: list[str]) -> list[Path]:
+    files = iter_image_files(paths)
+    if not files:
+        raise ConfigError(f"{', '.join(paths)}: no PNG, JPEG or DICOM files found")
+    return files
+
+
 def report_failure(failure: PredictionFailure | str) -> None:
     print(str(failure), file=sys.stderr)
 
@@ -57,7 +71,7 @@ def run_predict(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.model, backend=args.backend, batch_size=args.batch_size)
     if args.explain:
         check_target(args.target, predictor.classes)
-    files = iter_image_files(args.paths)
+    files = image_files(args.paths)
     stems = UniqueStems()
     failed = 0
     writer = OutputWriter(args.format, predictor.classes, sys.stdout)
@@ -73,11 +87,6 @@ def run_predict(args: argparse.Namespace) -> int:
             writer.row(result)
     writer.finish(failed)
     return 1 if failed else 0
-
-
-def check_target(target: str | None, classes: list[str]) -> None:
-    if target is not None and target not in classes:
-        raise ConfigError(f"--target {target!r} is not one of the model's classes: {', '.join(classes)}")
 
 
 class UniqueStems:
@@ -108,7 +117,7 @@ def run_explain(args: argparse.Namespace) -> int:
     check_target(args.target, predictor.classes)
     stems = UniqueStems()
     failed = 0
-    for path in iter_image_files(args.paths):
+    for path in image_files(args.paths):
         prefix = args.out / stems(path)
         if explain_one(predictor, path, prefix, args.target, args.save_array):
             print(f"{prefix}_gradcam.png")

@@ -40,6 +40,8 @@ AUDIT_FILE = "audit.json"
 SHORTCUT_AUROC = 0.70
 # Keeping only the lungs may cost this much AUROC for a model that "relies on the lungs".
 LUNG_TOLERANCE = 0.05
+# Below this AUROC on the unedited images the model is too weak for the edits to say anything.
+USEFUL_AUROC = 0.60
 PREDICT_CHUNK = 128
 
 
@@ -224,11 +226,14 @@ def headline(scores: dict[str, VariantScore]) -> tuple[str, dict[str, float]]:
 
 
 def shortcut_verdict(scores: dict[str, VariantScore]) -> str:
-    """One line: ``uses shortcuts``, ``relies on the lungs`` or ``mixed``, with the numbers behind it."""
+    """One line: ``uses shortcuts``, ``relies on the lungs``, ``mixed`` or ``no verdict``, with the numbers behind it."""
     metric, value = headline(scores)
     original, hidden, only = value["original"], value["lungs_hidden"], value["lungs_only"]
     if not all(np.isfinite(v) for v in (original, hidden, only)):
         return f"no verdict: {metric} is undefined here (the images need both outcomes)"
+    if original < USEFUL_AUROC and hidden < SHORTCUT_AUROC:
+        return (f"no verdict: the model scores only {metric} {original:.2f} on these images as they are, too close to "
+                f"chance for the edits to tell anything ({hidden:.2f} with the lungs hidden, {only:.2f} with only the lungs)")
     if hidden >= SHORTCUT_AUROC:
         return f"uses shortcuts: still scores {metric} {hidden:.2f} with the lungs hidden ({original:.2f} as they are)"
     if only >= original - LUNG_TOLERANCE:

@@ -7,6 +7,8 @@ from MONAI, whose default normaliser inverts the map and which only warns about 
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -49,7 +51,14 @@ class GradCam:
         self, x: torch.Tensor, class_index: int | list[int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         captured: list[torch.Tensor] = []
-        handle = self.layer.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
+        caller = threading.get_ident()
+
+        def capture(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            # A server shares one model between threads: keep only this call's forward pass.
+            if threading.get_ident() == caller:
+                captured.append(output)
+
+        handle = self.layer.register_forward_hook(capture)
         was_training = self.model.training
         self.model.eval()
         try:

@@ -276,8 +276,7 @@ class Predictor:
         from cxrscreen.explain.gradcam import GradCam
         from cxrscreen.explain.overlay import overlay_png
 
-        if target is not None and target not in self.classes:
-            raise ConfigError(f"--target {target!r} is not one of the model's classes: {', '.join(self.classes)}")
+        check_target(target, self.classes)
         label = source_name(source, name)
         original = load_xray(source, label)
         prepared, (top, bottom, left, right) = self.input_and_box(original)
@@ -302,6 +301,12 @@ class Predictor:
         # As in prepare_with_info: without plausible lungs the whole image is used.
         mask = lungs.mask if lungs.plausible else np.ones(image.shape, dtype=bool)
         return transforms.prepare_image(image, pp, mask), lung_box(mask, pp.crop_margin)
+
+
+def check_target(target: str | None, classes: list[str]) -> None:
+    """A :class:`ConfigError` unless ``target`` is None or one of ``classes``."""
+    if target is not None and target not in classes:
+        raise ConfigError(f"--target {target!r} is not one of the model's classes: {', '.join(classes)}")
 
 
 def resolve_model_path(path: str | os.PathLike | None) -> Path:

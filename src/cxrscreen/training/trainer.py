@@ -39,6 +39,7 @@ from cxrscreen.training.distributed import (
     shutdown_distributed,
 )
 from cxrscreen.training.run_data import RunData, prepare_run_data
+from cxrscreen.training.threads import available_cpus, configure_threads
 
 CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.json", "split.csv", "metrics.csv"
 LAST_FILE, BEST_FILE, SUMMARY_FILE = "last.pt", "best.pt", "summary.json"
@@ -382,8 +383,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     try:
         if ctx.is_main:
             check_run_dir(cfg, resume, overwrite)
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
+        # Ranks on one machine share its CPUs: without an explicit count, each gets its part.
+        threads = cfg.num_threads or (max(1, available_cpus() // ctx.world_size) if ctx.distributed else None)
+        configure_threads(threads)
         trainer = Trainer(cfg, ctx, progress, log)
         trainer.setup(resume)
         return trainer.run()
