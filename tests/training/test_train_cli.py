@@ -27,7 +27,7 @@ def trained_run(small_radiography: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_run_directory_holds_every_output(trained_run: Path) -> None:
-    for name in ("config.json", "split.csv", "metrics.csv", "best.pt", "last.pt", "summary.json"):
+    for name in ("config.json", "split.csv", "metrics.csv", "best.pt", "last.pt", "summary.json", "report.html"):
         assert (trained_run / name).is_file(), name
     assert not list(trained_run.glob(".*.tmp")), "a temporary file was left behind"
     rows = list(csv.DictReader((trained_run / "metrics.csv").open()))

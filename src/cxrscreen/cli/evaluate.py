@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from cxrscreen.evaluation.evaluate import EvaluationConfig, evaluate_model
+    from cxrscreen.evaluation.evaluate import EvaluationConfig, evaluate_model, find_run_dir
     from cxrscreen.evaluation.tables import evaluation_report
 
     cfg = EvaluationConfig(
@@ -48,4 +48,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     result = evaluate_model(cfg)
     print(evaluation_report(result))
+    run_dir = find_run_dir(args.model)
+    if run_dir is not None and result.out_dir == run_dir / "eval":
+        # A run evaluated into its own folder gets its HTML report refreshed.
+        from cxrscreen.evaluation.report import write_report
+
+        print(f"report: {write_report(run_dir, log=lambda _msg: None)}")
     return 0

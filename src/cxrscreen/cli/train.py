@@ -100,10 +100,13 @@ def run_train(args: argparse.Namespace) -> int:
     get_spec(cfg.model)
     result = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
+        from cxrscreen.evaluation.report import write_report
+
         test = result.test_metrics
         acc = test.get("accuracy", {}).get("value")
         print(f"best epoch {result.best_epoch} ({cfg.monitor} {result.best_score:.4f}); test accuracy "
               f"{acc if acc is None else f'{acc:.4f}'}; model: {result.checkpoint}")
+        print(f"report: {write_report(result.run_dir, log=lambda _msg: None)}")
     return 0
 
 
