@@ -18,7 +18,6 @@ graph optimisations and with none. Targets: ONNX Runtime >= 2x torch eager throu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics

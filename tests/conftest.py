@@ -7,6 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+
+from cxrscreen.data.transforms import Preprocessing
+from cxrscreen.models.checkpoint import ModelMeta, save_checkpoint
+from cxrscreen.models.registry import create_model
 
 SHARED_DATA = Path(os.environ.get("CXRSCREEN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
@@ -51,3 +56,28 @@ def copy_file(tmp_path: Path):
         return dst
 
     return _copy
+
+
+TINY_CLASSES = ["covid", "normal", "viral"]
+
+
+def make_checkpoint(path: Path, seed: int = 0, head_scale: float = 20.0, pp: Preprocessing | None = None, **meta_fields) -> Path:
+    """A small real checkpoint: EfficientNet-Lite0 with its ImageNet weights and a random 3-class head (64 px).
+
+    ``head_scale`` makes the head's outputs differ visibly between images, so probability comparisons mean
+    something; ``meta_fields`` go into :class:`ModelMeta` (name, version, temperature, ood, train_hashes, ...).
+    """
+    torch.manual_seed(seed)
+    model = create_model("efficientnet_lite0", len(TINY_CLASSES), pretrained=True)
+    with torch.no_grad():
+        model.head.weight.mul_(head_scale)
+    meta = ModelMeta(arch="efficientnet_lite0", classes=list(TINY_CLASSES), preprocessing=pp or Preprocessing(img_size=64),
+                     **{"name": "tiny-test-model", "version": "1", **meta_fields})
+    save_checkpoint(path, model, meta)
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory():
+    """``make(path, seed=0, head_scale=20.0, pp=None, **meta_fields) -> path`` for tests that need a checkpoint."""
+    return make_checkpoint

@@ -8,17 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from cxrscreen.cli import main
 from cxrscreen.data.dedup import hash_files
 from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.sources import load_dataset
 from cxrscreen.data.splits import make_split, save_split
-from cxrscreen.data.transforms import Preprocessing
 from cxrscreen.evaluation.evaluate import evaluate_model
-from cxrscreen.models.checkpoint import ModelMeta, save_checkpoint
-from cxrscreen.models.registry import create_model
 
 CLASSES = ["covid", "normal", "viral"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -53,7 +49,7 @@ def small_ieee(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> P
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, small_radiography: Path, small_ieee: Path) -> Path:
+def run_dir(tmp_path_factory: pytest.TempPathFactory, small_radiography: Path, small_ieee: Path, checkpoint_factory) -> Path:
     """A run directory as training leaves it: best.pt (trained on ``small_radiography``) and split.csv.
 
     Its ``train_hashes`` are those of three ieee8023 images, so evaluating ieee8023 must leave them out.
@@ -63,21 +59,9 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, small_radiography: Path, s
     hashes = hash_files(dataset.paths).hashes
     save_split(make_split(dataset, hashes, seed=0), run / "split.csv")
     ieee_images = sorted((small_ieee / "images").glob("*.jpg"))[:3]
-    torch.manual_seed(0)
-    model = create_model("efficientnet_lite0", len(CLASSES), pretrained=True)
-    with torch.no_grad():
-        model.head.weight.mul_(20.0)
-    meta = ModelMeta(
-        arch="efficientnet_lite0",
-        classes=list(CLASSES),
-        preprocessing=Preprocessing(img_size=64),
-        name="tiny-eval-model",
-        version="1",
-        temperature=1.7,
-        train_hashes=list(hash_files(ieee_images).hashes.values()),
-        config={"data": [str(small_radiography)], "frontal_only": True},
-    )
-    save_checkpoint(run / "best.pt", model, meta)
+    checkpoint_factory(run / "best.pt", name="tiny-eval-model", temperature=1.7,
+                       train_hashes=list(hash_files(ieee_images).hashes.values()),
+                       config={"data": [str(small_radiography)], "frontal_only": True})
     return run
 
 

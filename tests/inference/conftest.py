@@ -1,49 +1,15 @@
-"""Small real checkpoints (EfficientNet-Lite0 with its ImageNet weights and a random 3-class head, 64 px)."""
+"""Fixtures of the inference tests: a small real checkpoint (see ``checkpoint_factory``), real X-rays, a temp cache."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import torch
-
-from cxrscreen.data.transforms import Preprocessing
-from cxrscreen.models.checkpoint import ModelMeta, save_checkpoint
-from cxrscreen.models.registry import create_model
-
-CLASSES = ["covid", "normal", "viral"]
-
-
-def make_checkpoint(
-    path: Path, temperature: float = 1.0, ood: dict | None = None, seed: int = 0, pp: Preprocessing | None = None
-) -> Path:
-    torch.manual_seed(seed)
-    model = create_model("efficientnet_lite0", len(CLASSES), pretrained=True)
-    with torch.no_grad():
-        # A head with visibly different outputs per image, so probability comparisons mean something.
-        model.head.weight.mul_(20.0)
-    meta = ModelMeta(
-        arch="efficientnet_lite0",
-        classes=list(CLASSES),
-        preprocessing=pp or Preprocessing(img_size=64),
-        name="tiny-test-model",
-        version="1",
-        temperature=temperature,
-        ood=ood or {},
-    )
-    save_checkpoint(path, model, meta)
-    return path
 
 
 @pytest.fixture(scope="session")
-def checkpoint_factory():
-    """``make(path, temperature=1.0, ood=None, seed=0, pp=None) -> path`` for tests that need their own checkpoint."""
-    return make_checkpoint
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, checkpoint_factory) -> Path:
+    return checkpoint_factory(tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
 @pytest.fixture(autouse=True)

@@ -16,31 +16,16 @@ import uvicorn
 from PIL import Image
 
 from cxrscreen.data.imageio import load_xray
-from cxrscreen.data.transforms import Preprocessing
 from cxrscreen.inference.predictor import Predictor, load_predictor
-from cxrscreen.models.checkpoint import ModelMeta, save_checkpoint
-from cxrscreen.models.registry import create_model
 
-CLASSES = ["covid", "normal", "viral"]
 PATIENT_NAME = "Testpatient^Serveprivacy"
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, checkpoint_factory) -> Path:
     # ImageNet weights (bundled with the package, no download) give Grad-CAM maps with structure.
-    model = create_model("efficientnet_lite0", len(CLASSES), pretrained=True)
-    meta = ModelMeta(
-        arch="efficientnet_lite0",
-        classes=list(CLASSES),
-        preprocessing=Preprocessing(img_size=64),
-        name="serve-test-model",
-        version="7",
-        metrics={"val": {"accuracy": 0.5, "auroc_covid": float("nan")}},
-    )
-    path = tmp_path_factory.mktemp("serve-model") / "tiny.pt"
-    save_checkpoint(path, model, meta)
-    return path
+    return checkpoint_factory(tmp_path_factory.mktemp("serve-model") / "tiny.pt", head_scale=1.0, name="serve-test-model",
+                              version="7", metrics={"val": {"accuracy": 0.5, "auroc_covid": float("nan")}})
 
 
 @pytest.fixture(scope="session")

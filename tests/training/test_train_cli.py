@@ -6,12 +6,11 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from cxrscreen.cli import main
-from cxrscreen.models.checkpoint import load_checkpoint, read_checkpoint
+from cxrscreen.models.checkpoint import load_checkpoint
 
 
 def train_args(data: Path, out: Path, *extra: str) -> list[str]:

@@ -25,8 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from cxrscreen.data.labels import LabelSet
-from cxrscreen.errors import ConfigError, RunDirError
+from cxrscreen.errors import RunDirError
 from cxrscreen.io_utils import atomic_write, write_json
 from cxrscreen.models.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
 from cxrscreen.models.registry import XrayClassifier, create_model
