@@ -82,8 +82,23 @@ def test_prepare_with_info_uses_the_lungs_of_a_real_xray(shared_data):
     assert np.abs(cropped - whole).mean() > 0.02  # the crop changed the view
 
 
-def test_prepare_with_info_falls_back_to_the_whole_image_without_lungs():
-    noise = np.random.default_rng(0).random((120, 100)).astype(np.float32)
-    out, found = prepare_with_info(noise, Preprocessing(img_size=32, lung_mode="crop_mask"))
+def test_typical_lung_fields_are_two_lungs_of_plausible_size() -> None:
+    from cxrscreen.data.lungs import typical_lung_mask
+
+    mask = typical_lung_mask((200, 240))
+    assert 0.15 < mask.mean() < 0.40
+    left, right = mask[:, :120], mask[:, 120:]
+    assert left.any() and right.any() and not mask[:, 118:122].any()
+    assert not mask[-20:].any(), "no lung in the bottom of the image"
+
+
+def test_unfound_lungs_are_framed_like_found_ones() -> None:
+    from cxrscreen.data.lungs import typical_lung_mask
+
+    pp = Preprocessing(img_size=64, lung_mode="crop_mask")
+    noise = np.random.default_rng(0).random((128, 128)).astype(np.float32)
+    prepared, found = prepare_with_info(noise, pp)
     assert found is False
-    np.testing.assert_allclose(out, prepare_image(noise, Preprocessing(img_size=32)), atol=1e-6)
+    expected = prepare_image(noise, pp, typical_lung_mask(noise.shape))
+    np.testing.assert_allclose(prepared, expected)
+    assert not np.allclose(prepared, prepare_image(noise, Preprocessing(img_size=64)))

@@ -33,6 +33,25 @@ def lung_box(mask: np.ndarray, margin: float = 0.0) -> tuple[int, int, int, int]
     return max(0, top - pad_y), min(height, bottom + pad_y), max(0, left - pad_x), min(width, right + pad_x)
 
 
+# Where the lungs usually are, as fractions of the image (centre y, centre x, half-height, half-width), measured
+# on the mean of the Montgomery/Shenzhen lung masks (each lung's mask > 0.5 in at least half the images).
+TYPICAL_LUNGS = ((0.42, 0.29, 0.30, 0.16), (0.42, 0.70, 0.30, 0.16))
+
+
+def typical_lung_mask(shape: tuple[int, int]) -> np.ndarray:
+    """Two ellipses where frontal chest X-rays usually hold the lungs (bool, ``shape``).
+
+    Used when the segmenter finds no plausible lungs: such images (often lungs filled by pneumonia) then get the
+    same framing as the others, so the crop itself does not tell the model which images were hard to segment.
+    """
+    height, width = shape
+    yy, xx = np.mgrid[0:height, 0:width]
+    mask = np.zeros(shape, dtype=bool)
+    for cy, cx, hy, hx in TYPICAL_LUNGS:
+        mask |= ((yy / height - cy) / hy) ** 2 + ((xx / width - cx) / hx) ** 2 <= 1.0
+    return mask
+
+
 def dilate(mask: np.ndarray, fraction: float) -> np.ndarray:
     """Grow ``mask`` by a disc of radius ``fraction`` x the shorter image side (pixels)."""
     radius = fraction * min(mask.shape)

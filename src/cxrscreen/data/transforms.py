@@ -103,7 +103,8 @@ def prepare_with_info(source, pp: Preprocessing, name: str | None = None, segmen
     """Decode ``source`` and prepare it -> (float32 (img_size, img_size) in [0, 1], lungs_found).
 
     ``lungs_found`` is None when ``pp`` needs no lungs; otherwise whether the segmenter found plausible lungs.
-    When it did not, the whole image is used (as with ``lung_mode="none"``) rather than a doubtful crop.
+    When it did not, the typical lung fields (:func:`cxrscreen.data.lungs.typical_lung_mask`) are used instead of a
+    doubtful mask, so that such images are framed like the others.
     ``segmenter``: a :class:`cxrscreen.models.segmenter.LungSegmenter` (e.g. the ONNX Runtime one); the bundled
     torch segmenter when None.
     """
@@ -114,8 +115,10 @@ def prepare_with_info(source, pp: Preprocessing, name: str | None = None, segmen
         return prepare_image(image, pp), None
     from cxrscreen.models.segmenter import segment_lungs
 
+    from cxrscreen.data.lungs import typical_lung_mask
+
     lungs = segment_lungs(image, segmenter)
-    mask = lungs.mask if lungs.plausible else np.ones(image.shape, dtype=bool)
+    mask = lungs.mask if lungs.plausible else typical_lung_mask(image.shape)
     return prepare_image(image, pp, mask), lungs.plausible
 
 
