@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import pickle
 from pathlib import Path
@@ -10,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from cxrscreen.data.imageio import load_xray
 from cxrscreen.data.transforms import Preprocessing, prepare_image
 from cxrscreen.errors import ModelError
+from cxrscreen.evaluation.ood_check import ieee_views, non_xray_samples
 from cxrscreen.inference.ood import fit_ood_guard, in_distribution, ood_scores
 
 DIM, RANK = 64, 6
@@ -98,46 +97,23 @@ FRONTAL_FOLDERS = (
     "chest_xray/test/PNEUMONIA",
     "lung_segmentation/montgomery_shenzhen/images",
 )
-PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon", "page", "text", "hubble_deep_field",
-          "immunohistochemistry", "brick", "grass", "gravel", "clock", "cell", "logo", "colorwheel", "cat")
-
-
 def frontal_xrays(shared: Path, start: int, per_folder: int) -> list[Path]:
     return [path for folder in FRONTAL_FOLDERS for path in sorted((shared / folder).glob("*.jpg"))[start : start + per_folder]]
 
 
-def ieee_views(shared: Path, views: tuple[str, ...]) -> list[Path]:
-    root = shared / "covid-chestxray-dataset"
-    with open(root / "metadata.csv", newline="", encoding="utf-8") as fh:
-        rows = [row for row in csv.DictReader(fh) if row["view"] in views]
-    return [path for row in rows if (path := root / "images" / row["filename"]).is_file()]
-
-
-def rendered_text(index: int) -> np.ndarray:
-    image = Image.new("L", (256, 256), 255 if index % 2 else 0)
-    draw = ImageDraw.Draw(image)
-    for line in range(12):
-        draw.text((5, 5 + 20 * line), f"Radiology report {index}: line {line}, value {index * line}", fill=0 if index % 2 else 255)
-    return np.asarray(image)
-
-
 @pytest.fixture(scope="module")
 def real_features(shared_data: Path) -> dict[str, np.ndarray]:
-    import skimage.data
-
     from cxrscreen.models.registry import create_model
 
     torch.set_num_threads(1)
-    rng = np.random.default_rng(0)
+    ieee = shared_data / "covid-chestxray-dataset"
     sets = {
         "fit": frontal_xrays(shared_data, 0, 10),
         "val": frontal_xrays(shared_data, 10, 5),
         "held_out": frontal_xrays(shared_data, 20, 5),
-        "ieee_frontal": ieee_views(shared_data, ("PA", "AP"))[:30],
-        "lateral": ieee_views(shared_data, ("L",)),
-        "photos": [getattr(skimage.data, name)() for name in PHOTOS],
-        "noise": [rng.random((128, 128)) for _ in range(5)] + [rng.normal(0.5, 0.2, (128, 128)).clip(0, 1) for _ in range(5)],
-        "text": [rendered_text(i) for i in range(10)],
+        "ieee_frontal": ieee_views(ieee, ("PA", "AP"))[:30],
+        "lateral": ieee_views(ieee, ("L",)),
+        **non_xray_samples(seed=0),
     }
     model = create_model("efficientnet_lite0", 3).eval()
     pp = Preprocessing(img_size=IMG_SIZE)
