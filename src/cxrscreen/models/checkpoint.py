@@ -76,17 +76,24 @@ def save_checkpoint(path: str | Path, model: XrayClassifier, meta: ModelMeta, ex
         fh.write(buffer.getvalue())
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The raw checkpoint dict, validated; raises :class:`ModelError` with the path and cause."""
+def read_weight_file(path: str | Path, file_format: str, what: str) -> dict[str, Any]:
+    """A ``torch.save``d dict whose ``format`` is ``file_format``, loaded safely (``weights_only``); raises
+    :class:`ModelError` naming the path and the cause (``what`` names the kind of file in messages)."""
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"{path}: model file not found")
+        raise ModelError(f"{path}: {what} file not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise ModelError(f"{path}: not a readable cxrscreen model ({type(exc).__name__}: {exc})".split("\n")[0]) from exc
-    if not isinstance(payload, dict) or payload.get("format") != "cxrscreen-checkpoint":
-        raise ModelError(f"{path}: not a cxrscreen model file")
+        raise ModelError(f"{path}: not a readable cxrscreen {what} ({type(exc).__name__}: {exc})".split("\n")[0]) from exc
+    if not isinstance(payload, dict) or payload.get("format") != file_format:
+        raise ModelError(f"{path}: not a cxrscreen {what} file")
+    return payload
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dict, validated; raises :class:`ModelError` with the path and cause."""
+    payload = read_weight_file(path, "cxrscreen-checkpoint", "model")
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise ModelError(f"{path}: written by a newer cxrscreen (format {payload['format_version']})")
     return payload

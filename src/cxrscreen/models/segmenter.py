@@ -226,16 +226,9 @@ class LungSegmenter:
 
 def read_segmenter_file(path: str | os.PathLike) -> dict[str, Any]:
     """The raw weight file dict, validated; raises :class:`ModelError` naming the path and the cause."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: lung segmenter file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise ModelError(f"{path}: not a readable lung segmenter ({type(exc).__name__})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
-        raise ModelError(f"{path}: not a cxrscreen lung segmenter file")
-    return payload
+    from cxrscreen.models.checkpoint import read_weight_file
+
+    return read_weight_file(path, FILE_FORMAT, "lung segmenter")
 
 
 def build_network(path: str | os.PathLike) -> tuple[LungUNet, dict[str, Any]]:
