@@ -4,7 +4,7 @@ Usage (from the repo root; the full run takes a while on a 2-core CPU):
 
     .venv/bin/python benchmarks/train_db3.py                        # 3-class, binary and 4-class rows
     .venv/bin/python benchmarks/train_db3.py --tasks 3class --epochs 4 --img-size 160
-    .venv/bin/python benchmarks/train_db3.py --reuse runs/bench     # re-print from finished runs
+    .venv/bin/python benchmarks/train_db3.py --out runs/bench       # finished runs in runs/bench/<task> are reused
 
 Each task trains with ``cxrscreen.training.trainer.train`` on a leakage-free split and prints: wall time, epochs,
 test accuracy and COVID sensitivity with 95% bootstrap CIs, and the COVID-vs-rest AUROC on the ieee8023
@@ -58,11 +58,13 @@ def run_task(task: str, args: argparse.Namespace) -> dict:
         seconds = float((run_dir / "wall_seconds.txt").read_text())
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     external = evaluate_model(EvaluationConfig(model=str(run_dir), data=[str(args.data_root / "covid-chestxray-dataset")],
-                                               split="all", out=str(run_dir / "eval_ieee8023"), progress=False), log=lambda _m: None)
+                                               split="all", out=str(run_dir / "eval_ieee8023"), progress=False))
     ext = external.primary
     test = summary["test"]
+    config = json.loads((run_dir / "config.json").read_text())
     return {
         "task": task,
+        "recipe": f"{config['img_size']}px lungs={config['lung_mode']} eq={config['equalize']}",
         "minutes": None if seconds is None else seconds / 60,
         "epochs": summary["epochs_run"],
         "test_images": test["n_images"],
@@ -90,12 +92,12 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     rows = [run_task(task.strip(), args) for task in args.tasks.split(",") if task.strip()]
-    header = f"{'task':8s} {'minutes':>8s} {'epochs':>6s} {'test n':>6s}  {'test accuracy [95% CI]':26s} {'COVID sensitivity':26s} {'ieee8023 COVID-vs-rest AUROC':30s} {'ieee n (left out)':>17s}"
+    header = f"{'task':8s} {'recipe':32s} {'minutes':>8s} {'epochs':>6s} {'test n':>6s}  {'test accuracy [95% CI]':26s} {'COVID sensitivity':26s} {'ieee8023 COVID-vs-rest AUROC':30s} {'ieee n (left out)':>17s}"
     print(header)
     print("-" * len(header))
     for r in rows:
         minutes = "n/a" if r["minutes"] is None else f"{r['minutes']:.1f}"
-        print(f"{r['task']:8s} {minutes:>8s} {r['epochs']:>6d} {r['test_images']:>6d}  {fmt(r['accuracy']):26s} "
+        print(f"{r['task']:8s} {r['recipe']:32s} {minutes:>8s} {r['epochs']:>6d} {r['test_images']:>6d}  {fmt(r['accuracy']):26s} "
               f"{fmt(r['covid_sensitivity']):26s} {fmt(r['ieee_auroc']):30s} {r['ieee_images']:>8d} ({r['ieee_left_out']})")
 
 
