@@ -26,7 +26,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from cxrscreen.data.imageio import iter_image_files, load_xray
+from cxrscreen.data.imageio import iter_image_files, read_image_file
 from cxrscreen.data.transforms import Preprocessing, prepare_from_source
 from cxrscreen.errors import ConfigError, CxrError, DatasetLayoutError, ImageDecodeError, ModelError
 from cxrscreen.io_utils import atomic_write, write_json
@@ -140,12 +140,9 @@ def _reason(exc: Exception, path: str) -> str:
 
 
 def _read_bytes(path: str) -> bytes:
-    """The file's bytes; an unreadable file raises the decoder's usual one-line error."""
-    try:
-        return Path(path).read_bytes()
-    except OSError:
-        load_xray(path)  # raises ImageDecodeError naming the file and the cause
-        raise
+    """The file's bytes, read as the decoder reads them: directories, pipes (which would block), devices and
+    oversized files raise its one-line :class:`ImageDecodeError`."""
+    return read_image_file(Path(path), path)
 
 
 def _lookup(index: int, path: str, cache: PreparedCache | None) -> _Outcome | None:
