@@ -346,7 +346,7 @@ class Trainer:
         meta.ood = fit_ood_guard(train_feats, val_feats)
         meta.train_hashes = list(self.data.train_hashes)
         test_logits, _ = predict_logits(self.model, self.data.test_images, device)
-        test = test_report(test_logits / meta.temperature, self.data.test_targets, meta.classes, self.cfg.seed)
+        test = held_out_report(test_logits / meta.temperature, self.data.test_targets, meta.classes, self.cfg.seed)
         meta.metrics = {"validation": validation_scores(val_logits, self.data.val_targets, len(meta.classes)),
                         "test": test, "best_epoch": self.state.best_epoch}
         save_checkpoint(self.run_dir / BEST_FILE, self.model, meta)
@@ -364,15 +364,14 @@ class Trainer:
         return test
 
 
-def test_report(logits: np.ndarray, targets: np.ndarray, classes: list[str], seed: int) -> dict[str, Any]:
+def held_out_report(logits: np.ndarray, targets: np.ndarray, classes: list[str], seed: int) -> dict[str, Any]:
     """Test-split metrics with bootstrap CIs, as stored in the checkpoint and the run summary."""
-    from cxrscreen.evaluation.metrics import multiclass_metrics, one_vs_rest
+    from cxrscreen.evaluation.metrics import classification_report
 
     probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-    report = multiclass_metrics(targets, probs, classes, n_resamples=1000, seed=seed).to_dict()
-    if "covid" in classes:
-        report["covid_vs_rest"] = one_vs_rest(targets, probs, classes, "covid", n_resamples=1000, seed=seed).to_dict()
-    return report
+    report = classification_report(targets, probs, classes, n_resamples=1000, seed=seed)
+    covid = report.covid_vs_rest
+    return {**report.multiclass.to_dict(), **({"covid_vs_rest": covid.to_dict()} if covid else {})}
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
