@@ -32,6 +32,7 @@ class RunData:
     bad_images: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     data_paths: list[str] = field(default_factory=list)
+    dedup_distance: int = 6
 
     train_images = property(lambda self: self.images["train"])
     val_images = property(lambda self: self.images["val"])
@@ -54,7 +55,7 @@ class RunData:
             "patients_known": sum(1 for side in SIDES for r in self.records[side] if r.patient_id),
             "dropped_labels": dict(self.dropped),
             "bad_images": len(self.bad_images),
-            "split_rule": "by patient and by near-duplicate image (64-bit pHash), stratified by class, seeded",
+            "split_rule": f"by patient and by near-duplicate image (256-bit pHash, distance <= {self.dedup_distance} per 64 bits), stratified by class, seeded",
         }
 
 
@@ -94,7 +95,7 @@ def prepare_run_data(
         split = make_split(dataset, hashes, seed=cfg.seed, fractions=cfg.fractions, max_distance=cfg.dedup_distance)
     if save_split_to is not None:
         save_split(split, save_split_to)
-    data = RunData(label_set, {}, {}, {}, {}, full.dropped, [], list(full.notes), list(cfg.data))
+    data = RunData(label_set, {}, {}, {}, {}, full.dropped, [], list(full.notes), list(cfg.data), cfg.dedup_distance)
     for side in SIDES:
         side_records = split.part(side).records
         prepared = load_prepared([r.path for r in side_records], cfg.preprocessing, progress=progress, on_bad_image=cfg.on_bad_image)
