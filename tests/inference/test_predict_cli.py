@@ -174,3 +174,16 @@ def test_empty_folder_is_an_error(capsys, tiny_checkpoint: Path, tmp_path: Path)
     code, out, err = run(capsys, "predict", str(tmp_path), "--model", str(tiny_checkpoint))
     assert code == 2 and out == ""
     assert err.strip() == f"cxrscreen: error: {tmp_path}: no PNG, JPEG or DICOM files found"
+
+
+def test_export_of_a_lung_focused_model_writes_the_segmenter_too(capsys, tmp_path: Path, checkpoint_factory) -> None:
+    import onnxruntime as ort
+
+    from cxrscreen.data.transforms import Preprocessing
+
+    model = checkpoint_factory(tmp_path / "lung.pt", pp=Preprocessing(img_size=64, lung_mode="crop_mask"))
+    code, out, _ = run(capsys, "export", "--model", str(model), "--onnx", str(tmp_path / "m.onnx"))
+    assert code == 0
+    assert out.split() == [str(tmp_path / "m.onnx"), str(tmp_path / "m_lungs.onnx")]
+    session = ort.InferenceSession(str(tmp_path / "m_lungs.onnx"), providers=["CPUExecutionProvider"])
+    assert len(session.get_inputs()) == 1

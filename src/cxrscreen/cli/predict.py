@@ -127,11 +127,16 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from cxrscreen.inference.onnx_export import export_onnx
+    from cxrscreen.inference.onnx_export import export_onnx, read_onnx_meta
     from cxrscreen.inference.predictor import resolve_model_path
 
     out = export_onnx(resolve_model_path(args.model), args.onnx)
     print(out)
+    if read_onnx_meta(out).preprocessing.needs_lungs:
+        # The model's inputs depend on the lung segmenter: ship it beside the classifier.
+        from cxrscreen.models.segmenter import export_segmenter_onnx
+
+        print(export_segmenter_onnx(out.with_name(f"{out.stem}_lungs.onnx")))
     return 0
 
 
