@@ -157,3 +157,19 @@ def test_user_errors_are_one_line(run_dir: Path, small_radiography: Path, tmp_pa
     assert "missing.pt" in err and err.strip().count("\n") == 0
     assert main(["evaluate", "--model", str(run_dir), "--bootstrap", "-5"]) == 2
     assert "--bootstrap" in capsys.readouterr().err
+
+
+def test_label_map_maps_a_collections_own_labels(run_dir: Path, radiography_root: Path, tmp_path: Path, capsys) -> None:
+    covid = sorted((radiography_root / "COVID" / "images").glob("*.jpg"))[:6]
+    normal = sorted((radiography_root / "Normal" / "images").glob("*.jpg"))[:6]
+    manifest = tmp_path / "site.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p},positive\n" for p in covid) + "".join(f"{p},negative\n" for p in normal))
+    base = ["evaluate", "--model", str(run_dir / "best.pt"), "--data", str(manifest), "--bootstrap", "0", "--quiet"]
+    assert main(base) == 2  # no label the model knows
+    assert "positive" in capsys.readouterr().err
+    out = tmp_path / "eval"
+    assert main(base + ["--label-map", "positive=covid", "--label-map", "negative=normal", "--out", str(out)]) == 0
+    collection = json.loads((out / "metrics.json").read_text())["collections"][0]
+    assert collection["images_evaluated"] == 12
+    assert collection["covid_vs_rest"]["n_positive"] == 6
+    assert collection["multiclass"]["support"] == {"covid": 6, "normal": 6, "viral": 0}

@@ -25,11 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dedup-distance", type=int, default=6, metavar="BITS",
                    help="pHash Hamming distance at or below which an image counts as a training near-duplicate")
+    p.add_argument("--label-map", action="append", metavar="FROM=TO",
+                   help="map a collection's label onto one of the model's classes (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from cxrscreen.data.labels import parse_label_map
     from cxrscreen.evaluation.evaluate import EvaluationConfig, evaluate_model, find_run_dir
     from cxrscreen.evaluation.tables import evaluation_report
 
@@ -45,6 +48,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         dedup_distance=args.dedup_distance,
         progress=not args.quiet,
+        label_map=parse_label_map(args.label_map),
     )
     result = evaluate_model(cfg)
     print(evaluation_report(result))

@@ -82,6 +82,7 @@ class EvaluationConfig:
     seed: int = 0
     dedup_distance: int = 6
     progress: bool = True
+    label_map: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.split not in SPLIT_CHOICES:
@@ -268,7 +269,7 @@ def evaluation_label_set(model_classes: Sequence[str], label_map: dict[str, str]
     """The classes to evaluate on: the model's, or ``classes`` (``--classes``) when given."""
     if classes is None:
         return LabelSet(tuple(model_classes), dict(label_map))
-    return LabelSet.parse(classes)
+    return LabelSet.parse(classes, label_map)
 
 
 def class_merge_matrix(model_classes: Sequence[str], label_set: LabelSet) -> np.ndarray:
@@ -319,7 +320,9 @@ class Evaluator:
         self.predictor = load_predictor(cfg.model)
         self.meta = self.predictor.meta
         self.run_dir = find_run_dir(cfg.model)
-        self.label_set = evaluation_label_set(self.meta.classes, self.meta.label_map, cfg.classes)
+        # The user's --label-map adds to (and overrides) the mapping the model was trained with.
+        self.label_map = {**self.meta.label_map, **cfg.label_map}
+        self.label_set = evaluation_label_set(self.meta.classes, self.label_map, cfg.classes)
         self.merge = class_merge_matrix(self.meta.classes, self.label_set)
         train_cfg = self.meta.config or {}
         self.train_data: list[str] = list(train_cfg.get("data") or self.meta.train_summary.get("data") or [])
@@ -360,7 +363,7 @@ class Evaluator:
         if role == "data" and trained_on and self.split_file is not None and self.cfg.split != "all":
             records, name, dropped, notes = self.split_side(paths)
             return self.evaluate_records(name, "internal", paths, records, len(records), None, dropped, notes)
-        dataset = load_dataset(paths, all_findings_label_set(self.meta.label_map), allow_missing_classes=True)
+        dataset = load_dataset(paths, all_findings_label_set(self.label_map), allow_missing_classes=True)
         records = list(dataset.records)
         notes.extend(dataset.notes)
         notes.extend(f"excluded by the source: {n} {reason}" for reason, n in dataset.excluded.most_common())
@@ -447,7 +450,7 @@ class Evaluator:
         classes = list(self.label_set.classes)
         eval_class = [task_class(r, self.label_set) for r in records]
         targets = np.array([-1 if c is None else classes.index(c) for c in eval_class], dtype=np.int64)
-        binary_set = all_findings_label_set(self.meta.label_map)
+        binary_set = all_findings_label_set(self.label_map)
         is_covid = np.array([task_class(r, binary_set) == POSITIVE for r in records])
         groups = [r.group_key for r in records]
         with_class = targets >= 0
