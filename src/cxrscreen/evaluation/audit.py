@@ -358,29 +358,6 @@ def gradcam_by_class(
 # -- from a model and data folders ----------------------------------------------------------------------------
 
 
-def select_records(evaluator, data: list[str], split: str) -> tuple[list[Record], int | None, list[str]]:
-    """The images to audit, chosen as ``cxrscreen evaluate`` chooses them (through its ``Evaluator``): the run's
-    split side for its own training data, else every image without a near-duplicate among the model's training
-    images. Returns (records, near-duplicates left out or None, notes)."""
-    from cxrscreen.data.sources import load_dataset
-    from cxrscreen.evaluation.evaluate import all_findings_label_set
-
-    trained_on = evaluator.is_training_data(data)
-    if trained_on and evaluator.split_file is not None and split != "all":
-        side = evaluator.split_side(data)
-        return list(side[0]), None, list(side[-1])
-    dataset = load_dataset(data, all_findings_label_set(evaluator.meta.label_map), allow_missing_classes=True)
-    records, notes = list(dataset.records), list(dataset.notes)
-    if trained_on and split == "all":
-        notes.append("includes the images the model was trained on (--split all on its training data)")
-        return records, None, notes
-    if not evaluator.meta.train_hashes:
-        notes.append("the model stores no training-image hashes: near-duplicates of its training images could not be left out")
-        return records, None, notes
-    records, left_out = evaluator.without_training_duplicates(records)
-    return records, left_out, notes
-
-
 def load_images(records: list[Record]) -> tuple[list[Record], list[np.ndarray], list[tuple[str, str]]]:
     """Decode every record's image; unreadable ones are returned as (path, reason) instead."""
     from cxrscreen.data.imageio import load_xray
@@ -415,7 +392,8 @@ def audit_model(cfg: AuditConfig | None = None, log: Callable[[str], None] = pri
     if not data:
         raise ConfigError("--data is required: the model does not name the data it was trained on")
     segmenter = segmenter or load_segmenter(cfg.segmenter)
-    records, left_out, notes = select_records(evaluator, data, cfg.split)
+    chosen = evaluator.select_records(data)  # the images `cxrscreen evaluate` would score
+    records, left_out, notes = chosen.records, chosen.left_out, chosen.notes
     if left_out is not None:
         log(f"{', '.join(data)}: left out {left_out} near-duplicate(s) of the model's training images")
     if cfg.max_images is not None and len(records) > cfg.max_images:

@@ -312,6 +312,21 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "data"
 
 
+@dataclass
+class Selection:
+    """The images chosen for an evaluation: ``records``, under ``name`` and ``kind`` (internal / external /
+    collection), out of ``n_listed``; ``left_out`` near-duplicates of training images (None when not checked),
+    ``dropped`` labels without a class, and one-line ``notes``."""
+
+    records: list[Record]
+    name: str
+    kind: str
+    n_listed: int
+    left_out: int | None
+    dropped: Counter
+    notes: list[str]
+
+
 class Evaluator:
     """Evaluates collections with one loaded predictor; :func:`evaluate_model` builds and runs it."""
 
@@ -358,14 +373,21 @@ class Evaluator:
     # -- choosing the images ----------------------------------------------------------------------------------
     def evaluate_collection(self, paths: list[str], role: str) -> CollectionResult:
         """Evaluate ``paths`` together: the run's split side when they are its training data, else all images."""
+        chosen = self.select_records(paths, role)
+        return self.evaluate_records(chosen.name, chosen.kind, paths, chosen.records, chosen.n_listed, chosen.left_out,
+                                     chosen.dropped, chosen.notes)
+
+    def select_records(self, paths: list[str], role: str = "data") -> Selection:
+        """The images of ``paths`` to evaluate (also used by the shortcut audit): the run's split side ``cfg.split``
+        when ``paths`` are its training data (role ``data``), else every image, less near-duplicates of the model's
+        training images."""
         trained_on = self.is_training_data(paths)
-        notes: list[str] = []
         if role == "data" and trained_on and self.split_file is not None and self.cfg.split != "all":
             records, name, dropped, notes = self.split_side(paths)
-            return self.evaluate_records(name, "internal", paths, records, len(records), None, dropped, notes)
+            return Selection(records, name, "internal", len(records), None, dropped, notes)
         dataset = load_dataset(paths, all_findings_label_set(self.label_map), allow_missing_classes=True)
         records = list(dataset.records)
-        notes.extend(dataset.notes)
+        notes = list(dataset.notes)
         notes.extend(f"excluded by the source: {n} {reason}" for reason, n in dataset.excluded.most_common())
         left_out: int | None = None
         if trained_on and self.cfg.split == "all":
@@ -377,8 +399,7 @@ class Evaluator:
         if trained_on and self.cfg.split != "all" and self.split_file is None:
             notes.append(f"no {SPLIT_FILE} for this model: evaluated every image that is not a near-duplicate of a training image")
         kind = "internal" if trained_on else "external" if role == "external" else "collection"
-        name = ", ".join(paths)
-        return self.evaluate_records(name, kind, paths, records, len(dataset.records), left_out, dataset.dropped, notes)
+        return Selection(records, ", ".join(paths), kind, len(dataset.records), left_out, dataset.dropped, notes)
 
     def is_training_data(self, paths: list[str]) -> bool:
         """Whether ``paths`` are the model's training data: the same folders, or images listed in the run's split."""
