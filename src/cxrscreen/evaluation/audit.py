@@ -27,7 +27,7 @@ from cxrscreen.data.lungs import dilate, hide_lungs, keep_only_lungs, lung_box
 from cxrscreen.data.records import Record
 from cxrscreen.data.transforms import Preprocessing, prepare_image, resize
 from cxrscreen.errors import ConfigError, CxrError, DatasetLayoutError
-from cxrscreen.evaluation.metrics import BinaryMetrics, MulticlassMetrics, binary_metrics, multiclass_metrics
+from cxrscreen.evaluation.metrics import BinaryMetrics, MulticlassMetrics, class_vs_rest, multiclass_metrics
 from cxrscreen.evaluation.probe import ProbeResult, source_probe
 from cxrscreen.evaluation.tables import format_interval, format_table
 from cxrscreen.io_utils import write_json
@@ -207,8 +207,7 @@ def score_variant(
     class) of probabilities (N, C); ``targets`` (N,) is -1 for images without a model class."""
     covid = None
     if POSITIVE in classes:
-        index = list(classes).index(POSITIVE)
-        covid = binary_metrics(is_covid, probs[:, index], probs.argmax(axis=1) == index, POSITIVE, n_resamples, seed, groups)
+        covid = class_vs_rest(is_covid, probs, classes, POSITIVE, n_resamples=n_resamples, seed=seed, groups=groups)
     mapped = targets >= 0
     multiclass = None
     if mapped.any():

@@ -48,7 +48,7 @@ from cxrscreen.evaluation.metrics import (
     BinaryMetrics,
     Interval,
     MulticlassMetrics,
-    binary_metrics,
+    class_vs_rest,
     difference,
     multiclass_metrics,
 )
@@ -493,9 +493,8 @@ class Evaluator:
         )
 
     def covid_view(self, probs: np.ndarray, is_covid: np.ndarray, groups: list[str]) -> BinaryMetrics:
-        index = self.label_set.classes.index(POSITIVE)
-        return binary_metrics(is_covid, probs[:, index], probs.argmax(axis=1) == index, POSITIVE,
-                              self.cfg.n_resamples, self.cfg.seed, groups)
+        return class_vs_rest(is_covid, probs, self.label_set.classes, POSITIVE, n_resamples=self.cfg.n_resamples,
+                             seed=self.cfg.seed, groups=groups)
 
     def per_source(
         self, records: list[Record], probs: np.ndarray, targets: np.ndarray, is_covid: np.ndarray, groups: list[str]

@@ -290,13 +290,20 @@ def binary_metrics(
     )
 
 
-def one_vs_rest(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], positive: str = "covid", **kw) -> BinaryMetrics:
-    """:func:`binary_metrics` for one of the model's classes: p(positive) as score, argmax == positive as decision."""
+def class_vs_rest(is_positive: np.ndarray, probs: np.ndarray, classes: Sequence[str], positive: str = "covid", **kw) -> BinaryMetrics:
+    """:func:`binary_metrics` for one of the model's classes: p(positive) as score, argmax == positive as decision;
+    ``is_positive`` (N,) is the truth (e.g. every image whose finding is COVID, with or without a model class)."""
     if positive not in classes:
         raise ConfigError(f"the model has no class {positive!r} (classes: {', '.join(classes)})")
     index = list(classes).index(positive)
-    probs = _check_probs(probs, len(y_true))
-    return binary_metrics(np.asarray(y_true) == index, probs[:, index], probs.argmax(axis=1) == index, positive, **kw)
+    probs = _check_probs(probs, len(is_positive))
+    return binary_metrics(is_positive, probs[:, index], probs.argmax(axis=1) == index, positive, **kw)
+
+
+def one_vs_rest(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], positive: str = "covid", **kw) -> BinaryMetrics:
+    """:func:`class_vs_rest` with the truth given as class indices (N,)."""
+    index = list(classes).index(positive) if positive in classes else -1
+    return class_vs_rest(np.asarray(y_true) == index, probs, classes, positive, **kw)
 
 
 
