@@ -30,13 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cxrscreen {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"cxrscreen.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"cxrscreen.cli.{name}":
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(f"cxrscreen.cli.{name}").register(subparsers)
     return parser
 
 

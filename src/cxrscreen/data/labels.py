@@ -14,7 +14,6 @@ Findings a task has no class for are dropped, and the caller reports how many.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 from cxrscreen.errors import ConfigError
@@ -140,10 +139,6 @@ class LabelSet:
                 return name
         return OTHER if OTHER in self.classes else None
 
-    def index_of(self, label: str) -> int | None:
-        cls_name = self.class_of(label)
-        return None if cls_name is None else self.classes.index(cls_name)
-
     def to_dict(self) -> dict:
         return {"classes": list(self.classes), "extra": dict(self.extra)}
 
@@ -161,8 +156,3 @@ def parse_label_map(pairs: list[str] | None) -> dict[str, str]:
         src, dst = pair.split("=", 1)
         out[src.strip().lower()] = dst.strip().lower()
     return out
-
-
-def count_unmapped(labels: list[str], label_set: LabelSet) -> Counter:
-    """Count the labels the task has no class for (reported to the user, never dropped silently)."""
-    return Counter(lab for lab in labels if label_set.class_of(lab) is None)
