@@ -111,3 +111,15 @@ def test_same_seed_same_first_epoch(small_radiography: Path, tmp_path: Path) -> 
     assert losses[0] == losses[1]
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["epochs_run"] == 1
+
+
+def test_label_map_on_a_raw_label_reaches_the_training_targets(small_radiography: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mapped"
+    assert main(train_args(small_radiography, out, "--classes", "covid,normal", "--label-map", "viral pneumonia=normal")) == 0
+    rows = list(csv.DictReader((out / "split.csv").open()))
+    viral = [r for r in rows if "Viral Pneumonia" in r["path"]]
+    assert viral and all(r["class"] == "normal" for r in viral)
+    _, meta = load_checkpoint(out / "best.pt")
+    counts = meta.train_summary["images_per_split"]
+    assert sum(sum(side.values()) for side in counts.values()) == len(rows)
+    assert sum(side["normal"] for side in counts.values()) == sum(r["class"] == "normal" for r in rows)

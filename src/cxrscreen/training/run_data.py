@@ -30,7 +30,6 @@ class RunData:
     hashes: dict[str, list[str]]
     dropped: Counter = field(default_factory=Counter)
     bad_images: list[tuple[str, str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
     data_paths: list[str] = field(default_factory=list)
     dedup_distance: int = 6
 
@@ -95,14 +94,15 @@ def prepare_run_data(
         split = make_split(dataset, hashes, seed=cfg.seed, fractions=cfg.fractions, max_distance=cfg.dedup_distance)
     if save_split_to is not None:
         save_split(split, save_split_to)
-    data = RunData(label_set, {}, {}, {}, {}, full.dropped, [], list(full.notes), list(cfg.data), cfg.dedup_distance)
+    data = RunData(label_set, {}, {}, {}, {}, full.dropped, [], list(cfg.data), cfg.dedup_distance)
     for side in SIDES:
-        side_records = split.part(side).records
-        prepared = load_prepared([r.path for r in side_records], cfg.preprocessing, progress=progress, on_bad_image=cfg.on_bad_image)
-        kept = [side_records[i] for i in prepared.ok]
+        part = split.part(side)
+        prepared = load_prepared(part.paths, cfg.preprocessing, progress=progress, on_bad_image=cfg.on_bad_image)
+        kept = [part.records[i] for i in prepared.ok]
         data.records[side] = kept
         data.images[side] = prepared.images
-        data.targets[side] = np.array([label_set.index_of(r.label) for r in kept], dtype=np.int64)
+        # The dataset's own targets: the class its loader gave each image (a --label-map on raw labels included).
+        data.targets[side] = part.targets[prepared.ok].astype(np.int64)
         data.hashes[side] = [hashes[r.path] for r in kept if r.path in hashes]
         data.bad_images.extend(prepared.errors)
     for path, reason in data.bad_images:
