@@ -70,15 +70,6 @@ def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return values.cpu()
 
 
-def broadcast_object(obj, ctx: DistContext):
-    """Send rank 0's object to every rank (identity when running alone)."""
-    if not ctx.distributed:
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()
