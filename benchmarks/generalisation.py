@@ -110,7 +110,7 @@ def collection_probe(run: Path, internal, external, seed: int) -> dict[str, Any]
     paths = [str(p) for p in rng.permutation(inside)[:n_internal]] + [str(p) for p in rng.permutation(outside)[:n_internal]]
     predictor = load_predictor(run)
     prepared = load_prepared(paths, predictor.meta.preprocessing, progress=False)
-    _, features = predictor.predict_prepared(prepared.images.astype(np.float32) / 255.0)
+    features = predictor.predict_prepared(prepared.images.astype(np.float32) / 255.0).features
     sources = np.array(["internal"] * n_internal + ["external"] * (len(paths) - n_internal))[prepared.ok]
     try:
         return source_probe(features, sources).to_dict()

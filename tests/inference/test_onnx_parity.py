@@ -37,14 +37,27 @@ def test_onnx_runtime_matches_torch_on_real_xrays(
     torch_predictor = load_predictor(tiny_checkpoint)
     onnx_predictor = load_predictor(exported, backend="onnx", onnx_optimization=optimization)
     images = np.stack([prepare_from_source(p, torch_predictor.meta.preprocessing) for p in real_xrays])
-    torch_probs, torch_features = torch_predictor.predict_prepared(images)
-    onnx_probs, onnx_features = onnx_predictor.predict_prepared(images)
+    torch_probs, torch_features, _ = torch_predictor.predict_prepared(images)
+    onnx_probs, onnx_features, _ = onnx_predictor.predict_prepared(images)
     np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-4, rtol=0)
     np.testing.assert_allclose(onnx_features, torch_features, atol=1e-3, rtol=1e-3)
     # Dynamic batch: one image at a time gives the same answers as the batch of eight.
     single = np.concatenate([onnx_predictor.predict_prepared(images[i : i + 1])[0] for i in range(len(images))])
     np.testing.assert_allclose(single, onnx_probs, atol=1e-5)
     assert np.ptp(torch_probs, axis=0).max() > 0.05
+
+
+def test_guard_network_gives_the_same_features_in_onnx_runtime(real_xrays: list[Path], tmp_path, monkeypatch) -> None:
+    from cxrscreen.inference.onnx_export import OnnxGuardRunner
+    from cxrscreen.models.guard_net import guard_thumbnails, torch_guard_features
+
+    monkeypatch.setenv("CXRSCREEN_CACHE", str(tmp_path))
+    thumbnails = guard_thumbnails(real_xrays)
+    expected = torch_guard_features(thumbnails)
+    np.testing.assert_allclose(OnnxGuardRunner(threads=1)(thumbnails), expected, atol=1e-4)
+    assert expected.shape == (len(real_xrays), 4 * 2 * 192)
+    assert np.ptp(expected, axis=0).max() > 0.05  # different images, different features
+    assert len(list((tmp_path / "onnx").glob("guard-*.onnx"))) == 1
 
 
 def test_checkpoint_is_exported_once_to_the_cache(tiny_checkpoint: Path, real_xrays: list[Path], tmp_path, monkeypatch) -> None:

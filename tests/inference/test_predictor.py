@@ -106,8 +106,8 @@ def test_predict_batch_is_chunked_without_changing_results(tiny_checkpoint: Path
 
 def test_predict_prepared_matches_predict(predictor, real_xrays: list[Path]) -> None:
     images = np.stack([prepare_from_source(p, predictor.meta.preprocessing) for p in real_xrays[:4]])
-    probs, features = predictor.predict_prepared(images)
-    assert probs.shape == (4, 3) and features.shape == (4, 1280)
+    probs, features, guard_features = predictor.predict_prepared(images)
+    assert probs.shape == (4, 3) and features.shape == (4, 1280) and guard_features is None
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
     for row, path in zip(probs, real_xrays[:4]):
         np.testing.assert_allclose(row, list(predictor.predict(path).probabilities.values()), atol=1e-5)
@@ -117,21 +117,31 @@ def test_predict_prepared_matches_predict(predictor, real_xrays: list[Path]) -> 
         predictor.predict_prepared(images * 255.0)
 
 
+@pytest.mark.parametrize("guard_input", ["whole_image", "penultimate"])
 def test_ood_guard_relabels_rejected_images(
-    tmp_path: Path, radiography_root: Path, tiny_checkpoint: Path, checkpoint_factory
+    guard_input: str, tmp_path: Path, radiography_root: Path, tiny_checkpoint: Path, checkpoint_factory
 ) -> None:
     """A guard fitted on real X-rays' features, stored in the model: noise and a photograph get the OOD label,
-    real X-rays mostly pass, and torch and ONNX Runtime agree on the scores."""
+    real X-rays mostly pass, and torch and ONNX Runtime agree on the scores. Guards on the penultimate features
+    (format version 1, before the guard features existed) still work."""
     from skimage import data as skimage_data
 
     from cxrscreen.inference.ood import fit_ood_guard
+    from cxrscreen.models.guard_net import GUARD_NETWORK, guard_thumbnails, torch_guard_features
 
     files = sorted((radiography_root / "Normal" / "images").glob("*.jpg"))
     plain = load_predictor(tiny_checkpoint)
     pp = plain.meta.preprocessing
-    _, fit_features = plain.predict_prepared(np.stack([prepare_from_source(p, pp) for p in files[:40]]))
-    _, val_features = plain.predict_prepared(np.stack([prepare_from_source(p, pp) for p in files[40:60]]))
-    guard = fit_ood_guard(fit_features, val_features)
+    if guard_input == "whole_image":
+        fit_features, val_features = (torch_guard_features(guard_thumbnails(part)) for part in (files[:40], files[40:60]))
+    else:
+        fit_features, val_features = (plain.predict_prepared(np.stack([prepare_from_source(p, pp) for p in part])).features
+                                      for part in (files[:40], files[40:60]))
+    guard = fit_ood_guard(fit_features, val_features, features=guard_input,
+                          network=GUARD_NETWORK if guard_input == "whole_image" else None)
+    if guard_input == "penultimate":  # as written by cxrscreen before the whole-image guard
+        del guard["features"]
+        guard["version"] = 1
     guarded_path = checkpoint_factory(tmp_path / "guarded.pt", ood=guard)
     noise = np.random.default_rng(0).random((300, 300)).astype(np.float32)
     photo = skimage_data.astronaut()  # RGB uint8 photograph

@@ -42,6 +42,7 @@ def test_checkpoint_is_self_describing(trained_run: Path) -> None:
     assert meta.preprocessing.img_size == 64
     assert 0.05 <= meta.temperature <= 20
     assert meta.ood, "the OOD guard was not fitted"
+    assert meta.ood["features"] == "whole_image" and meta.ood["feature_dim"] == 4 * 2 * 192
     split = list(csv.DictReader((trained_run / "split.csv").open()))
     n_train = sum(1 for r in split if r["split"] == "train")
     assert len(meta.train_hashes) == n_train
@@ -53,6 +54,31 @@ def test_checkpoint_is_self_describing(trained_run: Path) -> None:
     with torch.no_grad():
         logits = model(torch.rand(2, 1, 64, 64))
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+def test_refit_guard_reproduces_the_trained_guard(trained_run: Path, tmp_path: Path, capsys) -> None:
+    import numpy as np
+
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes((trained_run / "best.pt").read_bytes())
+    model, meta = load_checkpoint(copy)
+    old_guard = dict(meta.ood)
+    assert main(["refit-guard", str(trained_run), "--checkpoint", str(copy), "--quiet"]) == 0
+    refit_model, refit_meta = load_checkpoint(copy)
+    assert refit_meta.ood["threshold"] == pytest.approx(old_guard["threshold"], rel=1e-3)
+    np.testing.assert_allclose(refit_meta.ood["mean"], old_guard["mean"], atol=1e-5)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, refit_model.state_dict()[key]), key
+    assert (refit_meta.temperature, refit_meta.classes) == (meta.temperature, meta.classes)
+
+
+def test_refit_guard_refuses_another_runs_model(trained_run: Path, checkpoint_factory, tmp_path: Path, capsys) -> None:
+    from cxrscreen.data.transforms import Preprocessing
+
+    other = checkpoint_factory(tmp_path / "other.pt", pp=Preprocessing(img_size=96))
+    assert main(["refit-guard", str(trained_run), "--checkpoint", str(other), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "other.pt" in err and "not a model of the run" in err and "\n" not in err
 
 
 def test_split_keeps_patients_and_duplicates_apart(trained_run: Path) -> None:

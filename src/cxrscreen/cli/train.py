@@ -41,6 +41,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train)
 
+    g = subparsers.add_parser(
+        "refit-guard",
+        help="fit a finished run's out-of-distribution guard again (checkpoints from an older cxrscreen)",
+        description="Fit the out-of-distribution guard of a finished run again on its own training and validation "
+        "images (saved config and split) and store it in the checkpoint; weights and metrics are unchanged.",
+    )
+    g.add_argument("run_dir", metavar="RUN_DIR", help="run directory holding config.json and split.csv")
+    g.add_argument("--checkpoint", metavar="FILE", help="checkpoint to update (default RUN_DIR/best.pt)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.set_defaults(func=run_refit_guard)
+
     m = subparsers.add_parser("models", help="list the registered architectures")
     m.set_defaults(func=run_models)
 
@@ -107,6 +118,13 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"best epoch {result.best_epoch} ({cfg.monitor} {result.best_score:.4f}); test accuracy "
               f"{acc if acc is None else f'{acc:.4f}'}; model: {result.checkpoint}")
         print(f"report: {write_report(result.run_dir, log=lambda _msg: None)}")
+    return 0
+
+
+def run_refit_guard(args: argparse.Namespace) -> int:
+    from cxrscreen.training.trainer import refit_ood_guard
+
+    refit_ood_guard(args.run_dir, args.checkpoint, progress=not args.quiet)
     return 0
 
 

@@ -326,9 +326,9 @@ def predict_uint8(predictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """Probabilities (N, C) and features (N, F) of prepared uint8 images (N, S, S), in chunks."""
     probs, feats = [], []
     for start in range(0, len(images), PREDICT_CHUNK):
-        p, f = predictor.predict_prepared(images[start : start + PREDICT_CHUNK].astype(np.float32) / 255.0)
-        probs.append(p)
-        feats.append(f)
+        outputs = predictor.predict_prepared(images[start : start + PREDICT_CHUNK].astype(np.float32) / 255.0)
+        probs.append(outputs.probs)
+        feats.append(outputs.features)
     return np.concatenate(probs), np.concatenate(feats)
 
 

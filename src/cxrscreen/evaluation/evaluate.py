@@ -53,6 +53,7 @@ from cxrscreen.evaluation.metrics import (
     multiclass_metrics,
 )
 from cxrscreen.inference.predictor import load_predictor
+from cxrscreen.models.guard_net import guard_thumbnails
 from cxrscreen.io_utils import atomic_write, write_json
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
@@ -438,12 +439,14 @@ class Evaluator:
         """Model probabilities (N_ok, C_model) for the readable ``paths`` -> (ok indices, unreadable, probs,
         number flagged out of distribution or None without a guard)."""
         prepared = load_prepared(paths, self.meta.preprocessing, progress=self.cfg.progress)
+        thumbnails = guard_thumbnails([paths[i] for i in prepared.ok]) if self.predictor.guard_reads_whole_image else None
         probs, flagged = [], 0
         for start in range(0, len(prepared.images), PREDICT_CHUNK):
             chunk = prepared.images[start : start + PREDICT_CHUNK].astype(np.float32) / 255.0
-            chunk_probs, features = self.predictor.predict_prepared(chunk)
-            probs.append(chunk_probs)
-            accepted, _ = self.predictor.ood_check(features)
+            thumbs = None if thumbnails is None else thumbnails[start : start + PREDICT_CHUNK]
+            outputs = self.predictor.predict_prepared(chunk, thumbs)
+            probs.append(outputs.probs)
+            accepted, _ = self.predictor.ood_check(outputs)
             flagged += int((~accepted).sum())
         all_probs = np.concatenate(probs) if probs else np.zeros((0, len(self.meta.classes)))
         return prepared.ok, prepared.errors, all_probs, flagged if self.meta.ood else None

@@ -47,6 +47,20 @@ def ieee_views(root: Path, views: tuple[str, ...]) -> list[Path]:
     return [path for row in rows if (path := root / "images" / row["filename"]).is_file()]
 
 
+def lateral_halves(root: Path) -> dict[str, list[Path]]:
+    """The ieee8023 lateral views in two halves by patient (md5 of ``patientid``, even/odd). The guard's layer was
+    chosen on the "design" half; the "held-out" half was not looked at while choosing."""
+    import hashlib
+
+    with open(root / "metadata.csv", newline="", encoding="utf-8") as fh:
+        patient = {row["filename"]: row["patientid"] for row in csv.DictReader(fh)}
+    halves: dict[str, list[Path]] = {"design": [], "held-out": []}
+    for path in ieee_views(root, ("L",)):
+        even = int(hashlib.md5(patient[path.name].encode()).hexdigest(), 16) % 2 == 0
+        halves["design" if even else "held-out"].append(path)
+    return halves
+
+
 def flagged_rate(predictor, sources: list) -> float:
     """Share of ``sources`` the predictor's guard calls out of distribution."""
     results = predictor.predict_batch(sources)

@@ -1,7 +1,7 @@
 """Out-of-distribution guard: is this input like the chest X-rays the model was trained on?
 
-Fitted at the end of training on the classifier's penultimate features (N, F) and stored in the checkpoint
-(``ModelMeta.ood``) as a plain dict of lists and floats (under 0.5 MB for F = 1280). The score is a Mahalanobis
+Fitted at the end of training on features (N, F) of the training images and stored in the checkpoint
+(``ModelMeta.ood``) as a plain dict of lists and floats (under 0.5 MB for F = 1536). The score is a Mahalanobis
 distance under a probabilistic-PCA covariance of the L2-normalised features: a shrunk (Ledoit-Wolf) covariance
 in the top ``k`` principal directions plus one isotropic variance for everything outside them,
 
@@ -11,6 +11,12 @@ The residual term is what catches most non-X-rays: photographs, noise and text l
 X-rays span, not far along it (a Mahalanobis distance within the subspace alone missed most of them in
 tests/inference/test_ood.py). The threshold is the ``accept_rate`` quantile (default 99%) of the scores of
 held-out real X-rays (the validation set), so about 1% of real X-rays like the training data are flagged.
+
+What the guard reads is recorded in it (``"features"``): ``"whole_image"``, the statistics of the whole image
+seen through a frozen ImageNet network (:mod:`cxrscreen.models.guard_net`; guards fitted by this version), or
+``"penultimate"``, the classifier's own penultimate features (format version 1, still read). The penultimate
+features flagged 28 of 44 lateral chest views with the bundled model; the whole-image statistics flag them all
+(MODEL_CARD.md).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import numpy as np
 from cxrscreen.errors import ModelError
 
 METHOD = "ppca-mahalanobis"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+GUARD_INPUTS = ("whole_image", "penultimate")
 MIN_CALIBRATION = 10
 REQUIRED_KEYS = ("method", "feature_dim", "mean", "components", "precision", "residual_variance", "threshold")
 
@@ -32,19 +39,25 @@ def fit_ood_guard(
     val_features: np.ndarray | None = None,
     accept_rate: float = 0.99,
     max_components: int = 32,
+    features: str = "penultimate",
+    network: str | None = None,
 ) -> dict[str, Any]:
     """Fit the guard on training features (N, F) and set its threshold on validation features (M, F).
 
     ``k = min(max_components, N // 4, F - 1)`` principal directions are modelled (a quarter of the images at most,
     so the residual variance is not fitted away on few images). With fewer than ``MIN_CALIBRATION`` validation
     rows the threshold comes from the training features themselves, which flags more real X-rays than
-    ``1 - accept_rate``; the dict records which set calibrated it.
+    ``1 - accept_rate``; the dict records which set calibrated it. ``features`` names what the rows are (one of
+    ``GUARD_INPUTS``), so that :func:`reads_whole_image` later tells the predictor which kind to hand the guard;
+    ``network`` names the network that made whole-image features (:data:`cxrscreen.models.guard_net.GUARD_NETWORK`).
     """
     from threadpoolctl import threadpool_limits
 
     train = _as_features(train_features, "training")
     if not np.isfinite(train).all():
         raise ValueError("training features hold NaN or infinite values")
+    if features not in GUARD_INPUTS:
+        raise ValueError(f"features must be one of {', '.join(GUARD_INPUTS)}, got {features!r}")
     if not 0.5 <= accept_rate < 1.0:
         raise ValueError(f"accept_rate must be in [0.5, 1), got {accept_rate}")
     n_images, dim = train.shape
@@ -57,6 +70,8 @@ def fit_ood_guard(
     guard: dict[str, Any] = {
         "method": METHOD,
         "version": FORMAT_VERSION,
+        "features": features,
+        **({"network": network} if network is not None else {}),
         "feature_dim": int(dim),
         "n_fit": int(n_images),
         "mean": _floats(mean),
@@ -120,6 +135,12 @@ def ood_scores(features: np.ndarray, guard: dict[str, Any]) -> np.ndarray:
     return scores
 
 
+def reads_whole_image(guard: dict[str, Any] | None) -> bool:
+    """True when ``guard`` was fitted on whole-image features (:mod:`cxrscreen.models.guard_net`), False when on the
+    classifier's penultimate features (or there is no guard)."""
+    return bool(guard) and guard.get("features", "penultimate") == "whole_image"
+
+
 def in_distribution(features: np.ndarray, guard: dict[str, Any]) -> np.ndarray:
     """True for rows of ``features`` (N, F) the guard accepts as chest X-rays like the training data: bool (N,)."""
     return ood_scores(features, guard) <= float(guard["threshold"])
@@ -132,6 +153,14 @@ def check_guard(guard: dict[str, Any]) -> None:
         raise ModelError(f"OOD guard: missing {', '.join(missing)}; refit it or retrain")
     if guard["method"] != METHOD or int(guard.get("version", 0)) > FORMAT_VERSION:
         raise ModelError(f"OOD guard: unknown method {guard['method']!r} version {guard.get('version')}")
+    if guard.get("features", "penultimate") not in GUARD_INPUTS:
+        raise ModelError(f"OOD guard: unknown input {guard['features']!r}")
+    if reads_whole_image(guard):
+        from cxrscreen.models.guard_net import GUARD_NETWORK
+
+        if guard.get("network") != GUARD_NETWORK:
+            raise ModelError(f"OOD guard: fitted through {guard.get('network')!r}, not {GUARD_NETWORK!r}; "
+                             "refit it with `cxrscreen refit-guard`")
 
 
 def _as_features(features: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:

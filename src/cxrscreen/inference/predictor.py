@@ -2,8 +2,9 @@
 
 :func:`load_predictor` turns a model file (checkpoint ``.pt``, run directory, or exported ``.onnx``) into a
 :class:`Predictor`. Every path - one image, a batch, already-prepared arrays - ends in the same post-processing:
-logits / ``meta.temperature`` -> softmax, and the out-of-distribution guard on the penultimate features when the
-model carries one (``meta.ood``). A screening aid, not a diagnosis: every result carries
+logits / ``meta.temperature`` -> softmax, and the out-of-distribution guard when the model carries one
+(``meta.ood``: on the whole image seen through :mod:`cxrscreen.models.guard_net`, or, for models from before it, on
+the classifier's penultimate features). A screening aid, not a diagnosis: every result carries
 :data:`cxrscreen.SCREENING_NOTICE`.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from cxrscreen.data import transforms
 from cxrscreen.data.imageio import ImageSource, load_xray
 from cxrscreen.errors import ConfigError, CxrError, ModelError
 from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint
+from cxrscreen.models.guard_net import guard_thumbnail
 from cxrscreen.models.registry import XrayClassifier
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "weights" / "default.pt"
@@ -93,6 +95,16 @@ class InferenceBackend(Protocol):
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+class NetOutputs(NamedTuple):
+    """The answer for a batch: ``probs`` (N, C) temperature-scaled, ``features`` (N, F) the classifier's
+    penultimate features, ``guard_features`` (N, G) the whole-image features of
+    :mod:`cxrscreen.models.guard_net`, or None when the guard does not read them or no thumbnails were given."""
+
+    probs: np.ndarray
+    features: np.ndarray
+    guard_features: np.ndarray | None
+
+
 class TorchBackend:
     """Eager PyTorch on CPU, in inference mode; channels-last memory layout when it is faster for the network."""
 
@@ -157,6 +169,7 @@ class Predictor:
         torch_model: XrayClassifier | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         segmenter: Any = None,
+        threads: int | None = None,
     ):
         self.meta = meta
         self.classes = list(meta.classes)
@@ -166,6 +179,8 @@ class Predictor:
         self.batch_size = batch_size
         self.segmenter = segmenter
         self._torch_model = torch_model
+        self.threads = threads
+        self._guard_runner: Any = None
 
     @property
     def img_size(self) -> int:
@@ -174,14 +189,27 @@ class Predictor:
     def __repr__(self) -> str:
         return f"Predictor({self.meta.name} v{self.meta.version}, {self.meta.arch}, {self.backend_name}, classes={self.classes})"
 
-    def prepare(self, source: ImageSource, name: str | None = None) -> tuple[np.ndarray, bool | None]:
-        """Decode and preprocess one input -> (float32 (S, S) in [0, 1], lungs_found or None)."""
-        return transforms.prepare_with_info(source, self.meta.preprocessing, source_name(source, name), self.segmenter)
+    @property
+    def guard_reads_whole_image(self) -> bool:
+        """Whether the OOD guard needs the whole image (``thumbnails`` of :meth:`predict_prepared`)."""
+        from cxrscreen.inference.ood import reads_whole_image
 
-    def predict_prepared(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Prepared inputs float32 (N, S, S) in [0, 1] -> (probabilities (N, C) temperature-scaled, features (N, F)).
+        return reads_whole_image(self.meta.ood)
 
-        Runs in chunks of ``batch_size``. uint8 images must be divided by 255 first.
+    def prepare(self, source: ImageSource, name: str | None = None) -> tuple[np.ndarray, np.ndarray | None, bool | None]:
+        """Decode and preprocess one input -> (network input float32 (S, S) in [0, 1], the guard's whole-image
+        input float32 (64, 64) or None when the guard does not need it, lungs_found or None)."""
+        label = source_name(source, name)
+        image = load_xray(source, label)
+        prepared, lungs_found = transforms.prepare_with_info(image, self.meta.preprocessing, label, self.segmenter)
+        return prepared, guard_thumbnail(image) if self.guard_reads_whole_image else None, lungs_found
+
+    def predict_prepared(self, images: np.ndarray, thumbnails: np.ndarray | None = None) -> NetOutputs:
+        """Prepared inputs float32 (N, S, S) in [0, 1] -> :class:`NetOutputs` (probabilities temperature-scaled).
+
+        ``thumbnails``: the guard's whole-image inputs (N, 64, 64) in [0, 1]
+        (:func:`cxrscreen.models.guard_net.guard_thumbnail`), needed by :meth:`ood_check` when
+        :attr:`guard_reads_whole_image`. Runs in chunks of ``batch_size``. uint8 images must be divided by 255 first.
         """
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 3 or images.shape[1:] != (self.img_size, self.img_size):
@@ -190,26 +218,52 @@ class Predictor:
             )
         if images.size and (images.min() < 0.0 or images.max() > 1.0):
             raise ConfigError("images: values must be in [0, 1] (divide uint8 images by 255)")
-        probs, features = [], []
-        for start in range(0, len(images), self.batch_size):
-            logits, feats = self.backend.run(images[start : start + self.batch_size, None])
-            probs.append(softmax(logits, self.meta.temperature))
-            features.append(feats)
-        if not probs:
-            return np.zeros((0, len(self.classes))), np.zeros((0, 0), dtype=np.float32)
-        return np.concatenate(probs), np.concatenate(features)
+        if thumbnails is not None and len(thumbnails) != len(images):
+            raise ConfigError(f"thumbnails: {len(thumbnails)} for {len(images)} images")
+        chunks = [self.backend.run(images[start : start + self.batch_size, None])
+                  for start in range(0, len(images), self.batch_size)]
+        guard_features = None
+        if thumbnails is not None and self.guard_reads_whole_image and len(thumbnails):
+            guard_features = self.guard_runner(np.asarray(thumbnails, dtype=np.float32))
+        if not chunks:
+            return NetOutputs(np.zeros((0, len(self.classes))), np.zeros((0, 0), dtype=np.float32), guard_features)
+        logits, features = (np.concatenate(parts) for parts in zip(*chunks))
+        return NetOutputs(softmax(logits, self.meta.temperature), features, guard_features)
 
-    def ood_check(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    @property
+    def guard_runner(self) -> Any:
+        """The guard's network for this backend (torch or ONNX Runtime), created on first use."""
+        if self._guard_runner is None:
+            if self.backend_name == "onnx":
+                from cxrscreen.inference.onnx_export import OnnxGuardRunner
+
+                self._guard_runner = OnnxGuardRunner(self.threads)
+            else:
+                from cxrscreen.models.guard_net import torch_guard_features
+
+                self._guard_runner = torch_guard_features
+        return self._guard_runner
+
+    def ood_check(self, outputs: NetOutputs) -> tuple[np.ndarray, np.ndarray | None]:
         """(in_distribution bool (N,), scores (N,) or None) from the model's OOD guard; all True without a guard."""
         if not self.meta.ood:
-            return np.ones(len(features), dtype=bool), None
-        from cxrscreen.inference.ood import in_distribution, ood_scores
+            return np.ones(len(outputs.probs), dtype=bool), None
+        from cxrscreen.inference.ood import ood_scores
 
-        return np.asarray(in_distribution(features, self.meta.ood), dtype=bool), np.asarray(ood_scores(features, self.meta.ood))
+        if self.guard_reads_whole_image:
+            if outputs.guard_features is None:
+                raise ConfigError("this model's OOD guard reads the whole images: pass thumbnails to predict_prepared")
+            scores = ood_scores(outputs.guard_features, self.meta.ood)
+        else:
+            scores = ood_scores(outputs.features, self.meta.ood)
+        return scores <= float(self.meta.ood["threshold"]), scores
 
-    def _results(self, names: list[str], images: np.ndarray, lungs: list[bool | None]) -> list[Prediction]:
-        probs, features = self.predict_prepared(images)
-        accepted, scores = self.ood_check(features)
+    def _results(
+        self, names: list[str], images: np.ndarray, thumbnails: np.ndarray | None, lungs: list[bool | None]
+    ) -> list[Prediction]:
+        outputs = self.predict_prepared(images, thumbnails)
+        probs = outputs.probs
+        accepted, scores = self.ood_check(outputs)
         results = []
         for i, name in enumerate(names):
             probabilities = {c: float(p) for c, p in zip(self.classes, probs[i])}
@@ -229,8 +283,8 @@ class Predictor:
     def predict(self, source: ImageSource, name: str | None = None) -> Prediction:
         """Predict one image (path, bytes, PIL image or array). Raises a :class:`CxrError` if it cannot be read."""
         label = source_name(source, name)
-        image, lungs_found = self.prepare(source, name)
-        return self._results([label], image[None], [lungs_found])[0]
+        image, thumbnail, lungs_found = self.prepare(source, label)
+        return self._results([label], image[None], None if thumbnail is None else thumbnail[None], [lungs_found])[0]
 
     def predict_batch(
         self, sources: Sequence[ImageSource], names: Sequence[str] | None = None
@@ -243,20 +297,23 @@ class Predictor:
         for start in range(0, len(sources), self.batch_size):
             chunk_ok: list[int] = []
             images: list[np.ndarray] = []
+            thumbnails: list[np.ndarray | None] = []
             lungs: list[bool | None] = []
             for index in range(start, min(start + self.batch_size, len(sources))):
                 name = source_name(sources[index], None if names is None else names[index])
                 try:
-                    image, lungs_found = self.prepare(sources[index], name)
+                    image, thumbnail, lungs_found = self.prepare(sources[index], name)
                 except CxrError as exc:
                     results[index] = PredictionFailure(name, failure_reason(exc, name))
                     continue
                 chunk_ok.append(index)
                 images.append(image)
+                thumbnails.append(thumbnail)
                 lungs.append(lungs_found)
             if chunk_ok:
                 chunk_names = [source_name(sources[i], None if names is None else names[i]) for i in chunk_ok]
-                for index, prediction in zip(chunk_ok, self._results(chunk_names, np.stack(images), lungs)):
+                thumbs = None if thumbnails[0] is None else np.stack(thumbnails)
+                for index, prediction in zip(chunk_ok, self._results(chunk_names, np.stack(images), thumbs, lungs)):
                     results[index] = prediction
         return results  # type: ignore[return-value]
 
@@ -359,7 +416,7 @@ def load_predictor(
             torch.set_num_threads(threads)
         model, meta = load_checkpoint(model_path)
         check_ood_guard(meta, model_path)
-        return Predictor(meta, TorchBackend(model, channels_last), "torch", model_path, model, batch_size)
+        return Predictor(meta, TorchBackend(model, channels_last), "torch", model_path, model, batch_size, threads=threads)
     from cxrscreen.inference.onnx_export import OnnxRuntimeBackend, cached_onnx_export, read_onnx_meta
 
     onnx_path = model_path if is_onnx else cached_onnx_export(model_path)
@@ -371,7 +428,7 @@ def load_predictor(
         from cxrscreen.models.segmenter import load_segmenter
 
         segmenter = load_segmenter(backend="onnx")
-    return Predictor(meta, runner, "onnx", model_path, None, batch_size, segmenter)
+    return Predictor(meta, runner, "onnx", model_path, None, batch_size, segmenter, threads)
 
 
 def check_ood_guard(meta: ModelMeta, path: Path) -> None:

@@ -76,9 +76,31 @@ class EfficientNetLiteBackbone(Backbone):
         self.net._fc = nn.Identity()
         self.net._dropout = nn.Identity()
         self.out_channels = self.net._bn1.num_features
+        self.guard_blocks = guard_blocks(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x)
+
+    def forward_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """What ``EfficientNet.extract_features`` computes (same stem, blocks, drop-connect schedule and head), also
+        returning the outputs of :attr:`guard_blocks`; for the out-of-distribution guard's network."""
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        taps = []
+        for index, block in enumerate(net._blocks):
+            rate = net._global_params.drop_connect_rate
+            x = block(x, drop_connect_rate=rate * index / len(net._blocks) if rate else rate)
+            if index in self.guard_blocks:
+                taps.append(x)
+        return net._swish(net._bn1(net._conv_head(x))), taps
+
+
+def guard_blocks(net: EfficientNet) -> frozenset[int]:
+    """Indices of the blocks of the second-to-last stage (192 channels in Lite0, at 1/32 of the input side), whose
+    outputs :class:`cxrscreen.models.guard_net.GuardNet` reads."""
+    widths = [block._project_conv.out_channels for block in net._blocks]
+    stage = sorted(set(widths))[-2]
+    return frozenset(i for i, w in enumerate(widths) if w == stage)
 
 
 def _lite(variant: str):

@@ -133,6 +133,17 @@ def predict_logits(model: XrayClassifier, images: np.ndarray, device: torch.devi
     return np.concatenate(logits), np.concatenate(feats)
 
 
+def fit_guard(data: RunData, progress: bool = False) -> dict[str, Any]:
+    """The run's out-of-distribution guard (:mod:`cxrscreen.inference.ood`): fitted on the whole-image features
+    (:mod:`cxrscreen.models.guard_net`) of its training images, threshold set on its validation images."""
+    from cxrscreen.inference.ood import fit_ood_guard
+    from cxrscreen.models.guard_net import GUARD_ACCEPT_RATE, GUARD_NETWORK, guard_thumbnails, torch_guard_features
+
+    train, val = (torch_guard_features(guard_thumbnails([r.path for r in data.records[side]], progress))
+                  for side in ("train", "val"))
+    return fit_ood_guard(train, val, accept_rate=GUARD_ACCEPT_RATE, features="whole_image", network=GUARD_NETWORK)
+
+
 def validation_scores(logits: np.ndarray, targets: np.ndarray, num_classes: int) -> dict[str, float]:
     """Point estimates used to pick the best epoch (no bootstrap: that is for the final report)."""
     from cxrscreen.evaluation.metrics import point_metrics
@@ -334,16 +345,14 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """Calibrate, fit the OOD guard, store training hashes and test metrics in ``best.pt``; write the summary."""
         from cxrscreen.evaluation.calibration import fit_temperature
-        from cxrscreen.inference.ood import fit_ood_guard
 
         payload = read_checkpoint(self.run_dir / BEST_FILE)
         self.model.load_state_dict(payload["state_dict"])
         meta = ModelMeta.from_dict(payload["meta"])
         device = self.ctx.device
-        val_logits, val_feats = predict_logits(self.model, self.data.val_images, device)
-        _, train_feats = predict_logits(self.model, self.data.train_images, device)
+        val_logits, _ = predict_logits(self.model, self.data.val_images, device)
         meta.temperature = float(fit_temperature(val_logits, self.data.val_targets))
-        meta.ood = fit_ood_guard(train_feats, val_feats)
+        meta.ood = fit_guard(self.data)
         meta.train_hashes = list(self.data.train_hashes)
         test_logits, _ = predict_logits(self.model, self.data.test_images, device)
         test = held_out_report(test_logits / meta.temperature, self.data.test_targets, meta.classes, self.cfg.seed)
@@ -389,3 +398,29 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
         return trainer.run()
     finally:
         shutdown_distributed()
+
+
+def refit_ood_guard(
+    run_dir: str | Path, checkpoint: str | Path | None = None, progress: bool = True, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Fit the out-of-distribution guard of a finished run again, on the run's own training and validation images
+    (its saved config and split), and store it in ``checkpoint`` (default: the run's ``best.pt``).
+
+    For checkpoints from an older cxrscreen, whose guard read the penultimate features, or a copy of a run's model
+    (the bundled one). Only the guard changes; weights, temperature and metrics stay. Returns the guard.
+    """
+    from cxrscreen.models.checkpoint import load_checkpoint
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    target = Path(checkpoint) if checkpoint is not None else run_dir / BEST_FILE
+    model, meta = load_checkpoint(target)
+    if meta.preprocessing != cfg.preprocessing or meta.arch != cfg.model:
+        raise RunDirError(f"{target}: not a model of the run in {run_dir} (architecture or preprocessing differ)")
+    configure_threads(cfg.num_threads)
+    data = prepare_run_data(cfg, run_dir / SPLIT_FILE, None, log, progress)
+    meta.ood = fit_guard(data, progress)
+    save_checkpoint(target, model, meta)
+    log(f"{target}: guard refitted on {meta.ood['n_fit']} training images, threshold set on "
+        f"{meta.ood['calibration']['images']} validation images ({meta.ood['calibration']['accepted']:.1%} accepted)")
+    return meta.ood
