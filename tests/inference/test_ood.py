@@ -136,3 +136,27 @@ def test_real_xrays_pass_and_non_xrays_are_flagged(real_features: dict[str, np.n
     for name in ("photos", "noise", "text"):
         assert flagged[name] >= 0.9, flagged
     assert flagged["lateral"] >= 0.7, flagged
+
+
+# -- the shipped guard: the bundled model on real frontal X-rays, lateral views and non-X-rays ----------------------
+
+
+def test_bundled_models_guard_flags_lateral_views_and_passes_frontal_xrays(shared_data: Path) -> None:
+    """Measured with benchmarks/ood_guard.py: 43/44 lateral views flagged, 624/624 Kermany test images passed.
+    The guard reads the whole image; a guard on the classifier's own features flagged only 28/44 laterals."""
+    from cxrscreen.inference.predictor import load_predictor
+
+    predictor = load_predictor(None, threads=1)
+    assert predictor.guard_reads_whole_image
+    laterals = ieee_views(shared_data / "covid-chestxray-dataset", ("L",))
+    frontal = sorted((shared_data / "chest_xray" / "test").glob("*/*.jpg"))[::16]
+    others = non_xray_samples(seed=1, n_noise=4, n_text=4)
+    results = predictor.predict_batch([*laterals, *frontal, *others["photos"][:5], *others["noise"], *others["text"]])
+    flagged = [not r.in_distribution for r in results]
+    lateral_flagged = np.mean(flagged[: len(laterals)])
+    frontal_passed = 1 - np.mean(flagged[len(laterals) : len(laterals) + len(frontal)])
+    assert len(laterals) >= 40 and len(frontal) >= 35
+    assert lateral_flagged >= 0.9, lateral_flagged
+    assert frontal_passed >= 0.95, frontal_passed
+    assert all(flagged[len(laterals) + len(frontal) :])
+    assert all(r.label == "not a chest X-ray?" for r, f in zip(results, flagged) if f)
