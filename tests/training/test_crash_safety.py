@@ -21,7 +21,10 @@ EPOCHS = 6
 def start_training(data: Path, out: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "cxrscreen", "train", "--data", str(data), "--img-size", "96", "--epochs",
                str(EPOCHS), "--batch-size", "4", "--patience", "99", "--out", str(out), "--quiet", "--num-threads", "1"]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that starts the tests in the background (`cmd &`) ignores SIGINT, and children inherit that: Python
+    # then installs no KeyboardInterrupt handler. Restore the default so the SIGINT test tests cxrscreen.
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_epochs(out: Path, n: int, proc: subprocess.Popen, timeout: float = 600) -> None:
