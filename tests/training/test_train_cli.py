@@ -72,6 +72,12 @@ def test_refit_guard_reproduces_the_trained_guard(trained_run: Path, tmp_path: P
     assert (refit_meta.temperature, refit_meta.classes) == (meta.temperature, meta.classes)
 
 
+def test_refit_guard_needs_a_run_directory(tmp_path: Path, capsys) -> None:
+    assert main(["refit-guard", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("nowhere: not a run directory (no config.json)") and "\n" not in err
+
+
 def test_refit_guard_refuses_another_runs_model(trained_run: Path, checkpoint_factory, tmp_path: Path, capsys) -> None:
     from cxrscreen.data.transforms import Preprocessing
 

@@ -72,10 +72,10 @@ class TrainState:
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The saved config of a run, for ``--resume``: the same data, split, model and schedule as before."""
+    """The saved config of a run, for ``--resume`` and ``refit-guard``: the same data, split, model and schedule."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
-        raise RunDirError(f"{run_dir}: nothing to resume (no {CONFIG_FILE})")
+        raise RunDirError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
     try:
         cfg = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
     except (ValueError, TypeError) as exc:
