@@ -148,7 +148,7 @@ def cached_guard_export() -> Path:
     from cxrscreen.models.guard_net import GUARD_SIZE, guard_net
 
     digest = WEIGHT_SHA256["efficientnet-lite0"][:16]
-    target = cache_dir() / f"guard-{digest}-opset{OPSET}-torch{torch.__version__.split('+')[0]}.onnx"
+    target = cache_dir() / f"guard-{digest}-taps-opset{OPSET}-torch{torch.__version__.split('+')[0]}.onnx"
     if not target.is_file():
         data = traced_onnx(guard_net(), torch.rand(2, 1, GUARD_SIZE, GUARD_SIZE), ("guard_features",))
         with atomic_write(target, "wb") as fh:

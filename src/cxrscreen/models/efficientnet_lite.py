@@ -81,18 +81,19 @@ class EfficientNetLiteBackbone(Backbone):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x)
 
-    def forward_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """What ``EfficientNet.extract_features`` computes (same stem, blocks, drop-connect schedule and head), also
-        returning the outputs of :attr:`guard_blocks`; for the out-of-distribution guard's network."""
+    def guard_taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs of :attr:`guard_blocks` for a normalised input, for the out-of-distribution guard's network:
+        ``EfficientNet.extract_features``'s stem and blocks (same drop-connect schedule), stopped after the last of
+        them (the blocks after it and the head are not needed)."""
         net = self.net
         x = net._swish(net._bn0(net._conv_stem(x)))
         taps = []
-        for index, block in enumerate(net._blocks):
+        for index, block in enumerate(net._blocks[: max(self.guard_blocks) + 1]):
             rate = net._global_params.drop_connect_rate
             x = block(x, drop_connect_rate=rate * index / len(net._blocks) if rate else rate)
             if index in self.guard_blocks:
                 taps.append(x)
-        return net._swish(net._bn1(net._conv_head(x))), taps
+        return taps
 
 
 def guard_blocks(net: EfficientNet) -> frozenset[int]:

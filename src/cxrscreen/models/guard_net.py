@@ -69,8 +69,7 @@ class GuardNet(nn.Module):
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, taps = self.backbone.forward_taps((x - self.mean) / self.std)
-        return pooled_statistics(taps)
+        return pooled_statistics(self.backbone.guard_taps((x - self.mean) / self.std))
 
 
 @functools.lru_cache(maxsize=1)
@@ -90,9 +89,10 @@ def torch_guard_features(thumbnails: np.ndarray, batch_size: int = 256) -> np.nd
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def guard_thumbnails(paths: list[str] | list[Path], progress: bool = False) -> np.ndarray:
-    """The guard's inputs of image files that decode (through the prepared-image cache): float32 (N, 64, 64)."""
+def guard_thumbnails(paths: list[str] | list[Path], progress: bool = False, on_bad_image: str = "fail") -> np.ndarray:
+    """The guard's inputs of image files (through the prepared-image cache): float32 (N, 64, 64). A file that does not
+    decode raises, or with ``on_bad_image="skip"`` is left out."""
     from cxrscreen.data.cache import load_prepared
 
-    prepared = load_prepared(list(paths), guard_preprocessing(), progress=progress, on_bad_image="fail")
+    prepared = load_prepared(list(paths), guard_preprocessing(), progress=progress, on_bad_image=on_bad_image)
     return prepared.images.astype(np.float32) / 255.0

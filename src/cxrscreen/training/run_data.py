@@ -68,6 +68,20 @@ def limit_per_class(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     return dataset.subset(chosen)
 
 
+def run_dataset(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[LabelSet, Dataset, Dataset]:
+    """The run's label set, every image of its collections in its classes, and the images it uses
+    (``--limit-per-class``); what the loaders noted and dropped is logged."""
+    from cxrscreen.data.sources import load_dataset
+
+    label_set = LabelSet.parse(cfg.classes, cfg.label_map)
+    full = load_dataset(cfg.data, label_set, frontal_only=cfg.frontal_only)
+    for note in full.notes:
+        log(note)
+    if full.dropped:
+        log("dropped (no class in this task): " + ", ".join(f"{k} {v}" for k, v in sorted(full.dropped.items())))
+    return label_set, full, limit_per_class(full, cfg.limit_per_class, cfg.seed)
+
+
 def prepare_run_data(
     cfg: TrainConfig,
     split_file: Path | None,
@@ -77,16 +91,9 @@ def prepare_run_data(
 ) -> RunData:
     """Load the collections, split them (or read a saved split), and prepare every image once."""
     from cxrscreen.data.dedup import hash_files
-    from cxrscreen.data.sources import load_dataset
     from cxrscreen.data.splits import load_split, make_split, save_split
 
-    label_set = LabelSet.parse(cfg.classes, cfg.label_map)
-    full = load_dataset(cfg.data, label_set, frontal_only=cfg.frontal_only)
-    for note in full.notes:
-        log(note)
-    if full.dropped:
-        log("dropped (no class in this task): " + ", ".join(f"{k} {v}" for k, v in sorted(full.dropped.items())))
-    dataset = limit_per_class(full, cfg.limit_per_class, cfg.seed)
+    label_set, full, dataset = run_dataset(cfg, log)
     hashes = hash_files(dataset.paths, progress=progress).hashes
     if split_file is not None:
         split = load_split(split_file, dataset)

@@ -37,7 +37,7 @@ from cxrscreen.training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from cxrscreen.training.run_data import RunData, prepare_run_data
+from cxrscreen.training.run_data import RunData, prepare_run_data, run_dataset
 from cxrscreen.training.threads import available_cpus, configure_threads
 
 CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.json", "split.csv", "metrics.csv"
@@ -133,14 +133,15 @@ def predict_logits(model: XrayClassifier, images: np.ndarray, device: torch.devi
     return np.concatenate(logits), np.concatenate(feats)
 
 
-def fit_guard(data: RunData, progress: bool = False) -> dict[str, Any]:
-    """The run's out-of-distribution guard (:mod:`cxrscreen.inference.ood`): fitted on the whole-image features
-    (:mod:`cxrscreen.models.guard_net`) of its training images, threshold set on its validation images."""
+def fit_guard(train_paths: list[str], val_paths: list[str], progress: bool = False) -> dict[str, Any]:
+    """A run's out-of-distribution guard (:mod:`cxrscreen.inference.ood`): fitted on the whole-image features
+    (:mod:`cxrscreen.models.guard_net`) of its training images, threshold set on its validation images (files
+    that do not decode are left out, as training left them out)."""
     from cxrscreen.inference.ood import fit_ood_guard
     from cxrscreen.models.guard_net import GUARD_ACCEPT_RATE, GUARD_NETWORK, guard_thumbnails, torch_guard_features
 
-    train, val = (torch_guard_features(guard_thumbnails([r.path for r in data.records[side]], progress))
-                  for side in ("train", "val"))
+    train, val = (torch_guard_features(guard_thumbnails(paths, progress, on_bad_image="skip"))
+                  for paths in (train_paths, val_paths))
     return fit_ood_guard(train, val, accept_rate=GUARD_ACCEPT_RATE, features="whole_image", network=GUARD_NETWORK)
 
 
@@ -352,7 +353,7 @@ class Trainer:
         device = self.ctx.device
         val_logits, _ = predict_logits(self.model, self.data.val_images, device)
         meta.temperature = float(fit_temperature(val_logits, self.data.val_targets))
-        meta.ood = fit_guard(self.data)
+        meta.ood = fit_guard(*([r.path for r in self.data.records[side]] for side in ("train", "val")))
         meta.train_hashes = list(self.data.train_hashes)
         test_logits, _ = predict_logits(self.model, self.data.test_images, device)
         test = held_out_report(test_logits / meta.temperature, self.data.test_targets, meta.classes, self.cfg.seed)
@@ -409,6 +410,7 @@ def refit_ood_guard(
     For checkpoints from an older cxrscreen, whose guard read the penultimate features, or a copy of a run's model
     (the bundled one). Only the guard changes; weights, temperature and metrics stay. Returns the guard.
     """
+    from cxrscreen.data.splits import load_split
     from cxrscreen.models.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
@@ -418,8 +420,8 @@ def refit_ood_guard(
     if meta.preprocessing != cfg.preprocessing or meta.arch != cfg.model:
         raise RunDirError(f"{target}: not a model of the run in {run_dir} (architecture or preprocessing differ)")
     configure_threads(cfg.num_threads)
-    data = prepare_run_data(cfg, run_dir / SPLIT_FILE, None, log, progress)
-    meta.ood = fit_guard(data, progress)
+    split = load_split(run_dir / SPLIT_FILE, run_dataset(cfg, log)[2])
+    meta.ood = fit_guard(split.part("train").paths, split.part("val").paths, progress)
     save_checkpoint(target, model, meta)
     log(f"{target}: guard refitted on {meta.ood['n_fit']} training images, threshold set on "
         f"{meta.ood['calibration']['images']} validation images ({meta.ood['calibration']['accepted']:.1%} accepted)")
