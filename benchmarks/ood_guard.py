@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--per-set", type=int, default=150, help="real X-rays per set")
     args = parser.parse_args()
 
+    from scipy.stats import binomtest
+
     from cxrscreen.evaluation.ood_check import flagged_rate, lateral_halves, non_xray_samples
     from cxrscreen.inference.predictor import load_predictor
 
@@ -58,9 +60,11 @@ def main() -> None:
     others = {**non_xray_samples(), **{f"lateral, {half}": paths for half, paths in laterals.items()}}
     rows += [("not frontal X-ray", name, len(items), flagged_rate(predictor, items)) for name, items in others.items()]
     print(f"model: {predictor.meta.name} ({predictor.meta.arch}, {predictor.meta.preprocessing.img_size} px)")
-    print(f"{'kind':18s} {'set':18s} {'images':>6s} {'flagged':>8s} {'passed':>8s}")
+    print(f"{'kind':18s} {'set':18s} {'images':>6s} {'flagged':>8s} {'passed':>8s} {'passed, 95% CI':>15s}")
     for kind, name, n, rate in rows:
-        print(f"{kind:18s} {name:18s} {n:6d} {rate:8.1%} {1 - rate:8.1%}")
+        passed = n - round(n * rate)
+        low, high = binomtest(passed, n).proportion_ci(0.95)
+        print(f"{kind:18s} {name:18s} {n:6d} {n - passed:8d} {passed:8d} {low:7.1%}-{high:.1%}")
     non = [(n, r) for kind, _, n, r in rows if kind != "real"]
     print(f"non-X-rays flagged overall: {sum(n * r for n, r in non) / sum(n for n, _ in non):.1%}")
     lateral = [(n, r) for _, name, n, r in rows if name.startswith("lateral")]

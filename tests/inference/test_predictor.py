@@ -133,11 +133,10 @@ def test_ood_guard_relabels_rejected_images(
     plain = load_predictor(tiny_checkpoint)
     pp = plain.meta.preprocessing
     if guard_input == "whole_image":
-        fit_features, val_features = (torch_guard_features(guard_thumbnails(part)) for part in (files[:40], files[40:60]))
+        real_features = torch_guard_features(guard_thumbnails(files[:60]))
     else:
-        fit_features, val_features = (plain.predict_prepared(np.stack([prepare_from_source(p, pp) for p in part])).features
-                                      for part in (files[:40], files[40:60]))
-    guard = fit_ood_guard(fit_features, val_features, features=guard_input,
+        real_features = plain.predict_prepared(np.stack([prepare_from_source(p, pp) for p in files[:60]])).features
+    guard = fit_ood_guard(real_features, features=guard_input,
                           network=GUARD_NETWORK if guard_input == "whole_image" else None)
     if guard_input == "penultimate":  # as written by cxrscreen before the whole-image guard
         del guard["features"]

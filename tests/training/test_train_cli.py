@@ -46,6 +46,10 @@ def test_checkpoint_is_self_describing(trained_run: Path) -> None:
     split = list(csv.DictReader((trained_run / "split.csv").open()))
     n_train = sum(1 for r in split if r["split"] == "train")
     assert len(meta.train_hashes) == n_train
+    # The guard is fitted on training and validation images; its threshold comes from their out-of-fold scores.
+    n_val = sum(1 for r in split if r["split"] == "val")
+    assert meta.ood["n_fit"] == n_train + n_val
+    assert meta.ood["calibration"]["set"] == "out-of-fold" and meta.ood["calibration"]["images"] == n_train + n_val
     assert set(meta.train_summary["images_per_split"]) == {"train", "val", "test"}
     test = meta.metrics["test"]
     assert 0.0 <= test["accuracy"]["value"] <= 1.0

@@ -24,6 +24,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE, hashes_to_array, near_duplicate_pairs
+from cxrscreen.data.records import Record
 from cxrscreen.data.sources import Dataset
 from cxrscreen.data.sources.base import read_csv_rows
 from cxrscreen.errors import ConfigError, DatasetLayoutError
@@ -78,11 +79,17 @@ def parse_fractions(spec: str | Sequence[float]) -> tuple[float, float, float]:
 
 def leakage_groups(dataset: Dataset, hashes: Mapping[str, str], max_distance: float) -> np.ndarray:
     """Group index per record (int64 (N,)): same patient or near-duplicate pictures share a group."""
-    n = len(dataset.records)
+    return record_groups(dataset.records, hashes, max_distance)
+
+
+def record_groups(records: Sequence[Record], hashes: Mapping[str, str], max_distance: float) -> np.ndarray:
+    """:func:`leakage_groups` of a list of records (``hashes`` maps paths to pHashes; records without one are
+    grouped by patient only)."""
+    n = len(records)
     first_of_patient: dict[str, int] = {}
-    edges = [(first_of_patient.setdefault(r.group_key, i), i) for i, r in enumerate(dataset.records)]
-    hashed = np.array([i for i, r in enumerate(dataset.records) if r.path in hashes], dtype=np.int64)
-    pairs, _ = near_duplicate_pairs(hashes_to_array(hashes[dataset.records[i].path] for i in hashed), max_distance)
+    edges = [(first_of_patient.setdefault(r.group_key, i), i) for i, r in enumerate(records)]
+    hashed = np.array([i for i, r in enumerate(records) if r.path in hashes], dtype=np.int64)
+    pairs, _ = near_duplicate_pairs(hashes_to_array(hashes[records[i].path] for i in hashed), max_distance)
     row = np.concatenate([np.array([e[0] for e in edges], dtype=np.int64), hashed[pairs[:, 0]]])
     col = np.concatenate([np.array([e[1] for e in edges], dtype=np.int64), hashed[pairs[:, 1]]])
     graph = coo_matrix((np.ones(len(row)), (row, col)), shape=(n, n))

@@ -32,6 +32,7 @@ class RunData:
     bad_images: list[tuple[str, str]] = field(default_factory=list)
     data_paths: list[str] = field(default_factory=list)
     dedup_distance: int = 6
+    path_hashes: dict[str, str] = field(default_factory=dict)
 
     train_images = property(lambda self: self.images["train"])
     val_images = property(lambda self: self.images["val"])
@@ -101,7 +102,7 @@ def prepare_run_data(
         split = make_split(dataset, hashes, seed=cfg.seed, fractions=cfg.fractions, max_distance=cfg.dedup_distance)
     if save_split_to is not None:
         save_split(split, save_split_to)
-    data = RunData(label_set, {}, {}, {}, {}, full.dropped, [], list(cfg.data), cfg.dedup_distance)
+    data = RunData(label_set, {}, {}, {}, {}, full.dropped, [], list(cfg.data), cfg.dedup_distance, dict(hashes))
     for side in SIDES:
         part = split.part(side)
         prepared = load_prepared(part.paths, cfg.preprocessing, progress=progress, on_bad_image=cfg.on_bad_image)

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+from cxrscreen.data.records import Record
 from cxrscreen.errors import RunDirError
 from cxrscreen.io_utils import atomic_write, write_json
 from cxrscreen.models.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
@@ -133,16 +134,19 @@ def predict_logits(model: XrayClassifier, images: np.ndarray, device: torch.devi
     return np.concatenate(logits), np.concatenate(feats)
 
 
-def fit_guard(train_paths: list[str], val_paths: list[str], progress: bool = False) -> dict[str, Any]:
-    """A run's out-of-distribution guard (:mod:`cxrscreen.inference.ood`): fitted on the whole-image features
-    (:mod:`cxrscreen.models.guard_net`) of its training images, threshold set on its validation images (files
-    that do not decode are left out, as training left them out)."""
+def fit_guard(records: list[Record], hashes: Mapping[str, str], max_distance: float, progress: bool = False) -> dict[str, Any]:
+    """A run's out-of-distribution guard (:mod:`cxrscreen.inference.ood`), fitted on the whole-image features
+    (:mod:`cxrscreen.models.guard_net`) of ``records`` (its training and validation images), with the threshold
+    set on out-of-fold scores, folds drawn by patient and near-duplicate group (``hashes``: path -> pHash; within
+    ``max_distance`` bits per 64). Files that do not decode are left out, as training left them out."""
+    from cxrscreen.data.splits import record_groups
     from cxrscreen.inference.ood import fit_ood_guard
-    from cxrscreen.models.guard_net import GUARD_ACCEPT_RATE, GUARD_NETWORK, guard_thumbnails, torch_guard_features
+    from cxrscreen.models.guard_net import GUARD_ACCEPT_RATE, GUARD_NETWORK, decodable_guard_thumbnails, torch_guard_features
 
-    train, val = (torch_guard_features(guard_thumbnails(paths, progress, on_bad_image="skip"))
-                  for paths in (train_paths, val_paths))
-    return fit_ood_guard(train, val, accept_rate=GUARD_ACCEPT_RATE, features="whole_image", network=GUARD_NETWORK)
+    groups = record_groups(records, hashes, max_distance)
+    thumbnails, ok = decodable_guard_thumbnails([r.path for r in records], progress)
+    return fit_ood_guard(torch_guard_features(thumbnails), groups[ok], accept_rate=GUARD_ACCEPT_RATE,
+                         features="whole_image", network=GUARD_NETWORK)
 
 
 def validation_scores(logits: np.ndarray, targets: np.ndarray, num_classes: int) -> dict[str, float]:
@@ -353,7 +357,8 @@ class Trainer:
         device = self.ctx.device
         val_logits, _ = predict_logits(self.model, self.data.val_images, device)
         meta.temperature = float(fit_temperature(val_logits, self.data.val_targets))
-        meta.ood = fit_guard(*([r.path for r in self.data.records[side]] for side in ("train", "val")))
+        meta.ood = fit_guard(self.data.records["train"] + self.data.records["val"], self.data.path_hashes,
+                             self.cfg.dedup_distance)
         meta.train_hashes = list(self.data.train_hashes)
         test_logits, _ = predict_logits(self.model, self.data.test_images, device)
         test = held_out_report(test_logits / meta.temperature, self.data.test_targets, meta.classes, self.cfg.seed)
@@ -421,8 +426,9 @@ def refit_ood_guard(
         raise RunDirError(f"{target}: not a model of the run in {run_dir} (architecture or preprocessing differ)")
     configure_threads(cfg.num_threads)
     split = load_split(run_dir / SPLIT_FILE, run_dataset(cfg, log)[2])
-    meta.ood = fit_guard(split.part("train").paths, split.part("val").paths, progress)
+    records = split.part("train").records + split.part("val").records
+    meta.ood = fit_guard(records, split.hashes, cfg.dedup_distance, progress)
     save_checkpoint(target, model, meta)
-    log(f"{target}: guard refitted on {meta.ood['n_fit']} training images, threshold set on "
-        f"{meta.ood['calibration']['images']} validation images ({meta.ood['calibration']['accepted']:.1%} accepted)")
+    log(f"{target}: guard refitted on {meta.ood['n_fit']} training and validation images, threshold set on their "
+        f"{meta.ood['calibration']['set']} scores ({meta.ood['calibration']['accepted']:.1%} accepted)")
     return meta.ood
