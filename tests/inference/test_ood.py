@@ -82,7 +82,8 @@ def test_without_enough_images_or_groups_the_fitted_scores_calibrate(synthetic) 
     rng, along, _, offset, _ = synthetic
     few = fit_ood_guard(gaussian_features(rng, 8, along, offset))
     one_group = fit_ood_guard(gaussian_features(rng, 40, along, offset), groups=np.zeros(40, dtype=int))
-    assert few["calibration"]["set"] == one_group["calibration"]["set"] == "training"
+    almost_one_group = fit_ood_guard(gaussian_features(rng, 40, along, offset), groups=np.arange(40) == 0)
+    assert few["calibration"]["set"] == one_group["calibration"]["set"] == almost_one_group["calibration"]["set"] == "training"
     two_groups = fit_ood_guard(gaussian_features(rng, 40, along, offset), groups=np.arange(40) % 2)
     assert two_groups["calibration"] == {"set": "out-of-fold", "images": 40, "folds": 2, "accepted": pytest.approx(1.0, abs=0.03)}
     with pytest.raises(ValueError, match="groups for"):

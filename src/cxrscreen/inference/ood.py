@@ -57,8 +57,8 @@ def fit_ood_guard(
     calibration subsets, against 0.3 out of fold; MODEL_CARD.md).
 
     ``k = min(max_components, n // 4, F - 1)`` principal directions are modelled (a quarter of the images at most,
-    so the residual variance is not fitted away on few images). With fewer than ``MIN_CALIBRATION`` images or two
-    groups, the threshold comes from the scores of the fitted images themselves, which flags more real X-rays than
+    so the residual variance is not fitted away on few images). With fewer than ``MIN_CALIBRATION`` images, or
+    fewer than two groups (or all images but one in one group), the threshold comes from the scores of the fitted images themselves, which flags more real X-rays than
     ``1 - accept_rate``; the dict records which (``calibration``). ``features`` names what the rows are (one of
     ``GUARD_INPUTS``), so that :func:`reads_whole_image` later tells the predictor which kind to hand the guard;
     ``network`` names the network that made whole-image features (:data:`cxrscreen.models.guard_net.GUARD_NETWORK`).
@@ -81,7 +81,8 @@ def fit_ood_guard(
     info = {"features": features, **({"network": network} if network is not None else {})}
     guard = _fit_guard_dict(real, max_components, info)
     fold = _group_folds(group_ids, folds, seed)
-    if n_images >= MIN_CALIBRATION and fold.max() >= 1:
+    # Each fold's guard is fitted on the other folds, which must hold at least two images.
+    if n_images >= MIN_CALIBRATION and fold.max() >= 1 and np.bincount(fold).max() <= n_images - 2:
         scores = np.empty(n_images)
         for k in range(int(fold.max()) + 1):
             held = fold == k
