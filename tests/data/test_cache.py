@@ -40,7 +40,7 @@ def forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args, **kwargs):
         raise AssertionError("decoded although the cache holds the image")
 
-    monkeypatch.setattr(cache_module, "prepare_from_source", fail)
+    monkeypatch.setattr(cache_module, "load_xray", fail)
 
 
 def test_cold_and_warm_match_direct_preparation(tmp_path, real_images, monkeypatch):
@@ -54,6 +54,21 @@ def test_cold_and_warm_match_direct_preparation(tmp_path, real_images, monkeypat
     forbid_decoding(monkeypatch)
     warm = load_prepared(real_images, PP, cache_dir=tmp_path, progress=False)
     np.testing.assert_array_equal(warm.images, expected)
+
+
+def test_other_preprocessings_are_cached_from_the_same_decode(tmp_path, real_images, monkeypatch):
+    """``also_cache``: one decode per file fills the entries of every preprocessing asked for."""
+    thumbnail = Preprocessing(img_size=32)
+    decodes = []
+    decode = cache_module.load_xray
+    monkeypatch.setattr(cache_module, "load_xray", lambda data, name: decodes.append(name) or decode(data, name))
+    main = load_prepared(real_images, PP, cache_dir=tmp_path, progress=False, also_cache=[thumbnail])
+    assert sorted(decodes) == sorted(map(str, real_images))
+    np.testing.assert_array_equal(main.images, np.stack([to_uint8(prepare_from_source(p, PP)) for p in real_images]))
+
+    forbid_decoding(monkeypatch)
+    small = load_prepared(real_images, thumbnail, cache_dir=tmp_path, progress=False)
+    np.testing.assert_array_equal(small.images, np.stack([to_uint8(prepare_from_source(p, thumbnail)) for p in real_images]))
 
 
 def test_key_is_file_content_not_name(tmp_path, real_images, monkeypatch):

@@ -21,13 +21,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from cxrscreen.data.imageio import iter_image_files, read_image_file
-from cxrscreen.data.transforms import Preprocessing, prepare_from_source
+from cxrscreen.data.imageio import iter_image_files, load_xray, read_image_file
+from cxrscreen.data.transforms import Preprocessing, prepare_decoded
 from cxrscreen.errors import ConfigError, CxrError, DatasetLayoutError, ImageDecodeError, ModelError
 from cxrscreen.io_utils import atomic_write, write_json
 
@@ -156,13 +156,21 @@ def _lookup(index: int, path: str, cache: PreparedCache | None) -> _Outcome | No
     return _Outcome(index, image=image, cached=True) if image is not None else None
 
 
-def _decode(index: int, path: str, pp: Preprocessing, cache: PreparedCache | None) -> _Outcome:
-    """Decode and prepare one file (storing it in ``cache``); a failure of the file becomes a reason."""
+def _decode(
+    index: int, path: str, pp: Preprocessing, cache: PreparedCache | None, companions: Sequence[PreparedCache] = ()
+) -> _Outcome:
+    """Decode and prepare one file (storing it in ``cache``, and its other preparations in ``companions`` where
+    they are missing, from the same decode); a failure of the file becomes a reason."""
     try:
         data = _read_bytes(path)
-        image = to_uint8(prepare_from_source(data, pp, name=path))
+        decoded = load_xray(data, path)
+        image = to_uint8(prepare_decoded(decoded, pp)[0])
         if cache is not None:
-            cache.put(content_hash(data), image)
+            digest = content_hash(data)
+            cache.put(digest, image)
+            for companion in companions:
+                if companion.get(digest) is None:
+                    companion.put(digest, to_uint8(prepare_decoded(decoded, companion.pp)[0]))
         return _Outcome(index, image=image)
     except (ModelError, ConfigError):
         raise  # not about this file (e.g. the lung segmenter is missing): every file would fail alike
@@ -171,7 +179,12 @@ def _decode(index: int, path: str, pp: Preprocessing, cache: PreparedCache | Non
 
 
 def _prepare_each(
-    paths: list[str], pp: Preprocessing, cache: PreparedCache | None, workers: int, progress: bool
+    paths: list[str],
+    pp: Preprocessing,
+    cache: PreparedCache | None,
+    workers: int,
+    progress: bool,
+    companions: Sequence[PreparedCache] = (),
 ) -> Iterator[_Outcome]:
     """Outcomes of every file: cache hits first (in order), then the decoded misses (in order)."""
     misses: list[int] = []
@@ -186,11 +199,11 @@ def _prepare_each(
         if len(misses) < MIN_PARALLEL_MISSES or workers <= 1:
             for index in misses:
                 bar.update()
-                yield _decode(index, paths[index], pp, cache)
+                yield _decode(index, paths[index], pp, cache, companions)
             return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr-decode") as pool:
             try:
-                for outcome in pool.map(lambda i: _decode(i, paths[i], pp, cache), misses):
+                for outcome in pool.map(lambda i: _decode(i, paths[i], pp, cache, companions), misses):
                     bar.update()
                     yield outcome
             finally:
@@ -211,6 +224,7 @@ def load_prepared(
     on_bad_image: str = "skip",
     use_cache: bool = True,
     workers: int | None = None,
+    also_cache: Sequence[Preprocessing] = (),
 ) -> PreparedImages:
     """Prepare every file (see :func:`cxrscreen.data.transforms.prepare_from_source`) through the disk cache.
 
@@ -218,6 +232,8 @@ def load_prepared(
     Bad files are reported in ``errors`` as (path, reason), or raise :class:`ImageDecodeError` with
     ``on_bad_image="fail"``. ``use_cache=False`` decodes everything and writes nothing. ``workers``: decode
     threads for cache misses (default: from :func:`cxrscreen.training.threads.choose_thread_settings`).
+    ``also_cache``: other preprocessings the caller will ask for next (e.g. the OOD guard's thumbnail); each file
+    decoded here is also prepared for them and cached, so that it is decoded once, not once per preprocessing.
     """
     if on_bad_image not in ON_BAD_IMAGE:
         raise ConfigError(f"--on-bad-image must be skip or fail, got {on_bad_image!r}")
@@ -226,7 +242,8 @@ def load_prepared(
     images = np.empty((len(names), pp.img_size, pp.img_size), dtype=np.uint8)
     good = np.zeros(len(names), dtype=bool)
     reasons: dict[int, str] = {}
-    for outcome in _prepare_each(names, pp, cache, workers or _default_workers(), progress):
+    companions = [PreparedCache(other, cache_dir) for other in also_cache] if use_cache else []
+    for outcome in _prepare_each(names, pp, cache, workers or _default_workers(), progress, companions):
         if outcome.image is None:
             if on_bad_image == "fail":
                 raise ImageDecodeError(f"{names[outcome.index]}: {outcome.reason}")

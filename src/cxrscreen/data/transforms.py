@@ -110,7 +110,11 @@ def prepare_with_info(source, pp: Preprocessing, name: str | None = None, segmen
     """
     from cxrscreen.data.imageio import load_xray
 
-    image = load_xray(source, name)
+    return prepare_decoded(load_xray(source, name), pp, segmenter)
+
+
+def prepare_decoded(image: np.ndarray, pp: Preprocessing, segmenter=None) -> tuple[np.ndarray, bool | None]:
+    """:func:`prepare_with_info` of an already decoded X-ray, float32 (H, W) in [0, 1]."""
     if not pp.needs_lungs:
         return prepare_image(image, pp), None
     from cxrscreen.models.segmenter import segment_lungs

@@ -14,6 +14,7 @@ from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.records import Record
 from cxrscreen.data.sources import Dataset
 from cxrscreen.errors import DatasetLayoutError
+from cxrscreen.models.guard_net import guard_preprocessing
 from cxrscreen.training.config import TrainConfig
 
 SIDES = ("train", "val", "test")
@@ -105,7 +106,11 @@ def prepare_run_data(
     data = RunData(label_set, {}, {}, {}, {}, full.dropped, [], list(cfg.data), cfg.dedup_distance, dict(hashes))
     for side in SIDES:
         part = split.part(side)
-        prepared = load_prepared(part.paths, cfg.preprocessing, progress=progress, on_bad_image=cfg.on_bad_image)
+        # The OOD guard is fitted on the training and validation images after training: cache its thumbnails now,
+        # from the same decode.
+        guard_pp = [guard_preprocessing()] if side in ("train", "val") else []
+        prepared = load_prepared(part.paths, cfg.preprocessing, progress=progress, on_bad_image=cfg.on_bad_image,
+                                 also_cache=guard_pp)
         kept = [part.records[i] for i in prepared.ok]
         data.records[side] = kept
         data.images[side] = prepared.images
