@@ -58,8 +58,9 @@ def fit_ood_guard(
 
     ``k = min(max_components, n // 4, F - 1)`` principal directions are modelled (a quarter of the images at most,
     so the residual variance is not fitted away on few images). With fewer than ``MIN_CALIBRATION`` images, or
-    fewer than two groups (or all images but one in one group), the threshold comes from the scores of the fitted images themselves, which flags more real X-rays than
-    ``1 - accept_rate``; the dict records which (``calibration``). ``features`` names what the rows are (one of
+    fewer than two groups (or all images but one in one group), the threshold comes from the scores of the fitted
+    images themselves, which flags more real X-rays than ``1 - accept_rate``; the dict records which
+    (``calibration``). ``features`` names what the rows are (one of
     ``GUARD_INPUTS``), so that :func:`reads_whole_image` later tells the predictor which kind to hand the guard;
     ``network`` names the network that made whole-image features (:data:`cxrscreen.models.guard_net.GUARD_NETWORK`).
     """
