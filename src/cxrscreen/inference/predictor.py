@@ -201,7 +201,7 @@ class Predictor:
         input float32 (64, 64) or None when the guard does not need it, lungs_found or None)."""
         label = source_name(source, name)
         image = load_xray(source, label)
-        prepared, lungs_found = transforms.prepare_with_info(image, self.meta.preprocessing, label, self.segmenter)
+        prepared, lungs_found = transforms.prepare_decoded(image, self.meta.preprocessing, self.segmenter)
         return prepared, guard_thumbnail(image) if self.guard_reads_whole_image else None, lungs_found
 
     def predict_prepared(self, images: np.ndarray, thumbnails: np.ndarray | None = None) -> NetOutputs:
