@@ -120,18 +120,12 @@ def to_input(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_logits(model: XrayClassifier, images: np.ndarray, device: torch.device, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (N, C) and penultimate features (N, F) of uint8 images (N, S, S), in eval mode."""
+def predict_logits(model: XrayClassifier, images: np.ndarray, device: torch.device, batch_size: int = 64) -> np.ndarray:
+    """Logits (N, C) of uint8 images (N, S, S), in eval mode."""
     model.eval()
-    logits, feats = [], []
-    for start in range(0, len(images), batch_size):
-        x = to_input(torch.from_numpy(images[start : start + batch_size]), device)
-        f = model.features(x)
-        feats.append(f.float().cpu().numpy())
-        logits.append(model.head(f).float().cpu().numpy())
-    if not logits:
-        return np.zeros((0, model.head.out_features), np.float32), np.zeros((0, model.head.in_features), np.float32)
-    return np.concatenate(logits), np.concatenate(feats)
+    logits = [model(to_input(torch.from_numpy(images[start : start + batch_size]), device)).float().cpu().numpy()
+              for start in range(0, len(images), batch_size)]
+    return np.concatenate(logits) if logits else np.zeros((0, model.head.out_features), np.float32)
 
 
 def fit_guard(records: list[Record], hashes: Mapping[str, str], max_distance: float, progress: bool = False) -> dict[str, Any]:
@@ -308,7 +302,7 @@ class Trainer:
         """Validation scores, computed on each rank's share and gathered (every rank gets the same numbers)."""
         ctx = self.ctx
         share = np.arange(ctx.rank, len(self.data.val_images), ctx.world_size)
-        logits, _ = predict_logits(self.model, self.data.val_images[share], ctx.device)
+        logits = predict_logits(self.model, self.data.val_images[share], ctx.device)
         gathered = [(share, logits)]
         if ctx.distributed:
             import torch.distributed as dist
@@ -355,12 +349,12 @@ class Trainer:
         self.model.load_state_dict(payload["state_dict"])
         meta = ModelMeta.from_dict(payload["meta"])
         device = self.ctx.device
-        val_logits, _ = predict_logits(self.model, self.data.val_images, device)
+        val_logits = predict_logits(self.model, self.data.val_images, device)
         meta.temperature = float(fit_temperature(val_logits, self.data.val_targets))
         meta.ood = fit_guard(self.data.records["train"] + self.data.records["val"], self.data.path_hashes,
                              self.cfg.dedup_distance)
         meta.train_hashes = list(self.data.train_hashes)
-        test_logits, _ = predict_logits(self.model, self.data.test_images, device)
+        test_logits = predict_logits(self.model, self.data.test_images, device)
         test = held_out_report(test_logits / meta.temperature, self.data.test_targets, meta.classes, self.cfg.seed)
         meta.metrics = {"validation": validation_scores(val_logits, self.data.val_targets, len(meta.classes)),
                         "test": test, "best_epoch": self.state.best_epoch}
