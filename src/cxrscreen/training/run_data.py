@@ -28,12 +28,11 @@ class RunData:
     records: dict[str, list[Record]]
     images: dict[str, np.ndarray]
     targets: dict[str, np.ndarray]
-    hashes: dict[str, list[str]]
+    hashes: dict[str, str]  # path -> pHash of every image that hashed
     dropped: Counter = field(default_factory=Counter)
     bad_images: list[tuple[str, str]] = field(default_factory=list)
     data_paths: list[str] = field(default_factory=list)
     dedup_distance: int = 6
-    path_hashes: dict[str, str] = field(default_factory=dict)
 
     train_images = property(lambda self: self.images["train"])
     val_images = property(lambda self: self.images["val"])
@@ -41,7 +40,11 @@ class RunData:
     train_targets = property(lambda self: self.targets["train"])
     val_targets = property(lambda self: self.targets["val"])
     test_targets = property(lambda self: self.targets["test"])
-    train_hashes = property(lambda self: self.hashes["train"])
+
+    @property
+    def train_hashes(self) -> list[str]:
+        """pHashes of the training images (stored in the checkpoint to leave their near-duplicates out later)."""
+        return [self.hashes[r.path] for r in self.records["train"] if r.path in self.hashes]
 
     def summary(self) -> dict[str, Any]:
         """Training-data summary stored in the checkpoint (counts per side, class and source)."""
@@ -103,7 +106,7 @@ def prepare_run_data(
         split = make_split(dataset, hashes, seed=cfg.seed, fractions=cfg.fractions, max_distance=cfg.dedup_distance)
     if save_split_to is not None:
         save_split(split, save_split_to)
-    data = RunData(label_set, {}, {}, {}, {}, full.dropped, [], list(cfg.data), cfg.dedup_distance, dict(hashes))
+    data = RunData(label_set, {}, {}, {}, dict(hashes), full.dropped, [], list(cfg.data), cfg.dedup_distance)
     for side in SIDES:
         part = split.part(side)
         # The OOD guard is fitted on the training and validation images after training: cache its thumbnails now,
@@ -116,7 +119,6 @@ def prepare_run_data(
         data.images[side] = prepared.images
         # The dataset's own targets: the class its loader gave each image (a --label-map on raw labels included).
         data.targets[side] = part.targets[prepared.ok].astype(np.int64)
-        data.hashes[side] = [hashes[r.path] for r in kept if r.path in hashes]
         data.bad_images.extend(prepared.errors)
     for path, reason in data.bad_images:
         log(f"{path}: {reason} (skipped)")

@@ -351,7 +351,7 @@ class Trainer:
         device = self.ctx.device
         val_logits = predict_logits(self.model, self.data.val_images, device)
         meta.temperature = float(fit_temperature(val_logits, self.data.val_targets))
-        meta.ood = fit_guard(self.data.records["train"] + self.data.records["val"], self.data.path_hashes,
+        meta.ood = fit_guard(self.data.records["train"] + self.data.records["val"], self.data.hashes,
                              self.cfg.dedup_distance)
         meta.train_hashes = list(self.data.train_hashes)
         test_logits = predict_logits(self.model, self.data.test_images, device)
