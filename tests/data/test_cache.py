@@ -56,19 +56,26 @@ def test_cold_and_warm_match_direct_preparation(tmp_path, real_images, monkeypat
     np.testing.assert_array_equal(warm.images, expected)
 
 
-def test_other_preprocessings_are_cached_from_the_same_decode(tmp_path, real_images, monkeypatch):
-    """``also_cache``: one decode per file fills the entries of every preprocessing asked for."""
+def test_other_preprocessings_come_from_the_same_decode(tmp_path, real_images, monkeypatch):
+    """``also``: one decode per file gives (and caches) every preprocessing asked for; a variant the cache holds
+    is not prepared again."""
     thumbnail = Preprocessing(img_size=32)
-    decodes = []
-    decode = cache_module.load_xray
+    decodes, prepared_for = [], []
+    decode, prepare = cache_module.load_xray, cache_module.prepare_decoded
     monkeypatch.setattr(cache_module, "load_xray", lambda data, name: decodes.append(name) or decode(data, name))
-    main = load_prepared(real_images, PP, cache_dir=tmp_path, progress=False, also_cache=[thumbnail])
-    assert sorted(decodes) == sorted(map(str, real_images))
-    np.testing.assert_array_equal(main.images, np.stack([to_uint8(prepare_from_source(p, PP)) for p in real_images]))
+    monkeypatch.setattr(cache_module, "prepare_decoded", lambda image, pp: prepared_for.append(pp) or prepare(image, pp))
+    load_prepared(real_images[:2], PP, cache_dir=tmp_path, progress=False)
+    decodes.clear(), prepared_for.clear()
+
+    both = load_prepared(real_images, PP, cache_dir=tmp_path, progress=False, also=[thumbnail])
+    assert sorted(decodes) == sorted(map(str, real_images))  # the two cached for PP are decoded for the thumbnail
+    assert prepared_for.count(PP) == 4 and prepared_for.count(thumbnail) == 6
+    np.testing.assert_array_equal(both.images, np.stack([to_uint8(prepare_from_source(p, PP)) for p in real_images]))
+    expected_small = np.stack([to_uint8(prepare_from_source(p, thumbnail)) for p in real_images])
+    np.testing.assert_array_equal(both.also[0], expected_small)
 
     forbid_decoding(monkeypatch)
-    small = load_prepared(real_images, thumbnail, cache_dir=tmp_path, progress=False)
-    np.testing.assert_array_equal(small.images, np.stack([to_uint8(prepare_from_source(p, thumbnail)) for p in real_images]))
+    np.testing.assert_array_equal(load_prepared(real_images, thumbnail, cache_dir=tmp_path, progress=False).images, expected_small)
 
 
 def test_key_is_file_content_not_name(tmp_path, real_images, monkeypatch):

@@ -52,7 +52,7 @@ def test_guard_network_gives_the_same_features_in_onnx_runtime(real_xrays: list[
     from cxrscreen.models.guard_net import guard_thumbnails, torch_guard_features
 
     monkeypatch.setenv("CXRSCREEN_CACHE", str(tmp_path))
-    thumbnails = guard_thumbnails(real_xrays)
+    thumbnails, _ = guard_thumbnails(real_xrays)
     expected = torch_guard_features(thumbnails)
     np.testing.assert_allclose(OnnxGuardRunner(threads=1)(thumbnails), expected, atol=1e-4)
     assert expected.shape == (len(real_xrays), 4 * 2 * 192)

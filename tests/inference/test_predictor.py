@@ -133,7 +133,7 @@ def test_ood_guard_relabels_rejected_images(
     plain = load_predictor(tiny_checkpoint)
     pp = plain.meta.preprocessing
     if guard_input == "whole_image":
-        real_features = torch_guard_features(guard_thumbnails(files[:60]))
+        real_features = torch_guard_features(guard_thumbnails(files[:60])[0])
     else:
         real_features = plain.predict_prepared(np.stack([prepare_from_source(p, pp) for p in files[:60]])).features
     guard = fit_ood_guard(real_features, features=guard_input,

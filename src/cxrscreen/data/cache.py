@@ -38,11 +38,13 @@ MIN_PARALLEL_MISSES = 16
 
 @dataclass
 class PreparedImages:
-    """``images[i]`` (uint8, img_size x img_size) is the input of ``paths[ok[i]]``; ``errors`` lists (path, reason)."""
+    """``images[i]`` (uint8, img_size x img_size) is the input of ``paths[ok[i]]``; ``errors`` lists (path, reason);
+    ``also[j]`` holds the same images prepared with the ``j``-th of :func:`load_prepared`'s ``also``."""
 
     images: np.ndarray
     ok: list[int]
     errors: list[tuple[str, str]] = field(default_factory=list)
+    also: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -123,13 +125,26 @@ class PreparedCache:
 
 
 @dataclass
+class _Variant:
+    """One preprocessing asked for, and its cache entries (None without the cache)."""
+
+    pp: Preprocessing
+    cache: PreparedCache | None
+
+
+@dataclass
 class _Outcome:
-    """Result for one file: its image (uint8) or the reason it failed, and whether it came from the cache."""
+    """Result for one file: its image (uint8) in each variant, None where not prepared yet, or the reason it failed;
+    and whether every image came from the cache."""
 
     index: int
-    image: np.ndarray | None = None
+    images: list[np.ndarray | None] | None = None
     reason: str | None = None
     cached: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.images is None or all(image is not None for image in self.images)
 
 
 def _reason(exc: Exception, path: str) -> str:
@@ -145,65 +160,57 @@ def _read_bytes(path: str) -> bytes:
     return read_image_file(Path(path), path)
 
 
-def _lookup(index: int, path: str, cache: PreparedCache | None) -> _Outcome | None:
-    """The cached outcome of one file, or None when it must be decoded."""
-    if cache is None:
-        return None
+def _lookup(index: int, path: str, variants: Sequence[_Variant]) -> _Outcome:
+    """What the cache holds of one file: an image per variant (None where absent), or the file's failure."""
+    if variants[0].cache is None:
+        return _Outcome(index, images=[None] * len(variants))
     try:
-        image = cache.get(content_hash(_read_bytes(path)))
+        digest = content_hash(_read_bytes(path))
     except (CxrError, OSError) as exc:
         return _Outcome(index, reason=_reason(exc, path))
-    return _Outcome(index, image=image, cached=True) if image is not None else None
+    images = [variant.cache.get(digest) if variant.cache is not None else None for variant in variants]
+    return _Outcome(index, images=images, cached=all(image is not None for image in images))
 
 
-def _decode(
-    index: int, path: str, pp: Preprocessing, cache: PreparedCache | None, companions: Sequence[PreparedCache] = ()
-) -> _Outcome:
-    """Decode and prepare one file (storing it in ``cache``, and its other preparations in ``companions`` where
-    they are missing, from the same decode); a failure of the file becomes a reason."""
+def _complete(found: _Outcome, path: str, variants: Sequence[_Variant]) -> _Outcome:
+    """Decode one file once and prepare the variants the cache did not hold (storing them); a failure of the file
+    becomes a reason."""
     try:
         data = _read_bytes(path)
         decoded = load_xray(data, path)
-        image = to_uint8(prepare_decoded(decoded, pp)[0])
-        if cache is not None:
-            digest = content_hash(data)
-            cache.put(digest, image)
-            for companion in companions:
-                if companion.get(digest) is None:
-                    companion.put(digest, to_uint8(prepare_decoded(decoded, companion.pp)[0]))
-        return _Outcome(index, image=image)
+        digest = content_hash(data) if variants[0].cache is not None else ""
+        images = list(found.images or [None] * len(variants))
+        for i, variant in enumerate(variants):
+            if images[i] is None:
+                images[i] = to_uint8(prepare_decoded(decoded, variant.pp)[0])
+                if variant.cache is not None:
+                    variant.cache.put(digest, images[i])
+        return _Outcome(found.index, images=images)
     except (ModelError, ConfigError):
         raise  # not about this file (e.g. the lung segmenter is missing): every file would fail alike
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop a 10,000-file run
-        return _Outcome(index, reason=_reason(exc, path))
+        return _Outcome(found.index, reason=_reason(exc, path))
 
 
-def _prepare_each(
-    paths: list[str],
-    pp: Preprocessing,
-    cache: PreparedCache | None,
-    workers: int,
-    progress: bool,
-    companions: Sequence[PreparedCache] = (),
-) -> Iterator[_Outcome]:
-    """Outcomes of every file: cache hits first (in order), then the decoded misses (in order)."""
-    misses: list[int] = []
+def _prepare_each(paths: list[str], variants: Sequence[_Variant], workers: int, progress: bool) -> Iterator[_Outcome]:
+    """Outcomes of every file: complete cache hits and failures first (in order), then the decoded rest (in order)."""
+    pending: list[_Outcome] = []
     with tqdm(total=len(paths), desc="preparing images", unit="img", disable=not progress, leave=False) as bar:
         for index, path in enumerate(paths):
-            outcome = _lookup(index, path, cache)
-            if outcome is None:
-                misses.append(index)
-            else:
+            outcome = _lookup(index, path, variants)
+            if outcome.complete:
                 bar.update()
                 yield outcome
-        if len(misses) < MIN_PARALLEL_MISSES or workers <= 1:
-            for index in misses:
+            else:
+                pending.append(outcome)
+        if len(pending) < MIN_PARALLEL_MISSES or workers <= 1:
+            for found in pending:
                 bar.update()
-                yield _decode(index, paths[index], pp, cache, companions)
+                yield _complete(found, paths[found.index], variants)
             return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr-decode") as pool:
             try:
-                for outcome in pool.map(lambda i: _decode(i, paths[i], pp, cache, companions), misses):
+                for outcome in pool.map(lambda found: _complete(found, paths[found.index], variants), pending):
                     bar.update()
                     yield outcome
             finally:
@@ -224,7 +231,7 @@ def load_prepared(
     on_bad_image: str = "skip",
     use_cache: bool = True,
     workers: int | None = None,
-    also_cache: Sequence[Preprocessing] = (),
+    also: Sequence[Preprocessing] = (),
 ) -> PreparedImages:
     """Prepare every file (see :func:`cxrscreen.data.transforms.prepare_from_source`) through the disk cache.
 
@@ -232,28 +239,29 @@ def load_prepared(
     Bad files are reported in ``errors`` as (path, reason), or raise :class:`ImageDecodeError` with
     ``on_bad_image="fail"``. ``use_cache=False`` decodes everything and writes nothing. ``workers``: decode
     threads for cache misses (default: from :func:`cxrscreen.training.threads.choose_thread_settings`).
-    ``also_cache``: other preprocessings the caller will ask for next (e.g. the OOD guard's thumbnail); each file
-    decoded here is also prepared for them and cached, so that it is decoded once, not once per preprocessing.
+    ``also``: other preprocessings of the same files (e.g. the OOD guard's thumbnail), returned in
+    ``PreparedImages.also`` and cached alike; each file is read once and decoded at most once for all of them.
     """
     if on_bad_image not in ON_BAD_IMAGE:
         raise ConfigError(f"--on-bad-image must be skip or fail, got {on_bad_image!r}")
     names = [str(p) for p in paths]
-    cache = PreparedCache(pp, cache_dir) if use_cache else None
-    images = np.empty((len(names), pp.img_size, pp.img_size), dtype=np.uint8)
+    variants = [_Variant(one, PreparedCache(one, cache_dir) if use_cache else None) for one in (pp, *also)]
+    arrays = [np.empty((len(names), v.pp.img_size, v.pp.img_size), dtype=np.uint8) for v in variants]
     good = np.zeros(len(names), dtype=bool)
     reasons: dict[int, str] = {}
-    companions = [PreparedCache(other, cache_dir) for other in also_cache] if use_cache else []
-    for outcome in _prepare_each(names, pp, cache, workers or _default_workers(), progress, companions):
-        if outcome.image is None:
+    for outcome in _prepare_each(names, variants, workers or _default_workers(), progress):
+        if outcome.images is None:
             if on_bad_image == "fail":
                 raise ImageDecodeError(f"{names[outcome.index]}: {outcome.reason}")
             reasons[outcome.index] = outcome.reason or "unknown error"
         else:
-            images[outcome.index] = outcome.image
+            for array, image in zip(arrays, outcome.images):
+                array[outcome.index] = image
             good[outcome.index] = True
     ok = np.flatnonzero(good).tolist()
     errors = [(names[i], reasons[i]) for i in sorted(reasons)]
-    return PreparedImages(images if good.all() else images[good], ok, errors)
+    images, *others = (array if good.all() else array[good] for array in arrays)
+    return PreparedImages(images, ok, errors, others)
 
 
 def build_cache(
@@ -272,8 +280,8 @@ def build_cache(
         raise DatasetLayoutError(f"{', '.join(map(str, paths))}: no PNG, JPEG or DICOM files found")
     cache = PreparedCache(pp, cache_dir)
     report = CacheReport(cache_dir=cache.root)
-    for outcome in _prepare_each(files, pp, cache, workers or _default_workers(), progress):
-        if outcome.image is None:
+    for outcome in _prepare_each(files, [_Variant(pp, cache)], workers or _default_workers(), progress):
+        if outcome.images is None:
             report.failed.append((files[outcome.index], outcome.reason or "unknown error"))
         elif outcome.cached:
             report.cached += 1

@@ -53,7 +53,7 @@ from cxrscreen.evaluation.metrics import (
     multiclass_metrics,
 )
 from cxrscreen.inference.predictor import load_predictor
-from cxrscreen.models.guard_net import guard_preprocessing, guard_thumbnails
+from cxrscreen.models.guard_net import guard_preprocessing
 from cxrscreen.io_utils import atomic_write, write_json
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
@@ -439,9 +439,9 @@ class Evaluator:
         """Model probabilities (N_ok, C_model) for the readable ``paths`` -> (ok indices, unreadable, probs,
         number flagged out of distribution or None without a guard)."""
         guard_pp = [guard_preprocessing()] if self.predictor.guard_reads_whole_image else []
-        # One decode per image on a cold cache: the guard's thumbnails are cached with the classifier's inputs.
-        prepared = load_prepared(paths, self.meta.preprocessing, progress=self.cfg.progress, also_cache=guard_pp)
-        thumbnails = guard_thumbnails([paths[i] for i in prepared.ok]) if guard_pp else None
+        # The guard's thumbnails come from the same pass as the classifier's inputs: each file read once.
+        prepared = load_prepared(paths, self.meta.preprocessing, progress=self.cfg.progress, also=guard_pp)
+        thumbnails = prepared.also[0].astype(np.float32) / 255.0 if guard_pp else None
         probs, flagged = [], 0
         for start in range(0, len(prepared.images), PREDICT_CHUNK):
             chunk = prepared.images[start : start + PREDICT_CHUNK].astype(np.float32) / 255.0

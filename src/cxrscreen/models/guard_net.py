@@ -89,16 +89,12 @@ def torch_guard_features(thumbnails: np.ndarray, batch_size: int = 256) -> np.nd
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def guard_thumbnails(paths: list[str] | list[Path], progress: bool = False) -> np.ndarray:
-    """The guard's inputs of image files (through the prepared-image cache): float32 (N, 64, 64). A file that does not
-    decode raises :class:`cxrscreen.errors.ImageDecodeError`."""
-    return decodable_guard_thumbnails(paths, progress, on_bad_image="fail")[0]
-
-
-def decodable_guard_thumbnails(
-    paths: list[str] | list[Path], progress: bool = False, on_bad_image: str = "skip"
+def guard_thumbnails(
+    paths: list[str] | list[Path], progress: bool = False, on_bad_image: str = "fail"
 ) -> tuple[np.ndarray, list[int]]:
-    """The guard's inputs of the files that decode, float32 (M, 64, 64), and their indices in ``paths``."""
+    """The guard's inputs of image files (through the prepared-image cache), float32 (M, 64, 64), and the indices in
+    ``paths`` of the M files that decoded. A file that does not decode raises
+    :class:`cxrscreen.errors.ImageDecodeError`, or with ``on_bad_image="skip"`` is left out."""
     from cxrscreen.data.cache import load_prepared
 
     prepared = load_prepared(list(paths), guard_preprocessing(), progress=progress, on_bad_image=on_bad_image)

@@ -113,7 +113,7 @@ def prepare_run_data(
         # from the same decode.
         guard_pp = [guard_preprocessing()] if side in ("train", "val") else []
         prepared = load_prepared(part.paths, cfg.preprocessing, progress=progress, on_bad_image=cfg.on_bad_image,
-                                 also_cache=guard_pp)
+                                 also=guard_pp)
         kept = [part.records[i] for i in prepared.ok]
         data.records[side] = kept
         data.images[side] = prepared.images

@@ -135,10 +135,10 @@ def fit_guard(records: list[Record], hashes: Mapping[str, str], max_distance: fl
     ``max_distance`` bits per 64). Files that do not decode are left out, as training left them out."""
     from cxrscreen.data.splits import record_groups
     from cxrscreen.inference.ood import fit_ood_guard
-    from cxrscreen.models.guard_net import GUARD_ACCEPT_RATE, GUARD_NETWORK, decodable_guard_thumbnails, torch_guard_features
+    from cxrscreen.models.guard_net import GUARD_ACCEPT_RATE, GUARD_NETWORK, guard_thumbnails, torch_guard_features
 
     groups = record_groups(records, hashes, max_distance)
-    thumbnails, ok = decodable_guard_thumbnails([r.path for r in records], progress)
+    thumbnails, ok = guard_thumbnails([r.path for r in records], progress, on_bad_image="skip")
     return fit_ood_guard(torch_guard_features(thumbnails), groups[ok], accept_rate=GUARD_ACCEPT_RATE,
                          features="whole_image", network=GUARD_NETWORK)
 
