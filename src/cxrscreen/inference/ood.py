@@ -94,7 +94,7 @@ def fit_ood_guard(
         calibration = {"set": "training", "images": n_images}
     guard["accept_rate"] = float(accept_rate)
     guard["threshold"] = float(np.quantile(scores, accept_rate))
-    guard["calibration"] = {**calibration, "accepted": float(np.mean(scores <= guard["threshold"]))}
+    guard["calibration"] = {**calibration, "accepted": float(np.mean(accepts(scores, guard)))}
     return guard
 
 
@@ -176,7 +176,12 @@ def reads_whole_image(guard: dict[str, Any] | None) -> bool:
 
 def in_distribution(features: np.ndarray, guard: dict[str, Any]) -> np.ndarray:
     """True for rows of ``features`` (N, F) the guard accepts as chest X-rays like the training data: bool (N,)."""
-    return ood_scores(features, guard) <= float(guard["threshold"])
+    return accepts(ood_scores(features, guard), guard)
+
+
+def accepts(scores: np.ndarray, guard: dict[str, Any]) -> np.ndarray:
+    """True where a score from :func:`ood_scores` is within the guard's threshold: bool (N,)."""
+    return np.asarray(scores) <= float(guard["threshold"])
 
 
 def check_guard(guard: dict[str, Any]) -> None:

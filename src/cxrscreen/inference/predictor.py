@@ -250,7 +250,7 @@ class Predictor:
         """(in_distribution bool (N,), scores (N,) or None) from the model's OOD guard; all True without a guard."""
         if not self.meta.ood:
             return np.ones(len(outputs.probs), dtype=bool), None
-        from cxrscreen.inference.ood import ood_scores
+        from cxrscreen.inference.ood import accepts, ood_scores
 
         if self.guard_reads_whole_image:
             if outputs.guard_features is None:
@@ -258,7 +258,7 @@ class Predictor:
             scores = ood_scores(outputs.guard_features, self.meta.ood)
         else:
             scores = ood_scores(outputs.features, self.meta.ood)
-        return scores <= float(self.meta.ood["threshold"]), scores
+        return accepts(scores, self.meta.ood), scores
 
     def _results(
         self, names: list[str], images: np.ndarray, thumbnails: np.ndarray | None, lungs: list[bool | None]
