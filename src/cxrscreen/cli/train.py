@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
     p.add_argument("--overwrite", action="store_true", help="replace a run directory that holds a run")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-amp", action="store_true", help="full float32 on a GPU instead of bf16/fp16 autocast")
     p.add_argument("--num-threads", type=int, help="torch threads per process")
     p.add_argument("--nproc", type=int, help="launch N DDP processes with torchrun")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -83,6 +84,7 @@ def config_from_args(args: argparse.Namespace):
         on_bad_image=args.on_bad_image,
         name=args.name,
         device=args.device,
+        amp=not args.no_amp,
         num_threads=args.num_threads,
     )
 
@@ -101,10 +103,11 @@ def without_nproc(argv: list[str]) -> list[str]:
 
 def run_train(args: argparse.Namespace) -> int:
     from cxrscreen.models.registry import get_spec
-    from cxrscreen.training.distributed import launch_torchrun
+    from cxrscreen.training.distributed import check_nproc, launch_torchrun
     from cxrscreen.training.trainer import load_run_config, train
 
     if args.nproc and "WORLD_SIZE" not in os.environ:
+        check_nproc(args.nproc, args.device)
         argv = sys.argv[1:]
         return launch_torchrun(args.nproc, without_nproc(argv[argv.index("train"):]))
     cfg = load_run_config(args.resume) if args.resume else config_from_args(args)

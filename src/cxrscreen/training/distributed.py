@@ -50,6 +50,8 @@ def init_distributed(device_name: str) -> DistContext:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
+    if device.type == "cuda" and world_size > 1:
+        check_nproc(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), device_name)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -73,6 +75,20 @@ def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+def check_nproc(nproc: int, device_name: str, gpu_count: int | None = None) -> None:
+    """Refuse ``--nproc N`` before launching when its ranks would share a GPU (nccl cannot run two ranks on one)."""
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    gpus = torch.cuda.device_count() if gpu_count is None else gpu_count
+    if device_name == "cuda" and gpus == 0:
+        raise ConfigError("--device cuda asked for, but no CUDA GPU is available")
+    if device_name in ("cuda", "auto") and 0 < gpus < nproc:
+        raise ConfigError(
+            f"--nproc {nproc} needs one GPU per process, but {gpus} GPU(s) are visible: use --nproc {gpus}, "
+            "or --device cpu for gloo processes on the CPU"
+        )
 
 
 def launch_torchrun(nproc: int, argv: list[str]) -> int:

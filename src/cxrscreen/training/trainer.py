@@ -277,7 +277,9 @@ class Trainer:
                 break
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at((epoch - 1) * steps + step, total_steps, warmup, cfg.lr)
-            x = self.augment(to_input(images[batch], torch.device("cpu")), generator).to(ctx.device)
+            # Parameters (and noise) come from the CPU generator, so a seed gives the same batch on any device;
+            # the pixel work (resampling, blur) runs where the model does.
+            x = self.augment(to_input(images[batch], ctx.device), generator)
             x = x.contiguous(memory_format=torch.channels_last)
             y = targets[batch].to(ctx.device)
             with self.autocast():
