@@ -91,3 +91,43 @@ def test_sigint_stops_cleanly_and_resumes(small_radiography: Path, tmp_path: Pat
         assert result.returncode == 0, result.stderr
         assert f"after epoch {done}" in result.stdout
     assert_finished_once_per_epoch(out)
+
+
+@pytest.mark.slow
+def test_run_killed_with_only_its_best_checkpoint_can_be_finished(small_radiography: Path, tmp_path: Path) -> None:
+    """As when a lent GPU machine's time ran out: the run is killed, only best.pt and the logs are kept."""
+    import torch
+
+    from cxrscreen.cli import main
+    from cxrscreen.models.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    proc = start_training(small_radiography, out)
+    wait_for_epochs(out, 2, proc)
+    proc.kill()
+    proc.wait()
+    (out / "last.pt").unlink()
+    before = read_checkpoint(out / "best.pt")
+    assert not before["meta"].get("ood") and not before["meta"].get("train_hashes")
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    best_epoch = int(max(rows, key=lambda r: float(r["val_macro_f1"]))["epoch"])  # first of equal scores
+
+    assert main(["train", "--finish", str(out), "--quiet", "--num-threads", "1"]) == 0
+    model, meta = load_checkpoint(out / "best.pt")
+    assert meta.ood and meta.ood["n_fit"] > 0
+    split = list(csv.DictReader((out / "split.csv").open()))
+    assert len(meta.train_hashes) == sum(1 for r in split if r["split"] == "train")
+    assert meta.metrics["best_epoch"] == best_epoch
+    assert 0.0 <= meta.metrics["test"]["accuracy"]["value"] <= 1.0
+    for key, value in before["state_dict"].items():
+        assert torch.equal(value, model.state_dict()[key]), key  # finishing does not train
+    assert (out / "summary.json").is_file()
+    assert main(["train", "--finish", str(out), "--quiet"]) == 2  # already finished
+
+
+def test_finish_needs_a_best_checkpoint(tmp_path: Path, capsys) -> None:
+    from cxrscreen.cli import main
+
+    (tmp_path / "config.json").write_text('{"data": ["x"], "out": "x"}')
+    assert main(["train", "--finish", str(tmp_path), "--quiet"]) == 2
+    assert "needs best.pt and split.csv" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import os
 import sys
 
 from cxrscreen.data.labels import parse_label_map
+from cxrscreen.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="model name stored in the checkpoint")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
     p.add_argument("--overwrite", action="store_true", help="replace a run directory that holds a run")
+    p.add_argument("--finish", metavar="RUN_DIR",
+                   help="complete a run stopped after its best checkpoint was saved (no last.pt needed): calibration, "
+                   "OOD guard, training hashes, test metrics, summary and report; no further training")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-amp", action="store_true", help="full float32 on a GPU instead of bf16/fp16 autocast")
     p.add_argument("--num-threads", type=int, help="torch threads per process")
@@ -104,15 +108,21 @@ def without_nproc(argv: list[str]) -> list[str]:
 def run_train(args: argparse.Namespace) -> int:
     from cxrscreen.models.registry import get_spec
     from cxrscreen.training.distributed import check_nproc, launch_torchrun
-    from cxrscreen.training.trainer import load_run_config, train
+    from cxrscreen.training.trainer import finish_run, load_run_config, train
 
     if args.nproc and "WORLD_SIZE" not in os.environ:
         check_nproc(args.nproc, args.device)
         argv = sys.argv[1:]
         return launch_torchrun(args.nproc, without_nproc(argv[argv.index("train"):]))
-    cfg = load_run_config(args.resume) if args.resume else config_from_args(args)
-    get_spec(cfg.model)
-    result = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet)
+    if args.finish:
+        if args.resume:
+            raise ConfigError("--finish and --resume cannot be combined")
+        result = finish_run(args.finish, args.device, args.num_threads, progress=not args.quiet)
+        cfg = load_run_config(args.finish)
+    else:
+        cfg = load_run_config(args.resume) if args.resume else config_from_args(args)
+        get_spec(cfg.model)
+        result = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         from cxrscreen.evaluation.report import write_report
 

@@ -36,6 +36,7 @@ from cxrscreen.training.distributed import (
     all_reduce_sum,
     barrier,
     init_distributed,
+    resolve_device,
     shutdown_distributed,
 )
 from cxrscreen.training.run_data import RunData, prepare_run_data, run_dataset
@@ -400,6 +401,46 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
         return trainer.run()
     finally:
         shutdown_distributed()
+
+
+def state_from_metrics(path: Path, monitor: str) -> TrainState:
+    """The training state as ``metrics.csv`` records it: last epoch, and the best epoch by ``monitor``."""
+    if not path.is_file():
+        raise RunDirError(f"{path.parent}: no {path.name}, so the best epoch is unknown")
+    with path.open(newline="") as fh:
+        history = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+    scores = [row.get(f"val_{monitor}", -math.inf) for row in history]
+    if not history:
+        raise RunDirError(f"{path}: no epoch recorded")
+    best = int(np.argmax(scores))
+    return TrainState(epoch=int(history[-1]["epoch"]), best_score=float(scores[best]),
+                      best_epoch=int(history[best]["epoch"]), epochs_without_improvement=len(history) - 1 - best,
+                      history=history)
+
+
+def finish_run(run_dir: str | Path, device: str = "auto", num_threads: int | None = None, progress: bool = True,
+               log: Callable[[str], None] = print) -> TrainResult:
+    """Complete a run that stopped after writing ``best.pt`` but before its after-training steps (killed by a job's
+    time limit, say): calibrate, fit the OOD guard, store the training hashes and test metrics in ``best.pt``, and
+    write ``summary.json``. The weights are those of the saved best epoch; no training happens. ``device`` and
+    ``num_threads`` are this machine's (the run may have trained on another)."""
+    start = time.time()
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    cfg.device, cfg.num_threads = device, num_threads
+    if (run_dir / SUMMARY_FILE).exists():
+        raise RunDirError(f"{run_dir}: this run has already finished")
+    if not (run_dir / BEST_FILE).is_file() or not (run_dir / SPLIT_FILE).is_file():
+        raise RunDirError(f"{run_dir}: needs {BEST_FILE} and {SPLIT_FILE} to be finished")
+    state = state_from_metrics(run_dir / METRICS_FILE, cfg.monitor)
+    ctx = DistContext(0, 1, 0, resolve_device(cfg.device))
+    configure_threads(cfg.num_threads)
+    trainer = Trainer(cfg, ctx, progress, log)
+    trainer.setup(resume=True)
+    trainer.state = state
+    log(f"finishing {run_dir} after epoch {state.epoch} (best epoch {state.best_epoch})")
+    test = trainer.finish()
+    return TrainResult(run_dir, state.best_epoch, state.best_score, state.epoch, test, time.time() - start)
 
 
 def refit_ood_guard(
