@@ -112,7 +112,9 @@ def test_run_killed_with_only_its_best_checkpoint_can_be_finished(small_radiogra
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     best_epoch = int(max(rows, key=lambda r: float(r["val_macro_f1"]))["epoch"])  # first of equal scores
 
+    config = (out / "config.json").read_bytes()
     assert main(["train", "--finish", str(out), "--quiet", "--num-threads", "1"]) == 0
+    assert (out / "config.json").read_bytes() == config  # the run's own record is kept
     model, meta = load_checkpoint(out / "best.pt")
     assert meta.ood and meta.ood["n_fit"] > 0
     split = list(csv.DictReader((out / "split.csv").open()))

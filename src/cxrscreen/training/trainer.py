@@ -205,16 +205,9 @@ class Trainer:
                 for stale in (SUMMARY_FILE, LAST_FILE, BEST_FILE, METRICS_FILE):
                     (self.run_dir / stale).unlink(missing_ok=True)
             write_json(self.run_dir / CONFIG_FILE, cfg.to_dict())
-        split_file = self.run_dir / SPLIT_FILE if resume else (Path(cfg.split) if cfg.split else None)
-        # Rank 0 builds the split (and any cache) first; the other ranks then read the same files.
-        if ctx.is_main:
-            self.data = prepare_run_data(cfg, split_file, self.run_dir / SPLIT_FILE, self.log, self.progress)
-        barrier(ctx)
-        if not ctx.is_main:
-            self.data = prepare_run_data(cfg, self.run_dir / SPLIT_FILE, None, self.log, False)
+        self.load_data(self.run_dir / SPLIT_FILE if resume else (Path(cfg.split) if cfg.split else None))
         num_classes = len(self.data.label_set.classes)
-        self.model = create_model(cfg.model, num_classes, pretrained=cfg.pretrained and not has_last)
-        self.model.to(ctx.device).to(memory_format=torch.channels_last)
+        self.build_model(pretrained=cfg.pretrained and not has_last)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         weights = class_weights(self.data.train_targets, num_classes).to(ctx.device)
         self.loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
@@ -225,6 +218,20 @@ class Trainer:
         from cxrscreen.training.augment import BatchAugment, augment_config
 
         self.augment = BatchAugment(augment_config(cfg.augment), seed=cfg.seed)
+
+    def load_data(self, split_file: Path | None) -> None:
+        """Records, split (read from ``split_file`` or made) and prepared images of every side."""
+        cfg, ctx = self.cfg, self.ctx
+        # Rank 0 builds the split (and any cache) first; the other ranks then read the same files.
+        if ctx.is_main:
+            self.data = prepare_run_data(cfg, split_file, self.run_dir / SPLIT_FILE, self.log, self.progress)
+        barrier(ctx)
+        if not ctx.is_main:
+            self.data = prepare_run_data(cfg, self.run_dir / SPLIT_FILE, None, self.log, False)
+
+    def build_model(self, pretrained: bool) -> None:
+        self.model = create_model(self.cfg.model, len(self.data.label_set.classes), pretrained=pretrained)
+        self.model.to(self.ctx.device).to(memory_format=torch.channels_last)
 
     def load_last(self) -> None:
         payload = read_checkpoint(self.run_dir / LAST_FILE)
@@ -436,7 +443,8 @@ def finish_run(run_dir: str | Path, device: str = "auto", num_threads: int | Non
     ctx = DistContext(0, 1, 0, resolve_device(cfg.device))
     configure_threads(cfg.num_threads)
     trainer = Trainer(cfg, ctx, progress, log)
-    trainer.setup(resume=True)
+    trainer.load_data(run_dir / SPLIT_FILE)  # the saved split; config.json is left as the run wrote it
+    trainer.build_model(pretrained=False)  # finish() loads best.pt's weights into it
     trainer.state = state
     log(f"finishing {run_dir} after epoch {state.epoch} (best epoch {state.best_epoch})")
     test = trainer.finish()
