@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from cxrscreen.data.labels import parse_label_map
 from cxrscreen.errors import ConfigError
@@ -107,13 +106,11 @@ def without_nproc(argv: list[str]) -> list[str]:
 
 def run_train(args: argparse.Namespace) -> int:
     from cxrscreen.models.registry import get_spec
-    from cxrscreen.training.distributed import check_nproc, launch_torchrun
+    from cxrscreen.training.distributed import launch_torchrun
     from cxrscreen.training.trainer import finish_run, load_run_config, train
 
     if args.nproc and "WORLD_SIZE" not in os.environ:
-        check_nproc(args.nproc, args.device)
-        argv = sys.argv[1:]
-        return launch_torchrun(args.nproc, without_nproc(argv[argv.index("train"):]))
+        return launch_torchrun(args.nproc, without_nproc(args.argv[args.argv.index("train"):]), args.device)
     if args.finish:
         if args.resume:
             raise ConfigError("--finish and --resume cannot be combined")

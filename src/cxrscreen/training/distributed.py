@@ -91,9 +91,9 @@ def check_nproc(nproc: int, device_name: str, gpu_count: int | None = None) -> N
         )
 
 
-def launch_torchrun(nproc: int, argv: list[str]) -> int:
-    """Run ``python -m torch.distributed.run --nproc_per_node=N -m cxrscreen ARGV`` and return its exit code."""
-    if nproc < 1:
-        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+def launch_torchrun(nproc: int, argv: list[str], device_name: str = "auto") -> int:
+    """Run ``python -m torch.distributed.run --nproc_per_node=N -m cxrscreen ARGV`` and return its exit code
+    (after :func:`check_nproc`, so that a mistake is one line here rather than an error in every rank)."""
+    check_nproc(nproc, device_name)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "cxrscreen", *argv]
     return subprocess.call(command)

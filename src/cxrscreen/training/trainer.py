@@ -416,9 +416,9 @@ def state_from_metrics(path: Path, monitor: str) -> TrainState:
         raise RunDirError(f"{path.parent}: no {path.name}, so the best epoch is unknown")
     with path.open(newline="") as fh:
         history = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
-    scores = [row.get(f"val_{monitor}", -math.inf) for row in history]
     if not history:
         raise RunDirError(f"{path}: no epoch recorded")
+    scores = [row.get(f"val_{monitor}", -math.inf) for row in history]
     best = int(np.argmax(scores))
     return TrainState(epoch=int(history[-1]["epoch"]), best_score=float(scores[best]),
                       best_epoch=int(history[best]["epoch"]), epochs_without_improvement=len(history) - 1 - best,
