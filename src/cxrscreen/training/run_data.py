@@ -18,6 +18,7 @@ from cxrscreen.models.guard_net import guard_preprocessing
 from cxrscreen.training.config import TrainConfig
 
 SIDES = ("train", "val", "test")
+GUARD_SIDES = ("train", "val")  # the sides the OOD guard is fitted on
 
 
 @dataclass
@@ -33,6 +34,8 @@ class RunData:
     bad_images: list[tuple[str, str]] = field(default_factory=list)
     data_paths: list[str] = field(default_factory=list)
     dedup_distance: int = 6
+    # The OOD guard's whole-image inputs (uint8 (N, 64, 64)) of the train and val sides, for its fit after training.
+    guard_inputs: dict[str, np.ndarray] = field(default_factory=dict)
 
     train_images = property(lambda self: self.images["train"])
     val_images = property(lambda self: self.images["val"])
@@ -109,14 +112,16 @@ def prepare_run_data(
     data = RunData(label_set, {}, {}, {}, dict(hashes), full.dropped, [], list(cfg.data), cfg.dedup_distance)
     for side in SIDES:
         part = split.part(side)
-        # The OOD guard is fitted on the training and validation images after training: cache its thumbnails now,
+        # The OOD guard is fitted on the training and validation images after training: make its thumbnails now,
         # from the same decode.
-        guard_pp = [guard_preprocessing()] if side in ("train", "val") else []
+        guard_pp = [guard_preprocessing()] if side in GUARD_SIDES else []
         prepared = load_prepared(part.paths, cfg.preprocessing, progress=progress, on_bad_image=cfg.on_bad_image,
                                  also=guard_pp)
         kept = [part.records[i] for i in prepared.ok]
         data.records[side] = kept
         data.images[side] = prepared.images
+        if guard_pp:
+            data.guard_inputs[side] = prepared.also[0]
         # The dataset's own targets: the class its loader gave each image (a --label-map on raw labels included).
         data.targets[side] = part.targets[prepared.ok].astype(np.int64)
         data.bad_images.extend(prepared.errors)

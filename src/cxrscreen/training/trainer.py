@@ -39,7 +39,7 @@ from cxrscreen.training.distributed import (
     resolve_device,
     shutdown_distributed,
 )
-from cxrscreen.training.run_data import RunData, prepare_run_data, run_dataset
+from cxrscreen.training.run_data import GUARD_SIDES, RunData, prepare_run_data, run_dataset
 from cxrscreen.training.threads import available_cpus, configure_threads
 
 CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.json", "split.csv", "metrics.csv"
@@ -129,18 +129,24 @@ def predict_logits(model: XrayClassifier, images: np.ndarray, device: torch.devi
     return np.concatenate(logits) if logits else np.zeros((0, model.head.out_features), np.float32)
 
 
-def fit_guard(records: list[Record], hashes: Mapping[str, str], max_distance: float, progress: bool = False) -> dict[str, Any]:
+def fit_guard(records: list[Record], hashes: Mapping[str, str], max_distance: float, progress: bool = False,
+              thumbnails: np.ndarray | None = None) -> dict[str, Any]:
     """A run's out-of-distribution guard (:mod:`cxrscreen.inference.ood`), fitted on the whole-image features
     (:mod:`cxrscreen.models.guard_net`) of ``records`` (its training and validation images), with the threshold
     set on out-of-fold scores, folds drawn by patient and near-duplicate group (``hashes``: path -> pHash; within
-    ``max_distance`` bits per 64). Files that do not decode are left out, as training left them out."""
+    ``max_distance`` bits per 64). ``thumbnails``: the guard's inputs of ``records``, uint8 (N, 64, 64), when the
+    caller has them; otherwise they are read (through the cache), and files that do not decode are left out, as
+    training left them out."""
     from cxrscreen.data.splits import record_groups
     from cxrscreen.inference.ood import fit_ood_guard
     from cxrscreen.models.guard_net import GUARD_ACCEPT_RATE, GUARD_NETWORK, guard_thumbnails, torch_guard_features
 
     groups = record_groups(records, hashes, max_distance)
-    thumbnails, ok = guard_thumbnails([r.path for r in records], progress, on_bad_image="skip")
-    return fit_ood_guard(torch_guard_features(thumbnails), groups[ok], accept_rate=GUARD_ACCEPT_RATE,
+    if thumbnails is None:
+        inputs, ok = guard_thumbnails([r.path for r in records], progress, on_bad_image="skip")
+    else:
+        inputs, ok = thumbnails.astype(np.float32) / 255.0, list(range(len(records)))
+    return fit_ood_guard(torch_guard_features(inputs), groups[ok], accept_rate=GUARD_ACCEPT_RATE,
                          features="whole_image", network=GUARD_NETWORK)
 
 
@@ -361,8 +367,9 @@ class Trainer:
         device = self.ctx.device
         val_logits = predict_logits(self.model, self.data.val_images, device)
         meta.temperature = float(fit_temperature(val_logits, self.data.val_targets))
-        meta.ood = fit_guard(self.data.records["train"] + self.data.records["val"], self.data.hashes,
-                             self.cfg.dedup_distance)
+        meta.ood = fit_guard([r for side in GUARD_SIDES for r in self.data.records[side]], self.data.hashes,
+                             self.cfg.dedup_distance,
+                             thumbnails=np.concatenate([self.data.guard_inputs[side] for side in GUARD_SIDES]))
         meta.train_hashes = list(self.data.train_hashes)
         test_logits = predict_logits(self.model, self.data.test_images, device)
         test = held_out_report(test_logits / meta.temperature, self.data.test_targets, meta.classes, self.cfg.seed)
@@ -471,7 +478,7 @@ def refit_ood_guard(
         raise RunDirError(f"{target}: not a model of the run in {run_dir} (architecture or preprocessing differ)")
     configure_threads(cfg.num_threads)
     split = load_split(run_dir / SPLIT_FILE, run_dataset(cfg, log)[2])
-    records = split.part("train").records + split.part("val").records
+    records = [r for side in GUARD_SIDES for r in split.part(side).records]
     meta.ood = fit_guard(records, split.hashes, cfg.dedup_distance, progress)
     save_checkpoint(target, model, meta)
     log(f"{target}: guard refitted on {meta.ood['n_fit']} training and validation images, threshold set on their "
