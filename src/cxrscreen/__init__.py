@@ -12,11 +12,15 @@ SCREENING_NOTICE = (
 )
 
 
-def load_model(path=None, backend: str = "torch"):
-    """Load a trained classifier (the bundled default when ``path`` is None) as a :class:`Predictor`."""
+def load_model(path=None, backend: str = "torch", device: str = "auto", threads=None, thresholds=None):
+    """Load a trained classifier (the bundled default when ``path`` is None) as a
+    :class:`cxrscreen.inference.predictor.Predictor`; the arguments are those of
+    :func:`cxrscreen.inference.predictor.load_predictor`: ``device`` ``auto``/``cpu``/``cuda``, ``threads`` (None:
+    a default that does not oversubscribe the CPUs), ``thresholds`` {class: probability} (None: the model's
+    stored operating point, else the most probable class)."""
     from cxrscreen.inference.predictor import load_predictor
 
-    return load_predictor(path, backend=backend)
+    return load_predictor(path, backend=backend, device=device, threads=threads, thresholds=thresholds)
 
 
 __all__ = ["__version__", "SCREENING_NOTICE", "load_model"]

@@ -36,8 +36,9 @@ def normalize_map(cam: torch.Tensor) -> torch.Tensor:
 class GradCam:
     """Grad-CAM on ``model`` at ``target_layer`` (default: the model's own ``target_layer`` attribute).
 
-    Calling it with inputs (N, 1, H, W) in [0, 1] and a class index (one int for all, one per image, or None
-    for each image's top class) returns (heatmaps float32 (N, H, W) in [0, 1], logits float32 (N, C)).
+    Calling it with inputs (N, 1, H, W) in [0, 1] (on any device: they are moved to the model's) and a class
+    index (one int for all, one per image, or None for each image's top class) returns (heatmaps float32
+    (N, H, W) in [0, 1], logits float32 (N, C)), as numpy arrays.
     """
 
     def __init__(self, model: nn.Module, target_layer: str | None = None):
@@ -63,12 +64,13 @@ class GradCam:
         self.model.eval()
         try:
             with torch.enable_grad(), torch.inference_mode(False):
-                inputs = x.detach().float().clone().requires_grad_(True)
+                device = next(self.model.parameters()).device
+                inputs = x.detach().to(device).float().clone().requires_grad_(True)
                 logits = self.model(inputs)
                 if not captured:
                     raise ModelError(f"{self.layer_name}: layer did not run in the forward pass")
                 activations = captured[-1]
-                targets = self._targets(logits, class_index)
+                targets = self._targets(logits, class_index).to(device)
                 score = logits.gather(1, targets[:, None]).sum()
                 (gradients,) = torch.autograd.grad(score, activations)
         finally:
@@ -77,7 +79,7 @@ class GradCam:
         weights = gradients.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * activations).sum(dim=1, keepdim=True))
         cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return normalize_map(cam.detach()).numpy().astype(np.float32), logits.detach().numpy()
+        return normalize_map(cam.detach()).float().cpu().numpy(), logits.detach().float().cpu().numpy()
 
     @staticmethod
     def _targets(logits: torch.Tensor, class_index: int | list[int] | None) -> torch.Tensor:

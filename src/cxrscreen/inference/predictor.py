@@ -11,9 +11,9 @@ the classifier's penultimate features). A screening aid, not a diagnosis: every 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, Sequence
+from typing import Any, NamedTuple, Protocol, Sequence, overload
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from cxrscreen.models.registry import XrayClassifier
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "weights" / "default.pt"
 OUT_OF_DISTRIBUTION_LABEL = "not a chest X-ray?"
 BACKENDS = ("torch", "onnx")
+DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_BATCH_SIZE = 32
 
 
@@ -36,9 +37,10 @@ DEFAULT_BATCH_SIZE = 32
 class Prediction:
     """One image's result. ``probabilities`` (class -> p, summing to 1) are temperature-scaled.
 
-    ``label`` is the most probable class, or ``"not a chest X-ray?"`` when the OOD guard rejects the image
-    (``in_distribution`` False). ``ood_score`` is None when the model has no guard; ``lungs_found`` is None when
-    the model's preprocessing does not look for the lungs.
+    ``label`` is the class chosen by :func:`decide` (the most probable class unless decision thresholds are set),
+    or ``"not a chest X-ray?"`` when the OOD guard rejects the image (``in_distribution`` False). ``ood_score``
+    is None when the model has no guard; ``lungs_found`` is None when the model's preprocessing does not look for
+    the lungs. ``known_limits``: the model's known weaknesses (:attr:`Predictor.known_limits`).
     """
 
     source: str
@@ -47,6 +49,7 @@ class Prediction:
     in_distribution: bool
     ood_score: float | None
     lungs_found: bool | None
+    known_limits: list[str] = field(default_factory=list)
 
     @property
     def top_class(self) -> str:
@@ -61,6 +64,7 @@ class Prediction:
             "in_distribution": self.in_distribution,
             "ood_score": self.ood_score,
             "lungs_found": self.lungs_found,
+            "known_limits": list(self.known_limits),
             "notice": SCREENING_NOTICE,
         }
 
@@ -106,22 +110,99 @@ class NetOutputs(NamedTuple):
 
 
 class TorchBackend:
-    """Eager PyTorch on CPU, in inference mode; channels-last memory layout when it is faster for the network."""
+    """Eager PyTorch in inference mode on ``device`` (``cpu`` or ``cuda``); channels-last memory layout when it is
+    faster for the network."""
 
-    def __init__(self, model: XrayClassifier, channels_last: bool = True):
-        self.model = model.eval()
+    def __init__(self, model: XrayClassifier, channels_last: bool = True, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             features = self.model.features(x)
             logits = self.model.head(features)
-        return logits.numpy(), features.numpy()
+        return logits.float().cpu().numpy(), features.float().cpu().numpy()
+
+
+def parse_thresholds(items: Sequence[str]) -> dict[str, float]:
+    """``["covid=0.3", ...]`` (the CLI's ``--threshold CLASS=P``) -> ``{"covid": 0.3}``; a :class:`ConfigError`
+    naming the item when it is not ``CLASS=P`` with P in [0, 1] or names a class twice. Class names are checked
+    against the model by :func:`check_thresholds`."""
+    thresholds: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        try:
+            probability = float(value)
+        except ValueError:
+            probability = float("nan")
+        if not sep or not name or not 0.0 <= probability <= 1.0:
+            raise ConfigError(f"--threshold {item!r}: expected CLASS=P with P a probability in [0, 1]")
+        if name in thresholds:
+            raise ConfigError(f"--threshold {item!r}: class {name!r} given twice")
+        thresholds[name] = probability
+    return thresholds
+
+
+def check_thresholds(thresholds: dict[str, float], classes: Sequence[str]) -> dict[str, float]:
+    """``thresholds`` as {class: float} after checking every class is the model's and every value in [0, 1]."""
+    checked: dict[str, float] = {}
+    for name, value in thresholds.items():
+        if name not in classes:
+            raise ConfigError(f"--threshold {name}: not one of the model's classes: {', '.join(classes)}")
+        if not 0.0 <= float(value) <= 1.0:
+            raise ConfigError(f"--threshold {name}={value}: a threshold is a probability in [0, 1]")
+        checked[name] = float(value)
+    return checked
+
+
+def decide(probs: np.ndarray, classes: Sequence[str], thresholds: dict[str, float]) -> int:
+    """The index of the predicted class of one probability row (C,).
+
+    The rule: a class with a threshold is *passed* when its probability is >= its threshold. If any class is
+    passed, the most probable passed class wins. Otherwise the most probable class among those without a
+    threshold wins (among all classes when every class has one). Without thresholds this is the argmax. E.g.
+    ``{"covid": 0.3}``: COVID when p(covid) >= 0.3, else the likelier of the other classes.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    passed = [i for i, c in enumerate(classes) if c in thresholds and probs[i] >= thresholds[c]]
+    if not passed:
+        passed = [i for i, c in enumerate(classes) if c not in thresholds] or list(range(len(classes)))
+    return max(passed, key=lambda i: probs[i])
+
+
+def resolve_device(device: str, backend: str) -> str:
+    """``auto``/``cpu``/``cuda`` -> the device to run on; a :class:`ConfigError` for ``cuda`` without a usable
+    GPU or with the ONNX backend (which this package runs on the CPU execution provider only)."""
+    if device not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if backend == "onnx":
+        if device == "cuda":
+            raise ConfigError("--device cuda: the onnx backend runs on the CPU; use --backend torch for a GPU")
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is available to torch here; use --device cpu or auto")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def default_threads() -> int:
+    """Intra-op CPU threads when none are asked for: the CPUs not already busy, at most 4.
+
+    More threads than idle CPUs oversubscribe: on a loaded 2-core machine, torch's default of 2 threads took
+    513 ms for one prediction against 75 ms with 1 (OpenMP threads wait at barriers for descheduled siblings).
+    At most 4, because a server runs several requests side by side, each with these threads.
+    """
+    from cxrscreen.training.threads import available_cpus, idle_cpus
+
+    return min(4, idle_cpus(available_cpus()))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -157,7 +238,9 @@ class Predictor:
 
     Attributes: ``meta`` (:class:`ModelMeta`), ``classes`` (class names in output order), ``backend_name``
     (``torch`` or ``onnx``), ``model_path`` (the file it was loaded from), ``batch_size``, ``segmenter`` (the
-    lung segmenter for lung-focused preprocessing; None = the bundled torch one).
+    lung segmenter for lung-focused preprocessing; None = the bundled torch one), ``device`` (where the torch
+    network runs), ``threads`` (intra-op CPU threads), ``thresholds`` ({class: probability} of :func:`decide`;
+    empty = the most probable class).
     """
 
     def __init__(
@@ -170,6 +253,8 @@ class Predictor:
         batch_size: int = DEFAULT_BATCH_SIZE,
         segmenter: Any = None,
         threads: int | None = None,
+        device: str = "cpu",
+        thresholds: dict[str, float] | None = None,
     ):
         self.meta = meta
         self.classes = list(meta.classes)
@@ -180,7 +265,18 @@ class Predictor:
         self.segmenter = segmenter
         self._torch_model = torch_model
         self.threads = threads
+        self.device = device
+        self.thresholds = check_thresholds(meta.thresholds if thresholds is None else thresholds, self.classes)
         self._guard_runner: Any = None
+
+    @property
+    def known_limits(self) -> list[str]:
+        """Kinds of images this model is known to get wrong (from its checkpoint), one sentence each."""
+        return list(self.meta.known_limits)
+
+    def decide(self, probs: np.ndarray) -> str:
+        """The predicted class of one probability row (C,) under :attr:`thresholds` (see :func:`decide`)."""
+        return self.classes[decide(probs, self.classes, self.thresholds)]
 
     @property
     def img_size(self) -> int:
@@ -269,7 +365,7 @@ class Predictor:
         results = []
         for i, name in enumerate(names):
             probabilities = {c: float(p) for c, p in zip(self.classes, probs[i])}
-            top = self.classes[int(np.argmax(probs[i]))]
+            top = self.decide(probs[i])
             results.append(
                 Prediction(
                     source=name,
@@ -278,12 +374,25 @@ class Predictor:
                     in_distribution=bool(accepted[i]),
                     ood_score=None if scores is None else float(scores[i]),
                     lungs_found=lungs[i],
+                    known_limits=self.known_limits,
                 )
             )
         return results
 
-    def predict(self, source: ImageSource, name: str | None = None) -> Prediction:
-        """Predict one image (path, bytes, PIL image or array). Raises a :class:`CxrError` if it cannot be read."""
+    @overload
+    def predict(self, source: list[ImageSource] | tuple[ImageSource, ...], name: None = None) -> list[Prediction | PredictionFailure]: ...
+
+    @overload
+    def predict(self, source: ImageSource, name: str | None = None) -> Prediction: ...
+
+    def predict(self, source, name=None):
+        """Predict one image (path, bytes, PIL image or array). Raises a :class:`CxrError` if it cannot be read.
+
+        A list or tuple of inputs is passed to :meth:`predict_batch` and gives its list of results."""
+        if isinstance(source, (list, tuple)):
+            if name is not None:
+                raise ConfigError("predict: name= is for one image; pass names= to predict_batch for a list")
+            return self.predict_batch(source)
         label = source_name(source, name)
         image, thumbnail, lungs_found = self.prepare(source, label)
         return self._results([label], image[None], None if thumbnail is None else thumbnail[None], [lungs_found])[0]
@@ -391,8 +500,10 @@ def resolve_model_path(path: str | os.PathLike | None) -> Path:
 def load_predictor(
     path: str | os.PathLike | None = None,
     backend: str = "torch",
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str = "auto",
     threads: int | None = None,
+    thresholds: dict[str, float] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     channels_last: bool = True,
     onnx_optimization: str = "all",
 ) -> Predictor:
@@ -400,25 +511,32 @@ def load_predictor(
 
     ``path``: a checkpoint (``.pt``), a run directory (its ``best.pt``), an exported ``.onnx`` (ONNX backend only)
     or None for the bundled default. ``backend``: ``torch`` (eager) or ``onnx`` (ONNX Runtime; a checkpoint is
-    exported once to a cache file). ``threads``: intra-op threads (None keeps the library defaults).
-    ``channels_last``: torch memory layout (faster for EfficientNet-Lite's depthwise convolutions on CPU, see
-    benchmarks/infer.py).
+    exported once to a cache file). ``device``: ``auto`` (a CUDA GPU when torch sees one, else the CPU), ``cpu``
+    or ``cuda`` (refused when no GPU is available, and for the onnx backend, which runs on the CPU).
+    ``threads``: intra-op CPU threads (None: :func:`default_threads`). ``thresholds``: {class: probability}
+    decision thresholds (rule in :func:`decide`; None: the operating point stored in the model, if any, else
+    the most probable class). ``channels_last``: torch memory layout (faster for EfficientNet-Lite's depthwise
+    convolutions on CPU, see benchmarks/infer.py).
     ``onnx_optimization``: ONNX Runtime graph optimisation level, ``all``/``extended``/``basic``/``disabled``.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    run_on = resolve_device(device, backend)
+    threads = threads or default_threads()
     model_path = resolve_model_path(path)
     is_onnx = model_path.suffix.lower() == ".onnx"
     if backend == "torch":
         if is_onnx:
             raise ConfigError(f"{model_path}: an .onnx model needs --backend onnx")
-        if threads is not None:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
         model, meta = load_checkpoint(model_path)
         check_ood_guard(meta, model_path)
-        return Predictor(meta, TorchBackend(model, channels_last), "torch", model_path, model, batch_size, threads=threads)
+        return Predictor(meta, TorchBackend(model, channels_last, run_on), "torch", model_path, model, batch_size,
+                         threads=threads, device=run_on, thresholds=thresholds)
     from cxrscreen.inference.onnx_export import OnnxRuntimeBackend, cached_onnx_export, read_onnx_meta
 
     onnx_path = model_path if is_onnx else cached_onnx_export(model_path)
@@ -430,7 +548,7 @@ def load_predictor(
         from cxrscreen.models.segmenter import load_segmenter
 
         segmenter = load_segmenter(backend="onnx")
-    return Predictor(meta, runner, "onnx", model_path, None, batch_size, segmenter, threads)
+    return Predictor(meta, runner, "onnx", model_path, None, batch_size, segmenter, threads, thresholds=thresholds)
 
 
 def check_ood_guard(meta: ModelMeta, path: Path) -> None:

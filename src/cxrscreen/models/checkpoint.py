@@ -42,6 +42,11 @@ class ModelMeta:
     ood: dict[str, Any] = field(default_factory=dict)
     train_hashes: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    # Decision thresholds {class: probability} of the model's operating point (see
+    # cxrscreen.inference.predictor.decide); empty = the most probable class.
+    thresholds: dict[str, float] = field(default_factory=dict)
+    # Kinds of images the model is known to get wrong, one plain sentence each, shown with every prediction.
+    known_limits: list[str] = field(default_factory=list)
 
     @property
     def label_set(self) -> LabelSet:
