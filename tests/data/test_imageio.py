@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
-from badinputs.corpus import encode, png_header_only, reference_image, to_uint8
+from badinputs.corpus import dicom_bytes, encode, make_dicom, png_header_only, reference_image, to_uint8
 from cxrscreen.data import imageio
 from cxrscreen.data.imageio import array_to_xray, check_size, iter_image_files, load_xray
 from cxrscreen.errors import ImageDecodeError
@@ -92,18 +92,37 @@ def test_bytes_and_file_objects_use_the_given_name() -> None:
         load_xray(io.BytesIO(png[:-20]), name="upload.png")
 
 
-def test_pillow_bomb_warning_is_an_error() -> None:
-    """Between Pillow's warning (~89 MP) and error (~179 MP) limits the warning must still refuse the image."""
-    with pytest.raises(ImageDecodeError, match="^big.png: image too large"):
-        load_xray(png_header_only(9500, 9500), name="big.png")
-    with pytest.raises(ImageDecodeError, match="^bomb.png: image too large"):
-        load_xray(png_header_only(30000, 30000), name="bomb.png")
+def test_one_pixel_limit_for_every_size_and_not_pillows() -> None:
+    """Between Pillow's warning (~89 MP) and error (~179 MP) limits, past both, and below Pillow's limit but over
+    MAX_PIXELS: the same one-line message naming the file, its size and the limit."""
+    limit = f"over the {imageio.MAX_PIXELS / 10**6:g}-megapixel limit"
+    for side in (9500, 30000, 7200):
+        with pytest.raises(ImageDecodeError, match=f"^big.png: image too large: {side}x{side} pixels is {limit}$"):
+            load_xray(png_header_only(side, side), name="big.png")
+    assert 7200 * 7200 < Image.MAX_IMAGE_PIXELS  # so the last case is ours, not Pillow's
+
+
+def test_pixel_limit_is_checked_on_the_header_before_decoding(monkeypatch, tmp_path: Path) -> None:
+    """A real, valid 90-megapixel black PNG (the kind that blocked the server) is refused without decoding it."""
+    path = tmp_path / "black.png"
+    Image.new("L", (9400, 9400)).save(path)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("pixels decoded before the size check"))
+    with pytest.raises(ImageDecodeError, match=f"^{path}: image too large: 9400x9400 pixels"):
+        load_xray(path)
+
+
+def test_dicom_rows_and_columns_are_checked_before_decoding() -> None:
+    ds = make_dicom(np.zeros((8, 8), np.uint16), bits_stored=12)
+    ds.Rows = ds.Columns = 8000  # the header claims 64 MP; the pixel data holds 64 pixels and is never decoded
+    with pytest.raises(ImageDecodeError, match="^huge.dcm: image too large: 8000x8000 pixels"):
+        load_xray(dicom_bytes(ds), name="huge.dcm")
 
 
 def test_pixel_limit_applies_to_every_source() -> None:
-    with pytest.raises(ImageDecodeError, match="^x: 10001x10000 pixels is over the 100-megapixel limit"):
-        check_size(10000, 10001, "x")
-    check_size(10000, 10000, "x")
+    side = int(imageio.MAX_PIXELS**0.5)
+    with pytest.raises(ImageDecodeError, match=f"^x: image too large: {side + 1}x{side} pixels"):
+        check_size(side, side + 1, "x")
+    check_size(side, side, "x")
 
 
 def test_files_over_the_size_limit_are_refused_before_reading(tmp_path: Path, monkeypatch) -> None:

@@ -7,8 +7,10 @@ Accepted: PNG (8/16-bit; grey, RGB, RGBA, palette), JPEG (grey, RGB, CMYK; EXIF 
 (single frame; see :mod:`cxrscreen.data.dicom`). Colour becomes luminance (ITU-R 601 weights, as Pillow's
 ``convert("L")``); transparency is flattened onto black. 16-bit PNGs are scaled by their bit depth (65535 = white),
 never clipped at 255. Anything else (other formats, empty, truncated or corrupt files, PNG CRC mismatches,
-animations, images under 2 px or over 100 megapixels, files over 512 MiB, directories, devices) raises
-:class:`ImageDecodeError` whose one-line message starts with the source's name and says why.
+animations, images under 2 px or over ``MAX_PIXELS`` (50 megapixels), files over 512 MiB, directories, devices)
+raises :class:`ImageDecodeError` whose one-line message starts with the source's name and says why. The pixel limit
+is checked on the header (PNG/JPEG dimensions, DICOM Rows/Columns) before any pixel is decoded, and it is the
+only one: Pillow's own decompression-bomb limit (89.5 megapixels) is not consulted.
 """
 
 from __future__ import annotations
@@ -17,22 +19,27 @@ import io
 import os
 import stat
 import struct
-import warnings
 import zlib
 from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin
 
 from cxrscreen.errors import ImageDecodeError
 
-MAX_PIXELS = 100_000_000
+# The largest detectors make ~20-megapixel radiographs; decoding and preparing a 90-megapixel image takes half a
+# minute of CPU, so anything past this is refused from its header.
+MAX_PIXELS = 50_000_000
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MIN_SIDE = 2
-PIL_FORMATS = ("PNG", "JPEG")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Pillow's plugin openers read only the header, and (unlike ``Image.open``) apply no decompression-bomb check of
+# their own, so MAX_PIXELS is the one limit and its message the one the user sees.
+PILLOW_OPENERS = {"png": PngImagePlugin.PngImageFile, "jpeg": JpegImagePlugin.jpeg_factory}
+# What Pillow's openers raise on a header they cannot parse (``Image.open`` turns these into UnidentifiedImageError).
+HEADER_ERRORS = (SyntaxError, IndexError, TypeError, struct.error)
 
 # Formats recognised only to say clearly that they are not accepted.
 FOREIGN_SIGNATURES: tuple[tuple[bytes, str], ...] = (
@@ -157,32 +164,32 @@ def check_png_crcs(data: bytes, name: str) -> None:
 
 
 def _open_with_pillow(data: bytes, kind: str, name: str) -> Image.Image:
-    """Open and fully decode a PNG/JPEG with Pillow, its decompression-bomb warning turned into an error."""
+    """Open a PNG/JPEG with Pillow, check its header's size against ``MAX_PIXELS``, then decode it fully."""
     label = kind.upper()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
-            check_size(image.height, image.width, name)
-            if getattr(image, "n_frames", 1) > 1:
-                raise ImageDecodeError(f"{name}: animated image with {image.n_frames} frames is not an X-ray")
-            image.load()
-            return ImageOps.exif_transpose(image)
+        try:
+            image = PILLOW_OPENERS[kind](io.BytesIO(data))
+        except HEADER_ERRORS:
+            raise ImageDecodeError(f"{name}: not a readable {label} image") from None
+        check_size(image.height, image.width, name)
+        if getattr(image, "n_frames", 1) > 1:
+            raise ImageDecodeError(f"{name}: animated image with {image.n_frames} frames is not an X-ray")
+        image.load()
+        return ImageOps.exif_transpose(image)
     except ImageDecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"{name}: image too large ({exc})") from None
-    except UnidentifiedImageError:
-        raise ImageDecodeError(f"{name}: not a readable {label} image") from None
     except Exception as exc:  # Pillow's decoders raise many types (OSError, SyntaxError, ValueError, ...) on bad data
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageDecodeError(f"{name}: corrupt or truncated {label} ({reason})") from None
 
 
 def check_size(height: int, width: int, name: str) -> None:
-    """Refuse images under ``MIN_SIDE`` pixels on a side or over ``MAX_PIXELS`` in all."""
+    """Refuse images under ``MIN_SIDE`` pixels on a side or over ``MAX_PIXELS`` in all (from the header: call it
+    before decoding)."""
     if height * width > MAX_PIXELS:
-        raise ImageDecodeError(f"{name}: {width}x{height} pixels is over the {MAX_PIXELS // 10**6}-megapixel limit")
+        raise ImageDecodeError(
+            f"{name}: image too large: {width}x{height} pixels is over the {MAX_PIXELS / 10**6:g}-megapixel limit"
+        )
     if height < MIN_SIDE or width < MIN_SIDE:
         raise ImageDecodeError(f"{name}: {width}x{height} image is too small to be an X-ray")
 
