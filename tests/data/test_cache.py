@@ -61,9 +61,9 @@ def test_other_preprocessings_come_from_the_same_decode(tmp_path, real_images, m
     is not prepared again."""
     thumbnail = Preprocessing(img_size=32)
     decodes, prepared_for = [], []
-    decode, prepare = cache_module.load_xray, cache_module.prepare_decoded
+    decode, prepare = cache_module.load_xray, Preprocessing.prepare
     monkeypatch.setattr(cache_module, "load_xray", lambda data, name: decodes.append(name) or decode(data, name))
-    monkeypatch.setattr(cache_module, "prepare_decoded", lambda image, pp: prepared_for.append(pp) or prepare(image, pp))
+    monkeypatch.setattr(Preprocessing, "prepare", lambda pp, image, find=None: prepared_for.append(pp) or prepare(pp, image, find))
     load_prepared(real_images[:2], PP, cache_dir=tmp_path, progress=False)
     decodes.clear(), prepared_for.clear()
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from cxrscreen.data.lungs import apply_lung_mode, dilate, hide_lungs, keep_only_lungs, lung_box
-from cxrscreen.data.transforms import Preprocessing, prepare_image, prepare_with_info
+from cxrscreen.data.imageio import load_xray
+from cxrscreen.data.transforms import Preprocessing, prepare_image
+from cxrscreen.models.segmenter import lung_finder
 
 
 @pytest.fixture
@@ -72,13 +74,15 @@ def test_mask_of_another_shape_is_refused(image):
         hide_lungs(image, np.ones((10, 10), dtype=bool))
 
 
-def test_prepare_with_info_uses_the_lungs_of_a_real_xray(shared_data):
+def test_prepare_uses_the_lungs_of_a_real_xray(shared_data):
     path = sorted((shared_data / "lung_segmentation" / "jsrt" / "images").glob("*.jpg"))[0]
     pp = Preprocessing(img_size=64, lung_mode="crop")
-    cropped, found = prepare_with_info(path, pp)
+    prepared = pp.prepare(load_xray(path), lung_finder())
+    cropped, found = prepared.input, prepared.lungs_found
     assert found is True and cropped.shape == (64, 64) and cropped.dtype == np.float32
-    whole, none_needed = prepare_with_info(path, Preprocessing(img_size=64))
-    assert none_needed is None
+    whole = Preprocessing(img_size=64).prepare(load_xray(path))
+    assert whole.lungs_found is None
+    whole = whole.input
     assert np.abs(cropped - whole).mean() > 0.02  # the crop changed the view
 
 
@@ -97,7 +101,8 @@ def test_unfound_lungs_are_framed_like_found_ones() -> None:
 
     pp = Preprocessing(img_size=64, lung_mode="crop_mask")
     noise = np.random.default_rng(0).random((128, 128)).astype(np.float32)
-    prepared, found = prepare_with_info(noise, pp)
+    result = pp.prepare(noise, lung_finder())
+    prepared, found = result.input, result.lungs_found
     assert found is False
     expected = prepare_image(noise, pp, typical_lung_mask(noise.shape))
     np.testing.assert_allclose(prepared, expected)

@@ -28,7 +28,6 @@ from cxrscreen.evaluation.audit import (
     audit_model,
     audit_report,
     lung_edits,
-    mask_in_input_frame,
 )
 from cxrscreen.inference.predictor import Predictor, TorchBackend
 from cxrscreen.models.checkpoint import ModelMeta, save_checkpoint
@@ -104,7 +103,8 @@ def corner_region() -> np.ndarray:
 
 
 def lung_region() -> np.ndarray:
-    return mask_in_input_frame(lung_mask(), Preprocessing(img_size=SIDE))
+    mask = lung_mask()
+    return Preprocessing(img_size=SIDE).prepare(mask.astype(np.float32)).to_input(mask) >= 0.5
 
 
 def audit_of(region: np.ndarray, where: str):
@@ -138,15 +138,6 @@ def test_no_dilation_edits_exactly_the_mask():
     edits = lung_edits(image, lung_mask(), dilation=0.0)
     changed = edits["lungs_hidden"] != image
     assert not changed[~lung_mask()].any()
-
-
-def test_mask_follows_a_lung_crop_into_the_input_frame():
-    mask = lung_mask()
-    plain = mask_in_input_frame(mask, Preprocessing(img_size=32))
-    cropped = mask_in_input_frame(mask, Preprocessing(img_size=32, lung_mode="crop", crop_margin=0.0))
-    assert plain.shape == cropped.shape == (32, 32)
-    assert cropped.mean() > plain.mean()  # the crop removes background, so the lungs fill more of the frame
-    assert cropped[:, 0].all() and not cropped[:, 16].any()  # crop starts at the left lung; gap in the middle
 
 
 def test_a_model_looking_at_a_corner_uses_shortcuts():

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cxrscreen.data.imageio import iter_image_files, load_xray, read_image_file
-from cxrscreen.data.transforms import Preprocessing, prepare_decoded
+from cxrscreen.data.transforms import FindLungs, Preprocessing
 from cxrscreen.errors import ConfigError, CxrError, DatasetLayoutError, ImageDecodeError, ModelError
 from cxrscreen.io_utils import atomic_write, write_json
 
@@ -82,6 +82,14 @@ def content_hash(data: bytes) -> str:
 @functools.lru_cache(maxsize=8)
 def _file_digest(path: Path, mtime_ns: int, size: int) -> str:
     return content_hash(path.read_bytes())
+
+
+def bundled_lung_finder() -> FindLungs:
+    """The bundled lung segmenter as :meth:`Preprocessing.prepare`'s lung finder (the one :func:`segmenter_digest`
+    keys the cache on)."""
+    from cxrscreen.models.segmenter import lung_finder
+
+    return lung_finder()
 
 
 def segmenter_digest() -> str:
@@ -182,7 +190,7 @@ def _complete(found: _Outcome, path: str, variants: Sequence[_Variant]) -> _Outc
         images = list(found.images or [None] * len(variants))
         for i, variant in enumerate(variants):
             if images[i] is None:
-                images[i] = to_uint8(prepare_decoded(decoded, variant.pp)[0])
+                images[i] = to_uint8(variant.pp.prepare(decoded, bundled_lung_finder()).input)
                 if variant.cache is not None:
                     variant.cache.put(digest, images[i])
         return _Outcome(found.index, images=images)

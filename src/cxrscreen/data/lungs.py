@@ -8,10 +8,13 @@ An empty mask means no lungs to focus on: the image is returned as it is.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy import ndimage
 
-from cxrscreen.data.transforms import Preprocessing
+if TYPE_CHECKING:  # transforms imports this module; the annotations only need the name
+    from cxrscreen.data.transforms import Frame, Preprocessing
 
 
 def check_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -88,9 +91,15 @@ def apply_lung_mode(image: np.ndarray, mask: np.ndarray, pp: Preprocessing) -> n
     out = image.astype(np.float32, copy=False)
     if not mask.any():
         return out.copy()
-    if pp.lung_mode in ("mask", "crop_mask"):
+    if pp.masks_outside_lungs:
         out = fill_where(out, ~dilate(mask, pp.mask_dilation))
-    if pp.lung_mode in ("crop", "crop_mask"):
-        top, bottom, left, right = lung_box(mask, pp.crop_margin)
-        out = out[top:bottom, left:right]
-    return np.ascontiguousarray(out, dtype=np.float32)
+    top, bottom, left, right = lung_frame(mask, pp)
+    return np.ascontiguousarray(out[top:bottom, left:right], dtype=np.float32)
+
+
+def lung_frame(mask: np.ndarray, pp: Preprocessing) -> Frame:
+    """The box (top, bottom, left, right) of the image that :func:`apply_lung_mode` keeps: the lungs' box plus
+    ``pp.crop_margin`` when ``pp`` crops to the lungs, else (or for an empty mask) the whole image."""
+    if pp.crops_to_lungs:
+        return lung_box(mask, pp.crop_margin)
+    return 0, mask.shape[0], 0, mask.shape[1]

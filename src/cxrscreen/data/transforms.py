@@ -1,7 +1,10 @@
 """Preprocessing from the decoded X-ray to the network's input, identical in every path.
 
-Train, evaluate, predict (torch and ONNX Runtime), explain and serve all call :func:`prepare_image` with the
-:class:`Preprocessing` stored in the model's checkpoint. Input and output follow the one image convention:
+Train, evaluate, predict (torch and ONNX Runtime), explain, audit and serve all call
+:meth:`Preprocessing.prepare` with the :class:`Preprocessing` stored in the model's checkpoint. It returns a
+:class:`Prepared`: the network input together with the geometry that made it (the box of the original image it
+shows) and whether the lungs were found, so that no caller re-derives the crop (after MONAI's invertible
+transforms, which keep what they applied beside their output). Input and output follow the one image convention:
 float32 (H, W) in [0, 1]; the output is ``img_size`` x ``img_size``.
 """
 
@@ -9,15 +12,55 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
+from cxrscreen.data.imageio import load_xray
+from cxrscreen.data.lungs import apply_lung_mode, lung_frame, typical_lung_mask
 from cxrscreen.errors import ConfigError
 
 LUNG_MODES = ("none", "crop", "mask", "crop_mask")
 EQUALIZE_MODES = ("none", "hist", "clahe")
+
+# (top, bottom, left, right) of a box in an image, bottom/right exclusive.
+Frame = tuple[int, int, int, int]
+# Decoded X-ray float32 (H, W) in [0, 1] -> its lung mask bool (H, W), or None when no plausible lungs were found
+# (e.g. :func:`cxrscreen.models.segmenter.lung_finder`). Passed in, so that ``data`` needs no model code.
+FindLungs = Callable[[np.ndarray], "np.ndarray | None"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A decoded X-ray made into the network's input, with what was done to it.
+
+    ``input``: float32 (img_size, img_size) in [0, 1], the exact array the network scores. ``frame``: the box
+    (top, bottom, left, right) of the original image that ``input`` shows, resized. ``lungs_found``: None when
+    the preprocessing does not look for the lungs, else whether they were found (when not, the typical lung fields
+    were used). ``original_shape``: (H, W) of the decoded X-ray.
+    """
+
+    input: np.ndarray
+    frame: Frame
+    lungs_found: bool | None
+    original_shape: tuple[int, int]
+
+    def to_input(self, array: np.ndarray) -> np.ndarray:
+        """An array at the original's size (H, W), e.g. a lung mask, cut to :attr:`frame` and resized as the input
+        was -> float32 (img_size, img_size)."""
+        if array.shape != self.original_shape:
+            raise ValueError(f"array shape {array.shape} differs from the original image's {self.original_shape}")
+        top, bottom, left, right = self.frame
+        return resize(np.asarray(array, dtype=np.float32)[top:bottom, left:right], self.input.shape)
+
+    def to_original(self, array: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`to_input`: an array in the input's frame (any size, e.g. a Grad-CAM map) resized
+        into :attr:`frame` of a float32 array of the original's size, zero outside the frame."""
+        top, bottom, left, right = self.frame
+        out = np.zeros(self.original_shape, dtype=np.float32)
+        out[top:bottom, left:right] = resize(np.asarray(array, dtype=np.float32), (bottom - top, right - left))
+        return out
 
 
 @dataclass(frozen=True)
@@ -48,6 +91,40 @@ class Preprocessing:
     @property
     def needs_lungs(self) -> bool:
         return self.lung_mode != "none"
+
+    @property
+    def crops_to_lungs(self) -> bool:
+        """Whether the input shows only the lungs' box (``crop``, ``crop_mask``)."""
+        return self.lung_mode in ("crop", "crop_mask")
+
+    @property
+    def masks_outside_lungs(self) -> bool:
+        """Whether everything outside the dilated lungs is set to the image mean (``mask``, ``crop_mask``)."""
+        return self.lung_mode in ("mask", "crop_mask")
+
+    def prepare(self, image: np.ndarray, find_lungs: FindLungs | None = None) -> Prepared:
+        """Decoded X-ray float32 (H, W) -> :class:`Prepared` (the network input and the frame it shows).
+
+        ``find_lungs`` is required when :attr:`needs_lungs`. When it finds no plausible lungs, the typical lung
+        fields (:func:`cxrscreen.data.lungs.typical_lung_mask`) are used instead of a doubtful mask, so that such
+        images are framed like the others (and the frame alone does not tell the model which were hard).
+        """
+        image = np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
+        shape = (int(image.shape[0]), int(image.shape[1]))
+        frame: Frame = (0, shape[0], 0, shape[1])
+        lungs_found = None
+        if self.needs_lungs:
+            if find_lungs is None:
+                raise ConfigError(f"lung_mode {self.lung_mode!r} needs a lung finder (the segmenter)")
+            mask = find_lungs(image)
+            lungs_found = mask is not None
+            if mask is None:
+                mask = typical_lung_mask(image.shape)
+            frame = lung_frame(mask, self)
+            image = apply_lung_mode(image, mask, self)
+        out = resize(image, self.img_size)
+        out = np.clip(equalize(out, self.equalize), 0.0, 1.0).astype(np.float32)
+        return Prepared(out, frame, lungs_found, shape)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,49 +160,14 @@ def equalize(image: np.ndarray, mode: str) -> np.ndarray:
 
 
 def prepare_image(image: np.ndarray, pp: Preprocessing, lung_mask: np.ndarray | None = None) -> np.ndarray:
-    """Decoded X-ray -> network input, float32 (img_size, img_size) in [0, 1].
-
-    ``lung_mask`` (bool, same shape as ``image``) is required when ``pp.needs_lungs``; it is computed by
-    :func:`cxrscreen.models.segmenter.segment_lungs` in :func:`prepare_with_info`.
-    """
-    out = np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
-    if pp.needs_lungs:
-        if lung_mask is None:
-            raise ValueError("lung-focused preprocessing needs a lung mask")
-        from cxrscreen.data.lungs import apply_lung_mode
-
-        out = apply_lung_mode(out, lung_mask, pp)
-    out = resize(out, pp.img_size)
-    return np.clip(equalize(out, pp.equalize), 0.0, 1.0).astype(np.float32)
+    """The network input of :meth:`Preprocessing.prepare` with a known ``lung_mask`` (bool, the image's shape;
+    required when ``pp.needs_lungs``), float32 (img_size, img_size) in [0, 1]."""
+    return pp.prepare(image, None if lung_mask is None else lambda _image: lung_mask).input
 
 
-def prepare_with_info(source, pp: Preprocessing, name: str | None = None, segmenter=None) -> tuple[np.ndarray, bool | None]:
-    """Decode ``source`` and prepare it -> (float32 (img_size, img_size) in [0, 1], lungs_found).
-
-    ``lungs_found`` is None when ``pp`` needs no lungs; otherwise whether the segmenter found plausible lungs.
-    When it did not, the typical lung fields (:func:`cxrscreen.data.lungs.typical_lung_mask`) are used instead of a
-    doubtful mask, so that such images are framed like the others.
-    ``segmenter``: a :class:`cxrscreen.models.segmenter.LungSegmenter` (e.g. the ONNX Runtime one); the bundled
-    torch segmenter when None.
-    """
-    from cxrscreen.data.imageio import load_xray
-
-    return prepare_decoded(load_xray(source, name), pp, segmenter)
-
-
-def prepare_decoded(image: np.ndarray, pp: Preprocessing, segmenter=None) -> tuple[np.ndarray, bool | None]:
-    """:func:`prepare_with_info` of an already decoded X-ray, float32 (H, W) in [0, 1]."""
-    if not pp.needs_lungs:
-        return prepare_image(image, pp), None
-    from cxrscreen.models.segmenter import segment_lungs
-
-    from cxrscreen.data.lungs import typical_lung_mask
-
-    lungs = segment_lungs(image, segmenter)
-    mask = lungs.mask if lungs.plausible else typical_lung_mask(image.shape)
-    return prepare_image(image, pp, mask), lungs.plausible
-
-
-def prepare_from_source(source, pp: Preprocessing, name: str | None = None) -> np.ndarray:
-    """Decode ``source`` (see :func:`cxrscreen.data.imageio.load_xray`) and prepare it for the network."""
-    return prepare_with_info(source, pp, name)[0]
+def prepare_from_source(
+    source, pp: Preprocessing, name: str | None = None, find_lungs: FindLungs | None = None
+) -> np.ndarray:
+    """Decode ``source`` (see :func:`cxrscreen.data.imageio.load_xray`) -> the network input of
+    :meth:`Preprocessing.prepare`, float32 (img_size, img_size) in [0, 1]."""
+    return pp.prepare(load_xray(source, name), find_lungs).input

@@ -23,9 +23,9 @@ import numpy as np
 from cxrscreen import SCREENING_NOTICE
 from cxrscreen.data.cache import to_uint8
 from cxrscreen.data.labels import LabelSet
-from cxrscreen.data.lungs import dilate, hide_lungs, keep_only_lungs, lung_box
+from cxrscreen.data.lungs import dilate, hide_lungs, keep_only_lungs
 from cxrscreen.data.records import Record
-from cxrscreen.data.transforms import Preprocessing, prepare_image, resize
+from cxrscreen.data.transforms import Preprocessing
 from cxrscreen.errors import ConfigError, CxrError, DatasetLayoutError
 from cxrscreen.evaluation.metrics import BinaryMetrics, MulticlassMetrics, class_vs_rest, multiclass_metrics
 from cxrscreen.evaluation.probe import ProbeResult, source_probe
@@ -165,15 +165,6 @@ def lung_edits(image: np.ndarray, mask: np.ndarray, dilation: float = 0.04) -> d
     }
 
 
-def mask_in_input_frame(mask: np.ndarray, pp: Preprocessing) -> np.ndarray:
-    """The lung mask (bool (H, W)) carried through ``pp``'s geometry (lung crop, resize) -> bool (S, S)."""
-    frame = mask.astype(np.float32)
-    if pp.lung_mode in ("crop", "crop_mask") and mask.any():
-        top, bottom, left, right = lung_box(mask, pp.crop_margin)
-        frame = frame[top:bottom, left:right]
-    return resize(frame, pp.img_size) >= 0.5
-
-
 def gradcam_lung_shares(model, inputs: np.ndarray, masks: np.ndarray, class_index: Sequence[int]) -> np.ndarray:
     """Share of each Grad-CAM map's mass inside the lungs: inputs float32 (N, S, S) in [0, 1], masks bool (N, S, S)
     in the same frame, ``class_index`` (N,) the class explained. NaN where the map is empty (no positive evidence)."""
@@ -283,8 +274,9 @@ def audit_arrays(
     frames = np.empty((len(images), side, side), dtype=bool)
     for i, (image, mask) in enumerate(zip(images, masks)):
         for variant, edited in lung_edits(image, mask, cfg.mask_dilation).items():
-            inputs[variant][i] = to_uint8(prepare_image(edited, pp, mask if pp.needs_lungs else None))
-        frames[i] = mask_in_input_frame(mask, pp)
+            prepared = pp.prepare(edited, lambda _edited: mask)  # every variant framed by the unedited lungs
+            inputs[variant][i] = to_uint8(prepared.input)
+        frames[i] = prepared.to_input(mask) >= 0.5  # the lungs in the frame the network saw
 
     scores, features = {}, None
     for variant in VARIANTS:

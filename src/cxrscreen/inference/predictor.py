@@ -85,12 +85,15 @@ class PredictionFailure:
 
 @dataclass
 class Explanation:
-    """Grad-CAM for one image: ``heatmap`` float32 (H, W) in [0, 1] at the input image's size, the X-ray with the
-    heatmap overlaid as PNG bytes, and the class it explains."""
+    """Grad-CAM for one image: ``heatmap`` float32 (H, W) in [0, 1] at the input image's size (zero outside the
+    part of the image the network saw), the X-ray with the heatmap overlaid as PNG bytes, the class it explains,
+    and ``prepared``: the network input it explains, with its frame in the image (the same one
+    :meth:`Predictor.predict` scores)."""
 
     heatmap: np.ndarray
     overlay_png: bytes
     target: str
+    prepared: transforms.Prepared
 
 
 class InferenceBackend(Protocol):
@@ -292,13 +295,23 @@ class Predictor:
 
         return reads_whole_image(self.meta.ood)
 
+    def find_lungs(self, image: np.ndarray) -> np.ndarray | None:
+        """The lung mask of a decoded X-ray, None when no plausible lungs are found (this predictor's segmenter)."""
+        from cxrscreen.models.segmenter import lung_finder
+
+        return lung_finder(self.segmenter)(image)
+
+    def prepare_input(self, image: np.ndarray) -> transforms.Prepared:
+        """A decoded X-ray -> the network input with its frame: the one preparation predict and explain share."""
+        return self.meta.preprocessing.prepare(image, self.find_lungs)
+
     def prepare(self, source: ImageSource, name: str | None = None) -> tuple[np.ndarray, np.ndarray | None, bool | None]:
         """Decode and preprocess one input -> (network input float32 (S, S) in [0, 1], the guard's whole-image
         input float32 (64, 64) or None when the guard does not need it, lungs_found or None)."""
         label = source_name(source, name)
         image = load_xray(source, label)
-        prepared, lungs_found = transforms.prepare_decoded(image, self.meta.preprocessing, self.segmenter)
-        return prepared, guard_thumbnail(image) if self.guard_reads_whole_image else None, lungs_found
+        prepared = self.prepare_input(image)
+        return prepared.input, guard_thumbnail(image) if self.guard_reads_whole_image else None, prepared.lungs_found
 
     def predict_prepared(self, images: np.ndarray, thumbnails: np.ndarray | None = None) -> NetOutputs:
         """Prepared inputs float32 (N, S, S) in [0, 1] -> :class:`NetOutputs` (probabilities temperature-scaled).
@@ -440,35 +453,19 @@ class Predictor:
         return self._torch_model
 
     def explain(self, source: ImageSource, target: str | None = None, name: str | None = None) -> Explanation:
-        """Grad-CAM of ``target`` (a class name; None = the predicted class) for one image."""
+        """Grad-CAM of ``target`` (a class name; None = the class :meth:`predict` gives, thresholds included) for
+        one image, computed on exactly the input that :meth:`predict` scores."""
         from cxrscreen.explain.gradcam import GradCam
         from cxrscreen.explain.overlay import overlay_png
 
         check_target(target, self.classes)
-        label = source_name(source, name)
-        original = load_xray(source, label)
-        prepared, (top, bottom, left, right) = self.input_and_box(original)
-        cam = GradCam(self.torch_model)
-        class_index = None if target is None else self.classes.index(target)
-        heatmaps, logits = cam(torch.from_numpy(prepared)[None, None], class_index)
-        chosen = self.classes[int(np.argmax(logits[0]))] if target is None else target
-        heatmap = np.zeros(original.shape, dtype=np.float32)
-        heatmap[top:bottom, left:right] = np.clip(transforms.resize(heatmaps[0], (bottom - top, right - left)), 0.0, 1.0)
-        return Explanation(heatmap=heatmap, overlay_png=overlay_png(original, heatmap), target=chosen)
-
-    def input_and_box(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """The network input of a decoded X-ray and the box (top, bottom, left, right) of the X-ray it shows:
-        the whole image unless the preprocessing crops to the lungs."""
-        pp = self.meta.preprocessing
-        if pp.lung_mode not in ("crop", "crop_mask"):
-            return self.prepare(image)[0], (0, image.shape[0], 0, image.shape[1])
-        from cxrscreen.data.lungs import lung_box
-        from cxrscreen.models.segmenter import segment_lungs
-
-        lungs = segment_lungs(image, self.segmenter)
-        # As in prepare_with_info: without plausible lungs the whole image is used.
-        mask = lungs.mask if lungs.plausible else np.ones(image.shape, dtype=bool)
-        return transforms.prepare_image(image, pp, mask), lung_box(mask, pp.crop_margin)
+        original = load_xray(source, source_name(source, name))
+        prepared = self.prepare_input(original)
+        if target is None:
+            target = self.decide(self.predict_prepared(prepared.input[None]).probs[0])
+        heatmaps, _ = GradCam(self.torch_model)(torch.from_numpy(prepared.input)[None, None], self.classes.index(target))
+        heatmap = np.clip(prepared.to_original(heatmaps[0]), 0.0, 1.0)
+        return Explanation(heatmap=heatmap, overlay_png=overlay_png(original, heatmap), target=target, prepared=prepared)
 
 
 def check_target(target: str | None, classes: list[str]) -> None:

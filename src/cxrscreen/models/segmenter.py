@@ -350,6 +350,17 @@ def segment_lungs(image: np.ndarray, segmenter: LungSegmenter | None = None) -> 
     return (segmenter or load_segmenter()).segment(image)
 
 
+def lung_finder(segmenter: LungSegmenter | None = None) -> Callable[[np.ndarray], np.ndarray | None]:
+    """The lung finder :meth:`cxrscreen.data.transforms.Preprocessing.prepare` takes: X-ray -> the lung mask, or
+    None when the lungs found are not plausible. The bundled segmenter (loaded on first use) unless one is given."""
+
+    def find_lungs(image: np.ndarray) -> np.ndarray | None:
+        lungs = segment_lungs(image, segmenter)
+        return lungs.mask if lungs.plausible else None
+
+    return find_lungs
+
+
 def segment_lungs_batch(images: Sequence[np.ndarray], segmenter: LungSegmenter | None = None) -> list[LungSegmentation]:
     """:func:`segment_lungs` for many images at once (faster: the network runs on batches)."""
     return (segmenter or load_segmenter()).segment_batch(images)
