@@ -16,6 +16,16 @@ from cxrscreen.models.registry import create_model
 SHARED_DATA = Path(os.environ.get("CXRSCREEN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Every test, and every subprocess one starts, caches under a session temporary folder, never in the user's
+    ``~/.cache/cxrscreen`` (whose stale entries would hide bugs, and which tests must not fill)."""
+    with pytest.MonkeyPatch.context() as patch:
+        root = tmp_path_factory.getbasetemp() / "cxrscreen-cache"
+        patch.setenv("CXRSCREEN_CACHE", str(root))
+        yield root
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Root of the real data; the suite needs it (CI lays ../shared beside the clone)."""

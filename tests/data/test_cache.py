@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from cxrscreen.data import cache as cache_module
 from cxrscreen.data.cache import (
     PreparedCache,
     build_cache,
-    default_cache_dir,
+    cache_root,
     load_prepared,
     to_uint8,
 )
@@ -202,8 +204,38 @@ def test_build_cache_counts(tmp_path, small_radiography):
         build_cache([str(tmp_path / "empty")], PP, progress=False, cache_dir=tmp_path / "cache")
 
 
-def test_cache_location_follows_environment(tmp_path, monkeypatch):
+def test_one_cache_root_for_every_cache(tmp_path, monkeypatch):
+    """$CXRSCREEN_CACHE, else $XDG_CACHE_HOME/cxrscreen, else ~/.cache/cxrscreen; the pHash and ONNX caches ask it."""
+    from cxrscreen.data import dedup
+    from cxrscreen.inference import onnx_export
+
     monkeypatch.setenv("CXRSCREEN_CACHE", str(tmp_path / "somewhere"))
-    assert default_cache_dir() == tmp_path / "somewhere"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "somewhere"
     monkeypatch.delenv("CXRSCREEN_CACHE")
-    assert default_cache_dir() == Path.home() / ".cache" / "cxrscreen"
+    assert cache_root() == tmp_path / "xdg" / "cxrscreen"
+    assert onnx_export.cache_dir() == tmp_path / "xdg" / "cxrscreen" / "onnx"
+    assert PreparedCache(PP).root.parent.parent == tmp_path / "xdg" / "cxrscreen"
+    dedup.hash_files([], cache_file=True)
+    assert (tmp_path / "xdg" / "cxrscreen" / dedup.CACHE_FILE_NAME).is_file()
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_root() == Path.home() / ".cache" / "cxrscreen"
+
+
+def test_tests_never_touch_the_users_cache(tmp_path_factory):
+    """tests/conftest.py points $CXRSCREEN_CACHE at a session temporary folder, which subprocesses inherit."""
+    session_temp = tmp_path_factory.getbasetemp()
+    assert cache_root().is_relative_to(session_temp)
+    child = subprocess.run([sys.executable, "-c", "from cxrscreen.data.cache import cache_root; print(cache_root())"],
+                           capture_output=True, text=True, check=True)
+    assert Path(child.stdout.strip()) == cache_root()
+
+
+def test_a_new_preparation_version_misses_the_cache(tmp_path, real_images, monkeypatch):
+    first = build_cache(real_images[:2], PP, progress=False, cache_dir=tmp_path)
+    assert (first.cached, first.built) == (0, 2)
+    assert build_cache(real_images[:2], PP, progress=False, cache_dir=tmp_path).cached == 2
+    monkeypatch.setattr(cache_module, "PREPARATION_VERSION", cache_module.PREPARATION_VERSION + 1)
+    bumped = build_cache(real_images[:2], PP, progress=False, cache_dir=tmp_path)
+    assert (bumped.cached, bumped.built) == (0, 2)
+    assert len(entries(tmp_path)) == 4

@@ -6,10 +6,10 @@ preprocessing) under ``<cache>/prepared/<variant>/<hash[:2]>/<hash>.npy``, where
 
 - ``hash`` is the blake2b digest of the file's bytes (renaming or copying a file keeps its entry; editing it
   makes a new one), and
-- ``variant`` is a digest of :meth:`Preprocessing.cache_key` plus, for lung-focused preprocessing, the digest
-  of the lung segmenter's weight file, so changing either starts a new cache.
+- ``variant`` is a digest of :data:`PREPARATION_VERSION`, :meth:`Preprocessing.cache_key` and, for lung-focused
+  preprocessing, the digest of the lung segmenter's weight file, so changing any of them starts a new cache.
 
-The cache lives in ``$CXRSCREEN_CACHE`` or ``~/.cache/cxrscreen``. Entries are written atomically (temporary
+The cache lives under :func:`cache_root`, cxrscreen's one cache folder (the pHash and ONNX caches use it too). Entries are written atomically (temporary
 file + rename), so processes building the same cache at once (DDP ranks) never read a half-written entry.
 """
 
@@ -34,6 +34,9 @@ from cxrscreen.io_utils import atomic_write, write_json
 ON_BAD_IMAGE = ("skip", "fail")
 # Below this many cache misses a thread pool costs more than it saves.
 MIN_PARALLEL_MISSES = 16
+# Bump whenever decoding or preparing an image changes its result (imageio, transforms, lungs code): entries of
+# other versions are then never read. The Preprocessing settings and segmenter weights are keyed separately.
+PREPARATION_VERSION = 1
 
 
 @dataclass
@@ -70,9 +73,11 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def default_cache_dir() -> Path:
-    """``$CXRSCREEN_CACHE`` or ``~/.cache/cxrscreen``."""
-    return Path(os.environ.get("CXRSCREEN_CACHE") or Path.home() / ".cache" / "cxrscreen")
+def cache_root() -> Path:
+    """cxrscreen's cache folder: ``$CXRSCREEN_CACHE``, else ``$XDG_CACHE_HOME/cxrscreen``, else ``~/.cache/cxrscreen``."""
+    if os.environ.get("CXRSCREEN_CACHE"):
+        return Path(os.environ["CXRSCREEN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxrscreen"
 
 
 def content_hash(data: bytes) -> str:
@@ -107,9 +112,9 @@ class PreparedCache:
 
     def __init__(self, pp: Preprocessing, cache_dir: Path | None = None):
         self.pp = pp
-        key = pp.cache_key() + (f"|lungs={segmenter_digest()}" if pp.needs_lungs else "")
+        key = f"prep-v{PREPARATION_VERSION}|{pp.cache_key()}" + (f"|lungs={segmenter_digest()}" if pp.needs_lungs else "")
         self.variant = content_hash(key.encode())
-        self.root = Path(cache_dir or default_cache_dir()) / "prepared" / self.variant
+        self.root = Path(cache_dir or cache_root()) / "prepared" / self.variant
         self._key = key
 
     def entry_path(self, digest: str) -> Path:

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from cxrscreen.data.cache import cache_root
 from cxrscreen.data.imageio import load_xray
 from cxrscreen.data.records import Record
 from cxrscreen.errors import ConfigError, CxrError
@@ -37,13 +38,6 @@ DISTANCE_UNIT_BITS = 64  # distances are reported per 64 bits of hash
 CACHE_FILE_NAME = f"phash{PHASH_SIZE * PHASH_SIZE}-v1.sqlite"
 # Pairs compared at once: ~32 MB of uint64 XOR per word, whatever the number of images.
 BLOCK_ELEMENTS = 4_000_000
-
-
-def cache_dir() -> Path:
-    """cxrscreen's cache folder: ``$CXRSCREEN_CACHE``, else ``$XDG_CACHE_HOME/cxrscreen``, else ``~/.cache/cxrscreen``."""
-    if os.environ.get("CXRSCREEN_CACHE"):
-        return Path(os.environ["CXRSCREEN_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxrscreen"
 
 
 def image_phash(image: np.ndarray) -> str:
@@ -113,7 +107,7 @@ def hash_files(
     False/None = no cache, or a path)."""
     paths = [str(p) for p in paths]
     if cache_file is True:
-        cache_file = cache_dir() / CACHE_FILE_NAME
+        cache_file = cache_root() / CACHE_FILE_NAME
     cache = HashCache(cache_file or None)
     result = FileHashes()
     keys: dict[str, str] = {}

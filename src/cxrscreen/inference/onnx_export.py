@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrscreen.data.cache import cache_root
 from cxrscreen.errors import ConfigError, ModelError
 from cxrscreen.io_utils import atomic_write
 from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint
@@ -99,9 +100,8 @@ def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
 
 
 def cache_dir() -> Path:
-    """Where checkpoints exported on first use are kept: ``$CXRSCREEN_CACHE`` or ``~/.cache/cxrscreen``."""
-    root = os.environ.get("CXRSCREEN_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cxrscreen"
-    return Path(root) / "onnx"
+    """Where checkpoints exported on first use are kept: ``onnx/`` in :func:`cxrscreen.data.cache.cache_root`."""
+    return cache_root() / "onnx"
 
 
 def cached_onnx_export(checkpoint_path: str | os.PathLike) -> Path:
