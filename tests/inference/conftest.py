@@ -29,3 +29,18 @@ def real_xrays(radiography_root: Path, shared_data: Path) -> list[Path]:
     ]
     assert len(picks) == 8
     return picks
+
+
+@pytest.fixture(scope="session")
+def bundled_predictors(tmp_path_factory: pytest.TempPathFactory):
+    """The bundled model through both engines, as users load it: ``cxrscreen.load_model()`` (torch, with the torch
+    lung segmenter) and ``load_model(backend="onnx")`` (ONNX Runtime for the classifier and the segmenter)."""
+    import cxrscreen
+    from cxrscreen.inference.predictor import DEFAULT_MODEL
+
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip("bundled default model not trained yet")
+    # Session fixtures are set up before the autouse ``onnx_cache``: point the one-time exports at the temp cache here.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CXRSCREEN_CACHE", str(tmp_path_factory.getbasetemp() / "cxrscreen-cache"))
+        return {"torch": cxrscreen.load_model(), "onnx": cxrscreen.load_model(backend="onnx")}
