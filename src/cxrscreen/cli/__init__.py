@@ -20,15 +20,41 @@ COMMAND_MODULES = (
 )
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to every option's help, except where there is nothing to show: a default of None
+    (the help says what happens then) and flags that take no value."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class CliParser(argparse.ArgumentParser):
+    """The parser of cxrscreen and of each (sub)command: defaults in the help, and a misspelt option is reported
+    with the usage of the subcommand it was given to (argparse leaves it to the top parser, whose usage lists only
+    the commands)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="cxrscreen",
         description="Screen chest X-rays for COVID-19 and other pneumonias. A screening aid, not a diagnosis.",
     )
     from cxrscreen import __version__
 
     parser.add_argument("--version", action="version", version=f"cxrscreen {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CliParser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"cxrscreen.cli.{name}").register(subparsers)
     return parser

@@ -16,17 +16,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", action="append", metavar="PATH", help="collection to evaluate (repeat to combine; default: the run's training data)")
     p.add_argument("--split", default="test", choices=["test", "val", "train", "all"],
                    help="side of the run's split when --data is its training data; all = every image")
-    p.add_argument("--external", nargs="+", action="extend", default=[], metavar="PATH",
-                   help="other collections to evaluate and compare with --data")
-    p.add_argument("--by", choices=["source"], help="also report metrics per source")
-    p.add_argument("--classes", help="evaluate on these classes (e.g. covid,other), merging the model's probabilities")
+    p.add_argument("--external", nargs="+", action="extend", metavar="PATH",
+                   help="other collections to evaluate and compare with --data (default: none)")
+    p.add_argument("--by", choices=["source"], help="also report metrics per source (default: overall only)")
+    p.add_argument("--classes", help="evaluate on these classes (e.g. covid,other), merging the model's probabilities (default: the model's classes)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/eval)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples for the CIs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the bootstrap resamples")
     p.add_argument("--dedup-distance", type=int, default=6, metavar="BITS",
                    help="pHash Hamming distance at or below which an image counts as a training near-duplicate")
     p.add_argument("--label-map", action="append", metavar="FROM=TO",
-                   help="map a collection's label onto one of the model's classes (repeatable)")
+                   help="map a collection's label onto one of the model's classes (repeatable; default: the built-in label table only)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_evaluate)
 
@@ -40,7 +40,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         data=args.data or [],
         model=args.model,
         split=args.split,
-        external=args.external,
+        external=args.external or [],
         by_source=args.by == "source",
         classes=args.classes,
         out=args.out,

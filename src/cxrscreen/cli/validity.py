@@ -23,13 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--data", action="append", metavar="PATH", help="collection to audit (repeat to combine; default: the run's training data)")
     a.add_argument("--split", default="test", choices=["test", "val", "train", "all"],
                    help="side of the run's split when --data is its training data")
-    a.add_argument("--max-images", type=int, metavar="N", help="audit a random sample of at most N images")
+    a.add_argument("--max-images", type=int, metavar="N", help="audit a random sample of at most N images (default: all)")
     a.add_argument("--mask-dilation", type=float, default=0.04, metavar="F", help="grow the lung mask by F x the image side")
     a.add_argument("--gradcam-per-class", type=int, default=8, metavar="N", help="images per class for the Grad-CAM lung share")
     a.add_argument("--segmenter", metavar="FILE", help="lung segmenter weight file (default: the bundled one)")
     a.add_argument("--out", metavar="DIR", help="folder for audit.json (default: RUN_DIR/audit)")
     a.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples for the CIs")
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--seed", type=int, default=0, help="random seed of the sample and the bootstrap resamples")
     a.add_argument("--dedup-distance", type=int, default=6, metavar="BITS",
                    help="pHash Hamming distance at or below which an image counts as a training near-duplicate")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
