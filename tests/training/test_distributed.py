@@ -37,6 +37,71 @@ def test_two_process_gloo_run_trains_and_its_checkpoint_evaluates(small_radiogra
         assert torch.isfinite(model(torch.rand(1, 1, 64, 64))).all()
 
 
+GLOBAL_BATCH, STEPS = 8, 2
+
+
+def tiny_net() -> torch.nn.Module:
+    """A small conv net without batch norm (whose statistics DDP keeps per rank), seeded alike in every process."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+                               torch.nn.Flatten(), torch.nn.Linear(16, 3))
+
+
+def global_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.rand(GLOBAL_BATCH, 1, 12, 12, generator=generator), torch.randint(0, 3, (GLOBAL_BATCH,), generator=generator))
+            for _ in range(STEPS)]
+
+
+def train_steps(rank: int, world_size: int) -> dict[str, torch.Tensor]:
+    """cxrscreen's model wrapping and training step on this rank's half of each global batch; the weights after."""
+    from cxrscreen.training.distributed import init_distributed, wrap_model
+    from cxrscreen.training.trainer import train_step
+
+    ctx = init_distributed("cpu")
+    model = tiny_net()
+    net = wrap_model(model, ctx)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for x, y in global_batches():
+        share = slice(rank, None, world_size)
+        train_step(net, optimizer, torch.nn.CrossEntropyLoss(), x[share], y[share])
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def ddp_rank(rank: int, world_size: int, port: int, out: str) -> None:
+    import os
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from cxrscreen.training.distributed import shutdown_distributed
+
+    try:
+        torch.save(train_steps(rank, world_size), f"{out}/rank{rank}.pt")
+    finally:
+        shutdown_distributed()
+
+
+def test_ddp_ranks_take_the_step_of_the_global_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two gloo ranks, each on half of every batch, end with the same weights as one process on the whole batch."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(ddp_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for name in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    alone = train_steps(0, 1)
+    for name, value in alone.items():
+        torch.testing.assert_close(ranks[0][name], ranks[1][name], rtol=0, atol=0, msg=f"ranks differ: {name}")
+        torch.testing.assert_close(ranks[0][name], value, rtol=1e-5, atol=1e-6, msg=f"not the global batch's step: {name}")
+    assert any(not torch.equal(value, tiny_net().state_dict()[name]) for name, value in alone.items())
+
+
 @pytest.mark.parametrize(
     ("nproc", "device", "gpus", "problem"),
     [

@@ -17,6 +17,9 @@ DEFAULT_BINS = 15
 # A validation split the model separates perfectly pushes T towards 0 (ever sharper, never wrong there); the
 # lower bound stops a few easy validation images from making the model overconfident everywhere else.
 TEMPERATURE_RANGE = (0.25, 10.0)
+# One scalar fitted on a handful of images follows their noise (9 validation images once gave T = 10): below this
+# many, or when the fit runs into a bound of TEMPERATURE_RANGE, the trainer keeps T = 1 and says why.
+MIN_CALIBRATION_IMAGES = 30
 
 
 def _labels_and_probs(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -115,6 +118,37 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         options={"xatol": 1e-5},
     )
     return float(np.exp(result.x))
+
+
+@dataclass(frozen=True)
+class TemperatureChoice:
+    """The temperature a run keeps: ``fitted`` is what the search found (None when there was too little to fit),
+    ``note`` why T = 1 was kept instead (None when the fit was used), ``images`` the validation images it saw."""
+
+    temperature: float
+    fitted: float | None
+    images: int
+    note: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"temperature": self.temperature, "fitted": self.fitted, "images": self.images, "note": self.note}
+
+
+def choose_temperature(logits: np.ndarray, labels: np.ndarray, min_images: int = MIN_CALIBRATION_IMAGES) -> TemperatureChoice:
+    """:func:`fit_temperature` where the validation split can support it; otherwise T = 1, with the reason:
+    fewer than ``min_images`` images, or a fit that stopped at a bound of ``TEMPERATURE_RANGE`` (the optimum lies
+    outside the range the search trusts, so the bound itself is no estimate)."""
+    logits, labels = _labels_and_probs(logits, labels)
+    n = len(labels)
+    if n < min_images:
+        return TemperatureChoice(1.0, None, n, f"temperature kept at 1: {n} validation image(s) are too few to fit "
+                                              f"it (at least {min_images} needed)")
+    fitted = fit_temperature(logits, labels)
+    lo, hi = TEMPERATURE_RANGE
+    if fitted <= lo * 1.001 or fitted >= hi / 1.001:
+        return TemperatureChoice(1.0, fitted, n, f"temperature kept at 1: the fit on {n} validation images stopped at "
+                                                 f"the bound of its range ({fitted:.2f}, range {lo:g}-{hi:g})")
+    return TemperatureChoice(fitted, fitted, n)
 
 
 def rescale_temperature(probs: np.ndarray, from_temperature: float, to_temperature: float = 1.0) -> np.ndarray:

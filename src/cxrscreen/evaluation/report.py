@@ -6,7 +6,8 @@ base64 PNG, so the file can be mailed or archived alone:
 - ``best.pt`` (model, preprocessing, classes, training-data summary) and ``summary.json`` / ``config.json``;
 - ``metrics.csv`` (training curves);
 - ``eval/metrics.json`` and the figures it names (``cxrscreen evaluate``): internal and external metric tables with
-  95% CIs, confusion matrices, ROC and reliability plots;
+  95% CIs, confusion matrices, ROC and reliability plots; before any ``evaluate``, the test split's metrics that
+  ``train`` measured (``summary.json``, else ``best.pt``);
 - ``audit/audit.json`` (``cxrscreen audit``): the shortcut audit;
 - ``eval/predictions.csv``: Grad-CAM overlays of correct and wrong predictions per class (computed here).
 
@@ -90,6 +91,9 @@ def overview_section(meta, summary: dict | None) -> str:
         ["input", f"{pp.img_size} px, lung mode {pp.lung_mode}, equalisation {pp.equalize}"],
         ["temperature", f"{meta.temperature:.3f}"],
     ]
+    calibration = (summary or {}).get("calibration") or meta.metrics.get("calibration") or {}
+    if calibration.get("note"):
+        rows.append(["calibration", calibration["note"]])
     if summary:
         rows.append(["best epoch", f"{summary.get('best_epoch')} of {summary.get('epochs_run')} "
                                    f"({summary.get('monitor')} {summary.get('best_score', float('nan')):.4f})"])
@@ -179,9 +183,24 @@ def collection_block(collection: dict, eval_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def evaluation_section(metrics: dict | None, eval_dir: Path) -> str:
+def training_test_block(test: dict, eval_dir: Path) -> str:
+    """The run's test split as ``train`` measured it at the end (best epoch, temperature applied)."""
+    collection = {"name": "test split", "kind": "measured by train", "images_evaluated": test.get("n_images"),
+                  "images_listed": test.get("n_images"), "multiclass": test, "covid_vs_rest": test.get("covid_vs_rest")}
+    return collection_block(collection, eval_dir)
+
+
+def evaluation_section(metrics: dict | None, eval_dir: Path, training_test: dict | None = None) -> str:
+    """``eval/metrics.json`` when ``evaluate`` wrote it; else the test split as ``train`` measured it
+    (``training_test``, from summary.json or the checkpoint); else a hint."""
+    evaluate_hint = "run `cxrscreen evaluate --model RUN_DIR [--external PATH ...]`"
+    if metrics is None and training_test:
+        note = (f"The run's held-out test split, measured at the end of training (95% CIs from bootstrap resamples). "
+                f"No external collection evaluated yet: {evaluate_hint}.")
+        return html.section("evaluation", "Evaluation",
+                            html.paragraph(note, "muted") + "\n" + training_test_block(training_test, eval_dir))
     if metrics is None:
-        hint = "No evaluation yet: run `cxrscreen evaluate --model RUN_DIR [--external PATH ...]`."
+        hint = f"No evaluation yet: {evaluate_hint}."
         return html.section("evaluation", "Evaluation", html.paragraph(hint, "muted"))
     parts = [html.paragraph(f"95% CIs from {metrics['bootstrap']['resamples']} bootstrap resamples "
                             f"(seed {metrics['bootstrap']['seed']}), resampling patients where known.", "muted")]
@@ -290,7 +309,8 @@ def build_report(run_dir: str | Path, gradcam_per_class: int = 3, log: Callable[
         overview_section(meta, summary),
         data_section(meta.train_summary or (summary or {}).get("data", {}), config),
         curves_section(read_csv(run_dir / "metrics.csv")),
-        evaluation_section(read_json(eval_dir / "metrics.json"), eval_dir),
+        evaluation_section(read_json(eval_dir / "metrics.json"), eval_dir,
+                           (summary or {}).get("test") or meta.metrics.get("test")),
         audit_section(audit),
         gradcam_section(run_dir, eval_dir, gradcam_per_class, log),
     ])

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
 from cxrscreen.data.transforms import Preprocessing
 from cxrscreen.errors import ConfigError
 
@@ -39,7 +40,7 @@ class TrainConfig:
     seed: int = 0
     split: str | None = None
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    dedup_distance: int = 6
+    dedup_distance: int = DEFAULT_MAX_DISTANCE
     limit_per_class: int | None = None
     frontal_only: bool = True
     augment: str = "default"

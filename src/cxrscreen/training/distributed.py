@@ -72,6 +72,16 @@ def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return values.cpu()
 
 
+def wrap_model(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
+    """The module a training step calls: under DDP a wrapper whose backward averages the gradients over the ranks
+    (so every rank takes the same step, that of the global batch), else the model itself."""
+    if not ctx.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model)
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()

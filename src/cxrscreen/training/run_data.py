@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cxrscreen.data.cache import load_prepared
+from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
 from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.records import Record
 from cxrscreen.data.sources import Dataset
@@ -33,7 +34,7 @@ class RunData:
     dropped: Counter = field(default_factory=Counter)
     bad_images: list[tuple[str, str]] = field(default_factory=list)
     data_paths: list[str] = field(default_factory=list)
-    dedup_distance: int = 6
+    dedup_distance: int = DEFAULT_MAX_DISTANCE
     # The OOD guard's whole-image inputs (uint8 (N, 64, 64)) of the train and val sides, for its fit after training.
     guard_inputs: dict[str, np.ndarray] = field(default_factory=dict)
 

@@ -8,6 +8,7 @@ resumes from its last completed epoch.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -21,7 +22,6 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
@@ -38,6 +38,7 @@ from cxrscreen.training.distributed import (
     init_distributed,
     resolve_device,
     shutdown_distributed,
+    wrap_model,
 )
 from cxrscreen.training.run_data import GUARD_SIDES, RunData, prepare_run_data, run_dataset
 from cxrscreen.training.threads import available_cpus, configure_threads
@@ -165,6 +166,17 @@ def rank_indices(n_images: int, epoch: int, seed: int, rank: int, world_size: in
     return np.fromiter(iter(sampler), dtype=np.int64)
 
 
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               autocast: Callable[[], Any] = contextlib.nullcontext) -> float:
+    """One optimisation step on a batch (under DDP: this rank's share of it); returns the batch's loss."""
+    with autocast():
+        loss = loss_fn(net(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
 def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
     """Rewrite ``metrics.csv`` (atomically) from the whole history."""
     columns = list(dict.fromkeys(key for row in history for key in row))
@@ -220,7 +232,7 @@ class Trainer:
         self.state = TrainState(history=[])
         if has_last:
             self.load_last()
-        self.net = DistributedDataParallel(self.model) if ctx.distributed else self.model
+        self.net = wrap_model(self.model, ctx)
         from cxrscreen.training.augment import BatchAugment, augment_config
 
         self.augment = BatchAugment(augment_config(cfg.augment), seed=cfg.seed)
@@ -296,13 +308,9 @@ class Trainer:
             x = self.augment(to_input(images[batch], ctx.device), generator)
             x = x.contiguous(memory_format=torch.channels_last)
             y = targets[batch].to(ctx.device)
-            with self.autocast():
-                loss = self.loss_fn(self.net(x), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            loss = train_step(self.net, self.optimizer, self.loss_fn, x, y, self.autocast)
             seen += len(batch)
-            loss_sum += float(loss.detach()) * len(batch)
+            loss_sum += loss * len(batch)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.time() - tick):.1f}")
         totals = all_reduce_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64), ctx)
         elapsed = time.time() - tick
@@ -359,14 +367,17 @@ class Trainer:
     # -- after training ---------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         """Calibrate, fit the OOD guard, store training hashes and test metrics in ``best.pt``; write the summary."""
-        from cxrscreen.evaluation.calibration import fit_temperature
+        from cxrscreen.evaluation.calibration import choose_temperature
 
         payload = read_checkpoint(self.run_dir / BEST_FILE)
         self.model.load_state_dict(payload["state_dict"])
         meta = ModelMeta.from_dict(payload["meta"])
         device = self.ctx.device
         val_logits = predict_logits(self.model, self.data.val_images, device)
-        meta.temperature = float(fit_temperature(val_logits, self.data.val_targets))
+        calibration = choose_temperature(val_logits, self.data.val_targets)
+        meta.temperature = calibration.temperature
+        if calibration.note:
+            self.log(f"warning: {calibration.note}")
         meta.ood = fit_guard([r for side in GUARD_SIDES for r in self.data.records[side]], self.data.hashes,
                              self.cfg.dedup_distance,
                              thumbnails=np.concatenate([self.data.guard_inputs[side] for side in GUARD_SIDES]))
@@ -374,7 +385,7 @@ class Trainer:
         test_logits = predict_logits(self.model, self.data.test_images, device)
         test = held_out_report(test_logits / meta.temperature, self.data.test_targets, meta.classes, self.cfg.seed)
         meta.metrics = {"validation": validation_scores(val_logits, self.data.val_targets, len(meta.classes)),
-                        "test": test, "best_epoch": self.state.best_epoch}
+                        "test": test, "best_epoch": self.state.best_epoch, "calibration": calibration.to_dict()}
         save_checkpoint(self.run_dir / BEST_FILE, self.model, meta)
         summary = {
             "run_dir": str(self.run_dir),
@@ -383,6 +394,7 @@ class Trainer:
             "monitor": self.cfg.monitor,
             "epochs_run": self.state.epoch,
             "temperature": meta.temperature,
+            "calibration": calibration.to_dict(),
             "data": meta.train_summary,
             "test": test,
         }
