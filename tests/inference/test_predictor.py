@@ -184,17 +184,33 @@ def test_model_paths(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None
         cxrscreen.load_model()
 
 
-@pytest.mark.skipif(not predictor_module.DEFAULT_MODEL.is_file(), reason="bundled default model not trained yet")
-def test_bundled_model_on_clear_real_cases(radiography_root: Path) -> None:
-    """A handful of clear cases from each class; the bundled model must get nearly all of them."""
-    predictor = cxrscreen.load_model()
+def held_out_images(folder: Path, train_hashes: list[str], max_distance: float, n: int) -> list[Path]:
+    """The last ``n`` images of ``folder`` (sorted by name) with no near-duplicate among a model's training images."""
+    from cxrscreen.data.dedup import hash_files, min_distances
+
+    files = sorted(folder.glob("*.jpg"))[-12 * n :]
+    hashes = hash_files(files).hashes
+    distances = min_distances([hashes[str(f)] for f in files], train_hashes)
+    return [f for f, d in zip(files, distances) if d > max_distance][-n:]
+
+
+def test_bundled_model_on_real_cases_it_was_not_trained_on(bundled_predictors, radiography_root: Path) -> None:
+    """Four images of each class from outside the bundled model's training split (no near-duplicate among the
+    pHashes it records, ``meta.train_hashes``, at its split's distance); it must get nearly all of them."""
+    predictor = bundled_predictors["torch"]
+    meta = predictor.meta
+    max_distance = meta.config["dedup_distance"]
     folders = {"covid": "COVID", "normal": "Normal", "viral": "Viral Pneumonia"}
     cases = [
         (cls, path)
         for cls, folder in folders.items()
-        if cls in predictor.classes
-        for path in sorted((radiography_root / folder / "images").glob("*.jpg"))[-4:]
+        for path in held_out_images(radiography_root / folder / "images", meta.train_hashes, max_distance, 4)
     ]
+    assert len(cases) == 12 and len(meta.train_hashes) == sum(meta.train_summary["images_per_split"]["train"].values())
+    from cxrscreen.data.dedup import hash_files
+
+    # Checked without the distance code that chose them: not one is a training image itself.
+    assert not set(hash_files([p for _, p in cases]).hashes.values()) & set(meta.train_hashes)
     results = predictor.predict_batch([p for _, p in cases])
     correct = sum(r.label == cls for (cls, _), r in zip(cases, results))
     assert correct >= len(cases) - 1, [(cls, r.label) for (cls, _), r in zip(cases, results)]
