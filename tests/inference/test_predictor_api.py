@@ -1,0 +1,122 @@
+"""The Python API's inference options: device, threads, decision thresholds, lists, known limits."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+import cxrscreen
+from cxrscreen.errors import ConfigError, CxrError
+from cxrscreen.inference import parse_thresholds
+from cxrscreen.inference.predictor import Prediction, decide, default_threads, load_predictor
+
+CLASSES = ["covid", "normal", "viral"]
+
+
+def test_load_model_and_load_predictor_take_device_threads_thresholds():
+    expected = {"path": None, "backend": "torch", "device": "auto", "threads": None, "thresholds": None}
+    model_params = inspect.signature(cxrscreen.load_model).parameters
+    assert {name: p.default for name, p in model_params.items()} == expected
+    predictor_params = inspect.signature(load_predictor).parameters
+    assert all(predictor_params[name].default == default for name, default in expected.items())
+
+
+def test_parse_thresholds_reads_class_equals_probability():
+    assert parse_thresholds(["covid=0.3", "viral = 0.75"]) == {"covid": 0.3, "viral": 0.75}
+    assert parse_thresholds([]) == {}
+    for bad in (["covid"], ["covid=high"], ["covid=1.5"], ["=0.2"], ["covid=0.2", "covid=0.4"]):
+        with pytest.raises(ConfigError, match="--threshold"):
+            parse_thresholds(bad)
+
+
+@pytest.mark.parametrize(
+    ("probs", "thresholds", "expected"),
+    [
+        ([0.2, 0.5, 0.3], {}, "normal"),  # no thresholds: argmax
+        ([0.35, 0.45, 0.2], {"covid": 0.3}, "covid"),  # covid passes its threshold and wins
+        ([0.25, 0.30, 0.45], {"covid": 0.3}, "viral"),  # covid below: argmax of the rest
+        ([0.45, 0.35, 0.2], {"covid": 0.5}, "normal"),  # the most probable class does not pass: the rest decide
+        ([0.35, 0.05, 0.6], {"covid": 0.3, "viral": 0.5}, "viral"),  # both pass: the more probable wins
+        ([0.2, 0.5, 0.3], {"covid": 0.9, "normal": 0.9, "viral": 0.9}, "normal"),  # none passes, all have one
+    ],
+)
+def test_decision_rule(probs, thresholds, expected):
+    assert CLASSES[decide(np.array(probs), CLASSES, thresholds)] == expected
+
+
+def test_thresholds_decide_the_label_and_default_to_the_models_operating_point(checkpoint_factory, tmp_path, real_xrays):
+    plain = load_predictor(checkpoint_factory(tmp_path / "plain.pt"), device="cpu", threads=1)
+    result = plain.predict(real_xrays[0])
+    assert result.label == result.top_class
+    other = next(c for c in CLASSES if c != result.top_class)
+    stored = load_predictor(checkpoint_factory(tmp_path / "op.pt", thresholds={other: 0.0}), device="cpu", threads=1)
+    assert stored.thresholds == {other: 0.0}
+    assert stored.predict(real_xrays[0]).label == other
+    overridden = load_predictor(tmp_path / "op.pt", device="cpu", threads=1, thresholds={})
+    assert overridden.predict(real_xrays[0]).label == result.top_class
+    with pytest.raises(ConfigError, match="flu"):
+        load_predictor(tmp_path / "op.pt", device="cpu", thresholds={"flu": 0.5})
+
+
+def test_predict_of_a_list_gives_a_list(tiny_checkpoint, real_xrays):
+    predictor = load_predictor(tiny_checkpoint, device="cpu", threads=1)
+    results = predictor.predict([real_xrays[0], real_xrays[1]])
+    assert isinstance(results, list) and len(results) == 2
+    assert [r.to_dict() for r in results] == [r.to_dict() for r in predictor.predict_batch(real_xrays[:2])]
+    assert isinstance(predictor.predict(real_xrays[0]), Prediction)
+
+
+def test_known_limits_travel_from_the_checkpoint_into_every_result(checkpoint_factory, tmp_path, real_xrays):
+    limits = ["Healthy children's X-rays are often called viral pneumonia."]
+    predictor = load_predictor(checkpoint_factory(tmp_path / "limits.pt", known_limits=limits), device="cpu", threads=1)
+    assert predictor.known_limits == limits
+    assert predictor.predict(real_xrays[0]).to_dict()["known_limits"] == limits
+    plain = load_predictor(checkpoint_factory(tmp_path / "none.pt"), device="cpu", threads=1)
+    assert plain.predict(real_xrays[0]).to_dict()["known_limits"] == []
+
+
+def test_bundled_model_states_its_known_limits():
+    from cxrscreen.inference.predictor import DEFAULT_MODEL
+    from cxrscreen.models.checkpoint import read_checkpoint
+
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip("bundled default model not trained yet")
+    limits = read_checkpoint(DEFAULT_MODEL)["meta"].get("known_limits", [])
+    assert any("Kermany" in line or "children" in line for line in limits)
+    assert any("tuberculosis" in line.lower() for line in limits)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_cuda_is_refused_where_there_is_none(tiny_checkpoint):
+    with pytest.raises(CxrError, match="--device cuda"):
+        load_predictor(tiny_checkpoint, device="cuda")
+    assert load_predictor(tiny_checkpoint, device="auto", threads=1).device == "cpu"
+
+
+def test_onnx_backend_runs_on_the_cpu_only(tiny_checkpoint):
+    with pytest.raises(CxrError, match="onnx"):
+        load_predictor(tiny_checkpoint, backend="onnx", device="cuda")
+    with pytest.raises(ConfigError, match="--device"):
+        load_predictor(tiny_checkpoint, device="tpu")
+
+
+def test_default_threads_do_not_oversubscribe_busy_cpus(tiny_checkpoint, monkeypatch):
+    from cxrscreen.training import threads
+
+    monkeypatch.setattr(threads, "available_cpus", lambda: 16)
+    monkeypatch.setattr(threads, "idle_cpus", lambda cpus: 1)
+    assert default_threads() == 1
+    previous = torch.get_num_threads()
+    try:
+        assert load_predictor(tiny_checkpoint, device="cpu").threads == 1
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr(threads, "idle_cpus", lambda cpus: 12)
+        assert default_threads() == 4
+        assert load_predictor(tiny_checkpoint, device="cpu", threads=2).threads == 2
+    finally:
+        torch.set_num_threads(previous)
+    with pytest.raises(ConfigError, match="--threads"):
+        load_predictor(tiny_checkpoint, threads=0)
