@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,10 +19,36 @@ def train_args(data: Path, out: Path, *extra: str) -> list[str]:
             "--out", str(out), "--quiet", "--num-threads", "2", *extra]
 
 
+SHIFTS = (2, 3)  # pixels: re-sampled copies 1-5 bits per 64 from their original (measured on these images)
+
+
+def shifted_copy(src: Path, dst: Path, pixels: int) -> None:
+    """A near-duplicate of ``src``: shifted by ``pixels`` (cropped and resized back) and re-encoded as JPEG."""
+    from PIL import Image
+
+    image = Image.open(src).convert("L")
+    width, height = image.size
+    image.crop((pixels, 0, width, height)).resize((width, height), Image.BILINEAR).save(dst, quality=60)
+
+
 @pytest.fixture(scope="module")
-def trained_run(small_radiography: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def radiography_with_duplicates(radiography_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 images per class of the Radiography DB (symlinks) plus, for 2 of them per class, two near-duplicate
+    copies each: the split must keep every copy on its original's side."""
+    from conftest import link_subset
+
+    root = link_subset(radiography_root, tmp_path_factory.mktemp("dups") / "COVID-19_Radiography_Dataset", 12)
+    for folder in sorted(root.glob("*/images")):
+        for original in sorted(folder.glob("*.jpg"))[:2]:
+            for pixels in SHIFTS:
+                shifted_copy(original.resolve(), folder / f"{original.stem}-shift{pixels}.jpg", pixels)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_run(radiography_with_duplicates: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("train") / "run"
-    assert main(train_args(small_radiography, out)) == 0
+    assert main(train_args(radiography_with_duplicates, out)) == 0
     return out
 
 
@@ -60,6 +87,33 @@ def test_checkpoint_is_self_describing(trained_run: Path) -> None:
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
 
 
+def test_too_few_validation_images_keep_temperature_one_and_say_why(trained_run: Path) -> None:
+    from cxrscreen.evaluation.calibration import MIN_CALIBRATION_IMAGES
+
+    summary = json.loads((trained_run / "summary.json").read_text())
+    n_val = sum(summary["data"]["images_per_split"]["val"].values())
+    assert n_val < MIN_CALIBRATION_IMAGES
+    _, meta = load_checkpoint(trained_run / "best.pt")
+    assert meta.temperature == summary["temperature"] == 1.0
+    for calibration in (summary["calibration"], meta.metrics["calibration"]):
+        assert calibration["images"] == n_val and calibration["fitted"] is None
+        assert f"{n_val} validation image(s) are too few" in calibration["note"]
+    assert summary["calibration"]["note"] in (trained_run / "report.html").read_text(encoding="utf-8")
+
+
+def test_report_written_by_train_shows_the_test_metrics_it_measured(trained_run: Path) -> None:
+    from cxrscreen.evaluation.report import fmt
+
+    page = (trained_run / "report.html").read_text(encoding="utf-8")
+    evaluation = page.split('id="evaluation"', 1)[1].split("</section>", 1)[0]
+    test = json.loads((trained_run / "summary.json").read_text())["test"]
+    assert "No evaluation yet" not in evaluation
+    for key in ("accuracy", "macro_f1", "macro_auroc"):
+        assert fmt(test[key]) in evaluation, key
+    assert fmt(test["covid_vs_rest"]["auroc"]) in evaluation
+    assert f"{test['n_images']} images evaluated" in evaluation
+
+
 def test_refit_guard_reproduces_the_trained_guard(trained_run: Path, tmp_path: Path, capsys) -> None:
     import numpy as np
 
@@ -91,16 +145,24 @@ def test_refit_guard_refuses_another_runs_model(trained_run: Path, checkpoint_fa
     assert "other.pt" in err and "not a model of the run" in err and "\n" not in err
 
 
-def test_split_keeps_patients_and_duplicates_apart(trained_run: Path) -> None:
+def test_split_keeps_near_duplicates_on_one_side(trained_run: Path) -> None:
+    from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE, hamming_distances
+
     rows = list(csv.DictReader((trained_run / "split.csv").open()))
-    sides = {r["split"] for r in rows}
-    assert sides == {"train", "val", "test"}
-    hashes = {side: [int(r["phash"], 16) for r in rows if r["split"] == side and r["phash"]] for side in sides}
-    for a in ("train",):
-        for b in ("val", "test"):
-            for h in hashes[b]:
-                distances = [bin(h ^ t).count("1") for t in hashes[a]]
-                assert min(distances) > 6
+    assert all(r["phash"] for r in rows)
+    sides = {side: [r["phash"] for r in rows if r["split"] == side] for side in ("train", "val", "test")}
+    assert all(sides.values())
+    # The fixture holds near-duplicates (each copy within the threshold of its original, some of them by more
+    # than a bit or two), so a split that ignored them, or used a smaller threshold, would put some across sides.
+    copies = [r for r in rows if "-shift" in r["path"]]
+    by_path = {r["path"]: r for r in rows}
+    originals = [by_path[r["path"].split("-shift")[0] + ".jpg"] for r in copies]
+    distances = np.diag(hamming_distances([r["phash"] for r in copies], [r["phash"] for r in originals]))
+    assert len(copies) == 6 * len(SHIFTS) and (distances <= DEFAULT_MAX_DISTANCE).all(), distances
+    assert (distances > 2).sum() >= 3, distances
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        closest = hamming_distances(sides[a], sides[b]).min()
+        assert closest > DEFAULT_MAX_DISTANCE, f"{a}/{b}: images {closest} bits per 64 apart"
 
 
 def test_finished_run_is_not_overwritten(trained_run: Path, small_radiography: Path, capsys) -> None:
@@ -115,9 +177,9 @@ def test_resume_of_a_finished_run_is_refused(trained_run: Path, capsys) -> None:
     assert "already finished" in capsys.readouterr().err
 
 
-def test_reused_split_gives_the_same_sides(trained_run: Path, small_radiography: Path, tmp_path: Path) -> None:
+def test_reused_split_gives_the_same_sides(trained_run: Path, radiography_with_duplicates: Path, tmp_path: Path) -> None:
     out = tmp_path / "again"
-    assert main(train_args(small_radiography, out, "--split", str(trained_run / "split.csv"))) == 0
+    assert main(train_args(radiography_with_duplicates, out, "--split", str(trained_run / "split.csv"))) == 0
     first = {r["path"]: r["split"] for r in csv.DictReader((trained_run / "split.csv").open())}
     second = {r["path"]: r["split"] for r in csv.DictReader((out / "split.csv").open())}
     assert first == second
