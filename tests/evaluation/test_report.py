@@ -83,14 +83,31 @@ def test_report_is_self_contained_with_every_section(evaluated_run: Path, capsys
     assert "No evaluation yet" not in page and "No shortcut audit yet" not in page
 
 
-def test_report_names_what_is_missing(evaluated_run: Path, tmp_path: Path):
+def test_report_names_what_is_missing(checkpoint_factory, tmp_path: Path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    checkpoint_factory(bare / "best.pt")  # a model that carries no test metrics
+    out = tmp_path / "bare.html"
+    assert main(["report", str(bare), "--out", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert "No evaluation yet" in page and "No shortcut audit yet" in page and "No metrics.csv" in page
+
+
+def test_report_before_evaluate_shows_the_test_split_train_measured(evaluated_run: Path, tmp_path: Path):
+    """The checkpoint of a finished run carries the test metrics ``train`` measured: the report shows them (with a
+    hint for external collections) rather than "No evaluation yet"."""
+    from cxrscreen.evaluation.report import fmt
+    from cxrscreen.models.checkpoint import read_checkpoint
+
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "best.pt").symlink_to(evaluated_run / "best.pt")
     out = tmp_path / "bare.html"
     assert main(["report", str(bare), "--out", str(out)]) == 0
-    page = out.read_text(encoding="utf-8")
-    assert "No evaluation yet" in page and "No shortcut audit yet" in page and "No metrics.csv" in page
+    evaluation = out.read_text(encoding="utf-8").split('id="evaluation"', 1)[1].split("</section>", 1)[0]
+    test = read_checkpoint(evaluated_run / "best.pt")["meta"]["metrics"]["test"]
+    assert "No evaluation yet" not in evaluation and "cxrscreen evaluate" in evaluation
+    assert fmt(test["accuracy"]) in evaluation and fmt(test["macro_f1"]) in evaluation
 
 
 def test_report_refuses_a_folder_without_a_model(tmp_path: Path, capsys: pytest.CaptureFixture):
