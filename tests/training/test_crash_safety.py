@@ -85,11 +85,13 @@ def test_sigint_stops_cleanly_and_resumes(small_radiography: Path, tmp_path: Pat
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     done = completed_epoch(out)
-    assert done >= 1
-    if done < EPOCHS:
-        result = resume(out)
-        assert result.returncode == 0, result.stderr
-        assert f"after epoch {done}" in result.stdout
+    # The interrupt comes within a poll of epoch 1's save, epochs before the run's end: the resume must resume.
+    # (An exact interrupted-vs-uninterrupted comparison, deterministic, is in test_learning.py.)
+    assert 1 <= done < EPOCHS
+    assert not (out / "summary.json").exists()
+    result = resume(out)
+    assert result.returncode == 0, result.stderr
+    assert f"after epoch {done}" in result.stdout
     assert_finished_once_per_epoch(out)
 
 
