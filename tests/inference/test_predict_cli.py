@@ -70,7 +70,7 @@ def test_json_schema_and_batch_size(capsys, tiny_checkpoint: Path, image_dir: Pa
     assert data["notice"] == SCREENING_NOTICE
     assert len(data["predictions"]) == 4
     for item in data["predictions"]:
-        assert set(item) == {"path", "label", "probabilities", "in_distribution", "ood_score", "lungs_found"}
+        assert set(item) == {"path", "label", "probabilities", "in_distribution", "ood_score", "lungs_found", "known_limits"}
         assert list(item["probabilities"]) == CLASSES
         assert sum(item["probabilities"].values()) == pytest.approx(1.0)
         assert item["label"] in CLASSES and item["in_distribution"] is True
@@ -102,11 +102,52 @@ def test_bad_files_one_line_each_others_still_predicted(
     assert "Traceback" not in err
 
 
-def test_only_bad_files_exit_1(capsys, tiny_checkpoint: Path, bad_files: dict[str, Path]) -> None:
-    code, out, err = run(capsys, "predict", str(bad_files["empty"]), "--model", str(tiny_checkpoint), "--format", "json")
-    assert code == 1
-    assert json.loads(out)["predictions"] == []
-    assert err.strip() == f"{bad_files['empty']}: empty file"
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_nothing_predicted_is_a_user_mistake(capsys, tiny_checkpoint: Path, bad_files, fmt: str, kind: str) -> None:
+    """README: user mistakes exit 2, 1 is for files that failed in a batch. No empty table, CSV header or JSON."""
+    code, out, err = run(capsys, "predict", str(bad_files[kind]), "--model", str(tiny_checkpoint), "--format", fmt)
+    assert code == 2
+    assert out == ""
+    assert err.strip() == f"{bad_files[kind]}: {'file not found' if kind == 'missing' else 'empty file'}"
+
+
+def test_explain_and_segment_of_only_a_missing_file_exit_2(capsys, tiny_checkpoint: Path, bad_files, tmp_path: Path) -> None:
+    missing = str(bad_files["missing"])
+    for argv in (["explain", missing, "--model", str(tiny_checkpoint), "--out", str(tmp_path / "cams")],
+                 ["segment", missing, "--out", str(tmp_path / "lungs")]):
+        code, out, err = run(capsys, *argv)
+        assert (code, out) == (2, ""), argv
+        assert err.strip() == f"{missing}: file not found"
+
+
+def test_a_folder_of_dicoms_without_extensions(capsys, tiny_checkpoint: Path, real_xrays: list[Path], tmp_path: Path) -> None:
+    """PACS exports name files IM000001: predict, explain and segment read them from a folder, and say what they skipped."""
+    from badinputs.corpus import dicom_bytes, make_dicom
+
+    folder = tmp_path / "pacs"
+    for series, xray in (("SE1", real_xrays[0]), ("SE2", real_xrays[3])):
+        (folder / series).mkdir(parents=True)
+        with Image.open(xray) as image:
+            pixels = np.asarray(image.convert("L"))
+        (folder / series / "IM000001").write_bytes(dicom_bytes(make_dicom(pixels)))
+    (folder / "README").write_text("export notes\n")
+    skipped = f"{folder}: skipped 1 file(s) that are not PNG, JPEG or DICOM"
+
+    code, out, err = run(capsys, "predict", str(folder), "--model", str(tiny_checkpoint), "--format", "csv")
+    assert code == 0, err
+    assert [row[0] for row in csv.reader(io.StringIO(out))][1:] == [str(folder / s / "IM000001") for s in ("SE1", "SE2")]
+    assert err.strip() == skipped
+
+    code, out, err = run(capsys, "explain", str(folder), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "cams"))
+    assert code == 0 and err.strip() == skipped
+    assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == ["IM000001-2_gradcam.png", "IM000001_gradcam.png"]
+
+    code, out, err = run(capsys, "segment", str(folder), "--out", str(tmp_path / "lungs"))
+    assert code == 0 and err.strip() == skipped
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(folder / s / "IM000001") for s in ("SE1", "SE2")]
+    assert {p.name for p in (tmp_path / "lungs").iterdir()} == {
+        "IM000001_lungs.png", "IM000001_lungs_overlay.png", "IM000001-2_lungs.png", "IM000001-2_lungs_overlay.png"}
 
 
 def test_predict_with_explain_writes_overlays(capsys, tiny_checkpoint: Path, image_dir: Path, tmp_path: Path) -> None:
@@ -187,3 +228,69 @@ def test_export_of_a_lung_focused_model_writes_the_segmenter_too(capsys, tmp_pat
     assert out.split() == [str(tmp_path / "m.onnx"), str(tmp_path / "m_lungs.onnx")]
     session = ort.InferenceSession(str(tmp_path / "m_lungs.onnx"), providers=["CPUExecutionProvider"])
     assert len(session.get_inputs()) == 1
+
+
+def test_known_limits_footer_under_the_table_only(capsys, checkpoint_factory, real_xrays: list[Path], tmp_path: Path) -> None:
+    limits = ["Calls many healthy children's X-rays viral pneumonia.", "Calls most adult TB X-rays COVID."]
+    model = str(checkpoint_factory(tmp_path / "limited.pt", known_limits=limits))
+    image = str(real_xrays[0])
+    code, out, _ = run(capsys, "predict", image, "--model", model)
+    assert code == 0
+    assert out.strip().splitlines()[-3:] == [f"Known limit: {limit}" for limit in limits] + [SCREENING_NOTICE]
+    _, out, _ = run(capsys, "predict", image, "--model", model, "--format", "csv")
+    assert "Known limit" not in out and len(out.strip().splitlines()) == 2
+    _, out, _ = run(capsys, "predict", image, "--model", model, "--format", "json")
+    assert json.loads(out)["predictions"][0]["known_limits"] == limits
+
+
+@pytest.mark.parametrize("forced", CLASSES)
+def test_threshold_reaches_the_decision(capsys, tiny_checkpoint: Path, real_xrays: list[Path], forced: str) -> None:
+    """A threshold of 0 is always passed, so that class is every image's label, in predict and in explain."""
+    images = [str(p) for p in real_xrays[:4]]
+    code, out, err = run(capsys, "predict", *images, "--model", str(tiny_checkpoint), "--format", "csv", "--threshold", f"{forced}=0")
+    assert code == 0, err
+    assert [row[1] for row in csv.reader(io.StringIO(out))][1:] == [forced] * 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--threshold", "covid"], "--threshold 'covid': expected CLASS=P"),
+        (["--threshold", "covid=1.5"], "--threshold 'covid=1.5': expected CLASS=P"),
+        (["--threshold", "flu=0.3"], "--threshold flu: not one of the model's classes"),
+        (["--threads", "0"], "--threads must be at least 1"),
+        (["--device", "cuda", "--backend", "onnx"], "--device cuda: the onnx backend runs on the CPU"),
+    ],
+)
+def test_bad_inference_flags_are_one_line_errors(capsys, tiny_checkpoint: Path, real_xrays: list[Path], argv, message) -> None:
+    code, out, err = run(capsys, "predict", str(real_xrays[0]), "--model", str(tiny_checkpoint), *argv)
+    assert (code, out) == (2, "")
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"cxrscreen: error: {message}"), err
+
+
+def test_explain_takes_the_inference_flags(capsys, tiny_checkpoint: Path, real_xrays: list[Path], tmp_path: Path) -> None:
+    base = ["explain", str(real_xrays[0]), "--model", str(tiny_checkpoint), "--out", str(tmp_path)]
+    code, _, err = run(capsys, *base, "--threshold", "flu=0.3")
+    assert code == 2 and err.startswith("cxrscreen: error: --threshold flu: not one of the model's classes")
+    code, out, err = run(capsys, *base, "--device", "cpu", "--threads", "1", "--threshold", "viral=0")
+    assert code == 0, err
+    assert out.strip() == str(tmp_path / f"{real_xrays[0].stem}_gradcam.png")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("command", ["predict", "explain"])
+def test_progress_bar_only_on_a_terminal(capsys, monkeypatch, tiny_checkpoint: Path, image_dir: Path, tmp_path: Path, command: str) -> None:
+    argv = [command, str(image_dir), "--model", str(tiny_checkpoint)]
+    argv += ["--format", "csv"] if command == "predict" else ["--out", str(tmp_path / "cams")]
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and err == ""  # piped: no bar
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    code, out_tty, _ = run(capsys, *argv)
+    assert code == 0
+    assert f"{'predicting' if command == 'predict' else 'explaining'}:   0%|          | 0/4" in terminal.getvalue()
+    assert out_tty == out  # the bar never reaches stdout

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from cxrscreen.cli.batch import batch_exit_code, image_files
 from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
 from cxrscreen.data.labels import LabelSet, parse_label_map
 
@@ -11,7 +13,7 @@ from cxrscreen.data.labels import LabelSet, parse_label_map
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     """``--classes``, ``--label-map`` and ``--include-lateral``: how a collection's labels become a task's classes."""
     parser.add_argument("--classes", default=None, help="task classes, e.g. covid,normal,viral (default) | covid,other | 4class")
-    parser.add_argument("--label-map", action="append", metavar="FROM=TO", help="map a label onto a class (repeatable)")
+    parser.add_argument("--label-map", action="append", metavar="FROM=TO", help="map a label onto a class (repeatable; default: the built-in label table only)")
     parser.add_argument("--include-lateral", action="store_true", help="keep lateral views (ieee8023)")
 
 
@@ -30,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     summary = commands.add_parser("summary", help="images, patients, sources, sizes, near-duplicates per class")
     summary.add_argument("paths", nargs="+", metavar="PATH", help="collection folder or CSV manifest (layout detected)")
     add_task_arguments(summary)
-    summary.add_argument("--plots", metavar="DIR", help="write intensity histograms and sample grids per class here")
+    summary.add_argument("--plots", metavar="DIR", help="write intensity histograms and sample grids per class here (default: no plots)")
     summary.add_argument("--max-distance", type=int, default=DEFAULT_MAX_DISTANCE, help="pHash Hamming distance of near-duplicates")
     summary.add_argument("--no-dedup", action="store_true", help="skip hashing images for near-duplicates")
     summary.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -41,14 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_task_arguments(split)
     split.add_argument("--out", default="split.csv", metavar="FILE", help="where to write the split (CSV)")
     split.add_argument("--fractions", default="0.7,0.15,0.15", help="train,val,test fractions")
-    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--seed", type=int, default=0, help="random seed of the split")
     split.add_argument("--max-distance", type=int, default=DEFAULT_MAX_DISTANCE, help="pHash Hamming distance of near-duplicates")
     split.add_argument("--quiet", action="store_true", help="no progress bars")
     split.set_defaults(func=run_split)
 
     cache = commands.add_parser("cache", help="decode and preprocess images once into the on-disk cache")
     cache.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursed)")
-    cache.add_argument("--img-size", type=int, default=224)
+    cache.add_argument("--img-size", type=int, default=224, metavar="PX", help="side of the square prepared image in pixels")
     cache.add_argument("--lung-mode", default="none", choices=["none", "crop", "mask", "crop_mask"], help="lung-focused preprocessing")
     cache.add_argument("--equalize", default="none", choices=["none", "hist", "clahe"], help="per-image intensity normalisation")
     cache.set_defaults(func=run_cache)
@@ -88,8 +90,8 @@ def run_cache(args: argparse.Namespace) -> int:
     from cxrscreen.data.transforms import Preprocessing
 
     pp = Preprocessing(img_size=args.img_size, lung_mode=args.lung_mode, equalize=args.equalize)
-    report = build_cache(args.paths, pp, progress=True)
+    report = build_cache(image_files(args.paths), pp, progress=sys.stderr.isatty())
     print(f"cache {report.cache_dir}: {report.cached} already cached, {report.built} built, {len(report.failed)} failed")
-    for path, reason in report.failed[:10]:
-        print(f"  {path}: {reason}")
-    return 0
+    for path, reason in report.failed:
+        print(f"{path}: {reason}", file=sys.stderr)
+    return batch_exit_code(report.cached + report.built, len(report.failed))

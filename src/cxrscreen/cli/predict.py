@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from cxrscreen import SCREENING_NOTICE
-from cxrscreen.data.imageio import iter_image_files
-from cxrscreen.errors import ConfigError, CxrError
+from cxrscreen.cli.batch import UniqueStems, batch_exit_code, image_files, progress, say
+from cxrscreen.errors import CxrError
 from cxrscreen.explain.overlay import write_explanation
 from cxrscreen.inference.predictor import (
     BACKENDS,
     DEFAULT_BATCH_SIZE,
+    DEVICES,
     Prediction,
     PredictionFailure,
+    Predictor,
     check_target,
     load_predictor,
+    parse_thresholds,
 )
 
 FORMATS = ("table", "csv", "json")
@@ -29,18 +33,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict = subparsers.add_parser(
         "predict", help="classify chest X-rays (files or folders)", description="Classify chest X-rays. " + SCREENING_NOTICE
     )
-    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files (PNG, JPEG, DICOM) or folders (recursed)")
+    predict.add_argument("paths", nargs="+", metavar="PATH",
+                         help="image files (PNG, JPEG, DICOM) or folders (recursed; files read by content, any name)")
     add_model_arguments(predict)
-    predict.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
-    predict.add_argument("--explain", type=Path, metavar="DIR", help="also write <stem>_gradcam.png per image into DIR")
+    add_inference_arguments(predict)
+    predict.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    predict.add_argument("--explain", type=Path, metavar="DIR",
+                         help="also write <stem>_gradcam.png per image into DIR (default: no overlays)")
     predict.add_argument("--target", metavar="CLASS", help="class Grad-CAM explains (default: the predicted class)")
-    predict.add_argument("--backend", choices=BACKENDS, default="torch", help="inference engine (default: torch)")
+    predict.add_argument("--backend", choices=BACKENDS, default="torch", help="inference engine")
     predict.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N", help="images per forward pass")
     predict.set_defaults(func=run_predict)
 
     explain = subparsers.add_parser("explain", help="write Grad-CAM overlays of chest X-rays")
     explain.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursed)")
     add_model_arguments(explain)
+    add_inference_arguments(explain)
     explain.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for <stem>_gradcam.png files")
     explain.add_argument("--target", metavar="CLASS", help="class to explain (default: the predicted class)")
     explain.add_argument("--save-array", action="store_true", help="also write the float heatmap as <stem>_gradcam.npy")
@@ -56,49 +64,49 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="FILE", help="checkpoint .pt, run directory or .onnx (default: bundled model)")
 
 
-def image_files(paths: list[str]) -> list[Path]:
-    files = iter_image_files(paths)
-    if not files:
-        raise ConfigError(f"{', '.join(paths)}: no PNG, JPEG or DICOM files found")
-    return files
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--threads`` and ``--threshold``: how and where a loaded model decides."""
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where the model runs; auto = a CUDA GPU if torch sees one")
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: the idle CPUs, at most 4)")
+    parser.add_argument(
+        "--threshold", action="append", metavar="CLASS=P",
+        help="decision threshold: CLASS is predicted when its probability is at least P (repeatable; default: the "
+        "model's stored operating point, else the most probable class)",
+    )
+
+
+def load_for_inference(args: argparse.Namespace, **options) -> Predictor:
+    """The predictor the inference flags of ``args`` ask for (``options``: more :func:`load_predictor` keywords)."""
+    return load_predictor(args.model, device=args.device, threads=args.threads,
+                          thresholds=parse_thresholds(args.threshold or []) or None, **options)
 
 
 def report_failure(failure: PredictionFailure | str) -> None:
-    print(str(failure), file=sys.stderr)
+    say(str(failure), sys.stderr)
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    predictor = load_predictor(args.model, backend=args.backend, batch_size=args.batch_size)
+    files = image_files(args.paths)
+    predictor = load_for_inference(args, backend=args.backend, batch_size=args.batch_size)
     if args.explain:
         check_target(args.target, predictor.classes)
-    files = image_files(args.paths)
     stems = UniqueStems()
     failed = 0
-    writer = OutputWriter(args.format, predictor.classes, sys.stdout)
-    for start in range(0, len(files), args.batch_size):
-        chunk = files[start : start + args.batch_size]
-        for path, result in zip(chunk, predictor.predict_batch([str(p) for p in chunk])):
-            if isinstance(result, PredictionFailure):
-                failed += 1
-                report_failure(result)
-                continue
-            if args.explain and not explain_one(predictor, path, args.explain / stems(path), args.target, False):
-                failed += 1
-            writer.row(result)
+    writer = OutputWriter(args.format, predictor.classes, sys.stdout, predictor.known_limits)
+    with progress(len(files), "predicting") as bar:
+        for start in range(0, len(files), args.batch_size):
+            chunk = files[start : start + args.batch_size]
+            for path, result in zip(chunk, predictor.predict_batch([str(p) for p in chunk])):
+                if isinstance(result, PredictionFailure):
+                    failed += 1
+                    report_failure(result)
+                    continue
+                if args.explain and not explain_one(predictor, path, args.explain / stems(path), args.target, False):
+                    failed += 1
+                writer.row(result)
+            bar.update(len(chunk))
     writer.finish(failed)
-    return 1 if failed else 0
-
-
-class UniqueStems:
-    """Output name stems, one per input file: ``<stem>``, then ``<stem>-2``, ... when folders repeat a name."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, int] = {}
-
-    def __call__(self, path: Path) -> str:
-        count = self.seen.get(path.stem, 0) + 1
-        self.seen[path.stem] = count
-        return path.stem if count == 1 else f"{path.stem}-{count}"
+    return batch_exit_code(writer.count, failed)
 
 
 def explain_one(predictor, path: Path, out_prefix: Path, target: str | None, save_array: bool) -> bool:
@@ -113,17 +121,20 @@ def explain_one(predictor, path: Path, out_prefix: Path, target: str | None, sav
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    predictor = load_predictor(args.model)
+    files = image_files(args.paths)
+    predictor = load_for_inference(args)
     check_target(args.target, predictor.classes)
     stems = UniqueStems()
     failed = 0
-    for path in image_files(args.paths):
-        prefix = args.out / stems(path)
-        if explain_one(predictor, path, prefix, args.target, args.save_array):
-            print(f"{prefix}_gradcam.png")
-        else:
-            failed += 1
-    return 1 if failed else 0
+    with progress(len(files), "explaining") as bar:
+        for path in files:
+            prefix = args.out / stems(path)
+            if explain_one(predictor, path, prefix, args.target, args.save_array):
+                say(f"{prefix}_gradcam.png", sys.stdout)
+            else:
+                failed += 1
+            bar.update()
+    return batch_exit_code(len(files) - failed, failed)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -141,18 +152,24 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 class OutputWriter:
-    """Prints predictions as they come (table, CSV) or at the end (JSON), then the screening-aid notice."""
+    """Prints predictions as they come (table, CSV) or at the end (JSON); a table ends with the model's known
+    limits and the screening-aid notice. Nothing at all is printed when no image could be predicted."""
 
-    def __init__(self, fmt: str, classes: list[str], stream: TextIO):
+    def __init__(self, fmt: str, classes: list[str], stream: TextIO, known_limits: list[str]):
         self.fmt = fmt
         self.classes = classes
         self.stream = stream
+        self.known_limits = known_limits
+        self.count = 0
         self.rows: list[dict] = []
-        self.csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
-        if self.csv is not None:
-            self.csv.writerow(csv_header(classes))
-        elif fmt == "table":
-            print(self._table_line("label", [f"p_{c}" for c in classes], "path"), file=stream)
+
+    def _line(self, line: str) -> None:
+        say(line, self.stream)
+
+    def _csv_line(self, cells: list[str]) -> None:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="").writerow(cells)
+        self._line(buffer.getvalue())
 
     @staticmethod
     def _table_line(label: str, cells: list[str], path: str) -> str:
@@ -160,22 +177,32 @@ class OutputWriter:
         return f"{label:<18}  " + "  ".join(f"{c:>10}" for c in cells) + f"  {path}"
 
     def row(self, prediction: Prediction) -> None:
+        if self.count == 0:  # the header waits for a first row: no empty table when every file failed
+            if self.fmt == "csv":
+                self._csv_line(csv_header(self.classes))
+            elif self.fmt == "table":
+                self._line(self._table_line("label", [f"p_{c}" for c in self.classes], "path"))
+        self.count += 1
         probs = [prediction.probabilities[c] for c in self.classes]
-        if self.csv is not None:
-            self.csv.writerow(csv_row(prediction, self.classes))
+        if self.fmt == "csv":
+            self._csv_line(csv_row(prediction, self.classes))
         elif self.fmt == "table":
-            print(self._table_line(prediction.label, [f"{p:.3f}" for p in probs], prediction.source), file=self.stream)
+            self._line(self._table_line(prediction.label, [f"{p:.3f}" for p in probs], prediction.source))
         else:
             self.rows.append(json_row(prediction))
 
     def finish(self, failed: int) -> None:
+        if self.count == 0:
+            return
         if self.fmt == "json":
             json.dump({"notice": SCREENING_NOTICE, "predictions": self.rows}, self.stream, indent=2)
             self.stream.write("\n")
         elif self.fmt == "table":
             if failed:
-                print(f"{failed} file(s) could not be read (see above).", file=self.stream)
-            print(SCREENING_NOTICE, file=self.stream)
+                self._line(f"{failed} file(s) could not be read (see above).")
+            for limit in self.known_limits:
+                self._line(f"Known limit: {limit}")
+            self._line(SCREENING_NOTICE)
 
 
 def csv_header(classes: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from cxrscreen.cli.batch import UniqueStems, batch_exit_code, image_files, progress, say
 from cxrscreen.errors import ConfigError, CxrError
 from cxrscreen.io_utils import atomic_write
 
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="X-ray files or folders (recursed); or `train`")
     parser.add_argument("--out", help="output folder (segmenting) or weight file (training, default lung_unet.pt)")
     parser.add_argument("--model", help="segmenter weight file (.pt, or .onnx with --backend onnx); default: bundled")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="network runtime (default torch)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="network runtime")
     train = parser.add_argument_group("training (segment train)")
     train.add_argument("--data", help=f"images/ + masks/ pairs (default {SHARED_DATA / 'montgomery_shenzhen'})")
     train.add_argument("--test-data", help=f"pairs from another source, evaluated once (default {SHARED_DATA / 'jsrt'})")
@@ -46,25 +47,30 @@ def run_segment(args: argparse.Namespace) -> int:
         raise ConfigError(f"{', '.join(given)}: only for `cxrscreen segment train`")
     if not args.out:
         raise ConfigError("--out: an output folder is required")
-    from cxrscreen.data.imageio import iter_image_files, load_xray
+    from cxrscreen.data.imageio import load_xray
     from cxrscreen.models.segmenter import load_segmenter
 
+    files = image_files(args.paths)
     segmenter = load_segmenter(args.model, backend=args.backend)
     out_dir = Path(args.out)
+    stems = UniqueStems()
     failed = 0
-    for path in iter_image_files(args.paths):
-        try:
-            image = load_xray(path)
-        except CxrError as exc:
-            print(exc, file=sys.stderr)
-            failed += 1
-            continue
-        lungs = segmenter.segment(image)
-        write_png(out_dir / f"{path.stem}_lungs.png", lungs.mask.astype(np.uint8) * 255)
-        write_png(out_dir / f"{path.stem}_lungs_overlay.png", lung_overlay(image, lungs.mask))
-        verdict = "lungs found" if lungs.plausible else f"NOT plausible: {lungs.reason}"
-        print(f"{path}\tlung area {lungs.area_fraction:.1%}\t{verdict}")
-    return 1 if failed else 0
+    with progress(len(files), "segmenting") as bar:
+        for path in files:
+            bar.update()
+            try:
+                image = load_xray(path)
+            except CxrError as exc:
+                say(str(exc), sys.stderr)
+                failed += 1
+                continue
+            lungs = segmenter.segment(image)
+            stem = stems(path)
+            write_png(out_dir / f"{stem}_lungs.png", lungs.mask.astype(np.uint8) * 255)
+            write_png(out_dir / f"{stem}_lungs_overlay.png", lung_overlay(image, lungs.mask))
+            verdict = "lungs found" if lungs.plausible else f"NOT plausible: {lungs.reason}"
+            say(f"{path}\tlung area {lungs.area_fraction:.1%}\t{verdict}", sys.stdout)
+    return batch_exit_code(len(files) - failed, failed)
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import os
 import stat
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -258,16 +259,50 @@ def _to_unit_range(arr: np.ndarray, name: str) -> np.ndarray:
     return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
 
 
-def iter_image_files(paths: list[str | os.PathLike]) -> list[Path]:
+@dataclass(frozen=True)
+class ImageFileListing:
+    """What :func:`list_image_files` found: the ``files`` to read, and per folder given how many of the files
+    under it were ``skipped`` as not PNG, JPEG or DICOM (folders that skipped none are left out)."""
+
+    files: list[Path]
+    skipped: dict[Path, int]
+
+
+def looks_like_image_file(path: Path) -> bool:
+    """Whether a file found in a folder is one to read: a PNG/JPEG/DICOM suffix, or else PNG, JPEG or DICOM content
+    (PACS exports name files like ``IM000001``). An unreadable file counts, so that loading it says why."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    if path.name.upper() == "DICOMDIR":  # a DICOM folder's index: it has the DICM preamble but no image
+        return False
+    try:
+        with open(path, "rb") as fh:
+            return sniff_format(fh.read(132)) is not None
+    except OSError:
+        return True
+
+
+def list_image_files(paths: list[str | os.PathLike]) -> ImageFileListing:
     """Expand files and folders (recursed, sorted) into the image files cxrscreen accepts.
 
-    Symbolic links to folders are not followed inside a folder, so a link loop cannot recurse forever.
+    Files named directly pass through (checked on load). Symbolic links to folders are not followed inside a
+    folder, so a link loop cannot recurse forever.
     """
-    out: list[Path] = []
+    files: list[Path] = []
+    skipped: dict[Path, int] = {}
     for entry in paths:
         path = Path(entry)
         if path.is_dir() and path.suffix.lower() not in IMAGE_SUFFIXES:
-            out.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+            found = sorted(p for p in path.rglob("*") if p.is_file())
+            images = [p for p in found if looks_like_image_file(p)]
+            files.extend(images)
+            if len(images) < len(found):
+                skipped[path] = len(found) - len(images)
         else:
-            out.append(path)
-    return out
+            files.append(path)
+    return ImageFileListing(files, skipped)
+
+
+def iter_image_files(paths: list[str | os.PathLike]) -> list[Path]:
+    """The files of :func:`list_image_files`, for callers that need not report what was skipped."""
+    return list_image_files(paths).files
