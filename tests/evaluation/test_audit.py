@@ -200,12 +200,27 @@ def test_audit_model_on_real_images_writes_audit_json(tiny_run: Path, tmp_path: 
         test_side = [row for row in csv.DictReader(fh) if row["split"] == "test"]
     assert result.n_images == len(test_side) and result.lungs_not_found == 0
     assert result.scores["original"].multiclass.n_images == len(test_side)
-    assert set(result.gradcam_images) <= {"covid", "normal", "viral", "all"} and result.gradcam_images["all"] >= 1
-    assert 0.0 < result.lung_area_share < 1.0
+    per_class = {c: min(2, sum(row["class"] == c for row in test_side)) for c in ("covid", "normal", "viral")}
+    assert result.gradcam_images == {**per_class, "all": sum(per_class.values())}
+    # Two ellipses of half-axes 0.32 x 0.13 of the side (fixed_lung_segmenter), the input not cropped: 2 pi ab.
+    assert result.lung_area_share == pytest.approx(2 * np.pi * 0.32 * 0.13, abs=0.01)
     assert result.probe is None  # one source (radiography_db)
     saved = json.loads((tiny_run / "audit" / "audit.json").read_text())
     assert saved["images_audited"] == len(test_side) and saved["verdict"] == result.verdict
-    assert any(result.verdict.startswith(v) for v in ("uses shortcuts", "relies on the lungs", "mixed", "no verdict"))
+    assert result.verdict == saved["verdict"] and result.verdict.startswith(expected_verdict(saved["scores"]))
+
+
+def expected_verdict(scores: dict) -> str:
+    """The verdict shortcut_verdict's rule gives for saved COVID-vs-rest AUROCs (useful >= 0.60, shortcut >= 0.70, lungs
+    within 0.05), written out here so that a wrong verdict in the audit shows."""
+    auroc = {name: scores[name]["covid_vs_rest"]["auroc"]["value"] for name in ("original", "lungs_hidden", "lungs_only")}
+    if auroc["original"] < 0.60 and auroc["lungs_hidden"] < 0.70:
+        return "no verdict"
+    if auroc["lungs_hidden"] >= 0.70:
+        return f"uses shortcuts: still scores COVID-vs-rest AUROC {auroc['lungs_hidden']:.2f}"
+    if auroc["lungs_only"] >= auroc["original"] - 0.05:
+        return "relies on the lungs"
+    return "mixed"
 
 
 def test_a_model_at_chance_gets_no_verdict():
