@@ -77,3 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as exc:
+        # An output path that cannot be written (a file where a folder should be, no permission, disk full):
+        # the user's to fix, so one line, not a traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"cxrscreen: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2

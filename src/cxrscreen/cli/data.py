@@ -91,7 +91,8 @@ def run_cache(args: argparse.Namespace) -> int:
 
     pp = Preprocessing(img_size=args.img_size, lung_mode=args.lung_mode, equalize=args.equalize)
     report = build_cache(image_files(args.paths), pp, progress=sys.stderr.isatty())
-    print(f"cache {report.cache_dir}: {report.cached} already cached, {report.built} built, {len(report.failed)} failed")
     for path, reason in report.failed:
         print(f"{path}: {reason}", file=sys.stderr)
+    if report.cached or report.built:
+        print(f"cache {report.cache_dir}: {report.cached} already cached, {report.built} built, {len(report.failed)} failed")
     return batch_exit_code(report.cached + report.built, len(report.failed))
