@@ -85,3 +85,13 @@ def test_output_stems_keep_uid_names_and_never_collide() -> None:
 @pytest.mark.parametrize(("done", "failed", "code"), [(3, 0, 0), (2, 1, 1), (0, 1, 2), (0, 5, 2)])
 def test_batch_exit_codes(done: int, failed: int, code: int) -> None:
     assert batch_exit_code(done, failed) == code
+
+
+def test_dataset_folders_are_read_by_content_too(pacs_export: Path) -> None:
+    """Training and evaluation list class folders through their own scan (sources.base.list_images): same rule."""
+    from cxrscreen.data.sources.base import has_images, list_images
+
+    names = [str(p.relative_to(pacs_export)) for p in list_images(pacs_export, recursive=True)]
+    assert names == ["SE0001/IM000001", "SE0002/1.2.840.113619.2.55.3.4", "SE0002/IM000001", "SE0002/photo",
+                     "SE0002/scout", "plain.png"]
+    assert has_images(pacs_export / "SE0001")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cxrscreen.data.imageio import IMAGE_SUFFIXES
+from cxrscreen.data.imageio import looks_like_image_file
 from cxrscreen.data.labels import canonical_finding
 from cxrscreen.data.records import Record
 from cxrscreen.errors import DatasetLayoutError
@@ -63,7 +63,7 @@ def finding_label(raw_label: str) -> str:
 
 
 def is_image_file(entry: os.DirEntry) -> bool:
-    return Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and not entry.name.startswith(".") and entry.is_file()
+    return not entry.name.startswith(".") and entry.is_file() and looks_like_image_file(Path(entry.path))
 
 
 def list_images(folder: Path, recursive: bool = False, problems: list[str] | None = None) -> list[Path]:
