@@ -6,16 +6,22 @@ import csv
 import json
 from pathlib import Path
 
+import warnings
+from typing import Callable
+
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.special import softmax
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 from cxrscreen.cli import main
 from cxrscreen.data.dedup import hash_files
 from cxrscreen.data.labels import LabelSet
-from cxrscreen.data.sources import load_dataset
+from cxrscreen.data.sources import load_dataset, scan_paths
 from cxrscreen.data.splits import make_split, save_split
 from cxrscreen.evaluation.evaluate import evaluate_model
+from cxrscreen.evaluation.metrics import bootstrap_weights
 
 CLASSES = ["covid", "normal", "viral"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -70,7 +76,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, small_radiography: Path, s
     copies = run / "copies"
     copies.mkdir()
     ieee_copies = [reencoded_copy(p, copies / p.name) for p in sorted((small_ieee / "images").glob("*.jpg"))[:3]]
-    checkpoint_factory(run / "best.pt", name="tiny-eval-model", temperature=1.7,
+    # head_scale 3: probabilities away from 0 and 1, so the 6 decimals of predictions.csv keep their ranking.
+    checkpoint_factory(run / "best.pt", name="tiny-eval-model", temperature=1.7, head_scale=3.0,
                        train_hashes=list(hash_files(ieee_copies).hashes.values()),
                        config={"data": [str(small_radiography)], "frontal_only": True})
     return run
@@ -81,13 +88,76 @@ def split_rows(run: Path, side: str) -> list[dict[str, str]]:
         return [row for row in csv.DictReader(fh) if row["split"] == side]
 
 
-def assert_interval(entry: dict) -> None:
-    assert 0.0 <= entry["value"] <= 1.0
-    if entry["ci_low"] is not None:
-        assert entry["ci_low"] <= entry["value"] + 1e-9 <= entry["ci_high"] + 2e-9
+def read_predictions(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
 
 
-def test_internal_test_split_from_run_directory(run_dir: Path, capsys: pytest.CaptureFixture):
+def group_keys(data: Path) -> dict[str, str]:
+    """path -> the group (patient, or the image itself) the evaluation's bootstrap draws, for every image of ``data``."""
+    return {r.path: r.group_key for r in scan_paths([data])[0].records}
+
+
+def sklearn_or_nan(metric: Callable[..., float], *columns: np.ndarray) -> float:
+    """``metric`` on ``columns``; NaN where it is undefined (AUROC of a resample holding one class only)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. balanced accuracy of a resample lacking a predicted class
+        try:
+            return float(metric(*columns))
+        except ValueError:
+            return float("nan")
+
+
+def bootstrap_reference(metric: Callable[..., float], columns: tuple[np.ndarray, ...], groups: list[str],
+                        n_resamples: int) -> tuple[float, float, float]:
+    """(value, 95% low, 95% high) of a scikit-learn ``metric`` on ``columns`` and on the evaluation's resamples
+    (seed 0, whole groups drawn), each resample expanded into repeated rows so scikit-learn sees it as a data set."""
+    weights = bootstrap_weights(len(groups), n_resamples, 0, groups).astype(int)
+    values = np.array([sklearn_or_nan(metric, *(c[np.repeat(np.arange(len(groups)), row)] for c in columns))
+                       for row in weights])
+    resampled = values[1:][np.isfinite(values[1:])]
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return float(values[0]), float(low), float(high)
+
+
+def assert_interval(entry: dict, reference: tuple[float, float, float]) -> None:
+    """A metric.json interval is the scikit-learn reference (to its 6 saved decimals), a real interval around it."""
+    value, low, high = reference
+    assert entry["value"] == pytest.approx(value, abs=1e-6)
+    assert (entry["ci_low"], entry["ci_high"]) == pytest.approx((low, high), abs=1e-6)
+    assert entry["ci_low"] <= entry["value"] <= entry["ci_high"] and entry["ci_low"] < entry["ci_high"]
+
+
+def multiclass_references(rows: list[dict[str, str]], classes: list[str], groups: dict[str, str],
+                          n_resamples: int) -> dict[str, tuple[float, float, float]]:
+    """accuracy, balanced_accuracy and macro_f1 of predictions.csv's argmax over its rows with a class."""
+    rows = [row for row in rows if row["class"]]
+    truth = np.array([classes.index(row["class"]) for row in rows])
+    predicted = np.array([max(range(len(classes)), key=lambda i: float(row[f"p_{classes[i]}"])) for row in rows])
+    keys = [groups[row["path"]] for row in rows]
+    metrics = {"accuracy": accuracy_score, "balanced_accuracy": balanced_accuracy_score,
+               "macro_f1": lambda t, p: f1_score(t, p, average="macro", zero_division=0)}
+    return {name: bootstrap_reference(metric, (truth, predicted), keys, n_resamples) for name, metric in metrics.items()}
+
+
+def covid_auroc_reference(rows: list[dict[str, str]], groups: dict[str, str], n_resamples: int) -> tuple[float, float, float]:
+    truth = np.array([row["covid"] == "1" for row in rows])
+    score = np.array([float(row["p_covid"]) for row in rows])
+    return bootstrap_reference(roc_auc_score, (truth, score), [groups[row["path"]] for row in rows], n_resamples)
+
+
+def reference_ece(probs: np.ndarray, truth: np.ndarray, n_bins: int = 15) -> float:
+    """Expected calibration error written out bin by bin: bins (k/15, (k+1)/15] of the top probability."""
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == truth
+    total = 0.0
+    for k in range(n_bins):
+        inside = (confidence > k / n_bins) & (confidence <= (k + 1) / n_bins)
+        if inside.any():
+            total += inside.sum() * abs(correct[inside].mean() - confidence[inside].mean())
+    return total / len(truth)
+
+
+def test_internal_test_split_from_run_directory(run_dir: Path, small_radiography: Path, capsys: pytest.CaptureFixture):
     assert main(["evaluate", "--model", str(run_dir), "--bootstrap", "100", "--quiet"]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
@@ -99,18 +169,27 @@ def test_internal_test_split_from_run_directory(run_dir: Path, capsys: pytest.Ca
     multiclass = internal["multiclass"]
     assert sum(map(sum, multiclass["confusion_matrix"])) == len(test_rows)
     assert multiclass["support"] == {c: sum(r["class"] == c for r in test_rows) for c in CLASSES}
-    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
-        assert_interval(multiclass[key])
-    assert_interval(internal["covid_vs_rest"]["auroc"])
-    calibration = internal["calibration"]
-    assert calibration["temperature"] == pytest.approx(1.7)
-    assert 0.0 <= calibration["ece_t1"] <= 1.0 and 0.0 <= calibration["brier_scaled"] <= 2.0
-    for name in ("confusion_matrix.png", "roc.png", "reliability.png"):
-        assert (run_dir / "eval" / name).read_bytes()[:8] == PNG_MAGIC
-    with open(run_dir / "eval" / "predictions.csv", encoding="utf-8") as fh:
-        predictions = list(csv.DictReader(fh))
+    predictions = read_predictions(run_dir / "eval" / "predictions.csv")
     assert {row["path"] for row in predictions} == {row["path"] for row in test_rows}
     assert all(abs(sum(float(row[f"p_{c}"]) for c in CLASSES) - 1.0) < 1e-4 for row in predictions)
+    # Every interval recomputed with scikit-learn from the saved predictions, over the same 100 resamples.
+    groups = group_keys(small_radiography)
+    for key, reference in multiclass_references(predictions, CLASSES, groups, 100).items():
+        assert_interval(multiclass[key], reference)
+    assert_interval(internal["covid_vs_rest"]["auroc"], covid_auroc_reference(predictions, groups, 100))
+    # ECE and Brier recomputed from the same rows: as saved (at T = 1.7) and turned back to T = 1.
+    calibration = internal["calibration"]
+    assert calibration["temperature"] == pytest.approx(1.7)
+    probs = np.array([[float(row[f"p_{c}"]) for c in CLASSES] for row in predictions])
+    truth = np.array([CLASSES.index(row["class"]) for row in predictions])
+    probs_t1 = softmax(np.log(probs) * 1.7, axis=1)
+    assert calibration["brier_scaled"] == pytest.approx(((probs - np.eye(3)[truth]) ** 2).sum(axis=1).mean(), abs=1e-5)
+    assert calibration["brier_t1"] == pytest.approx(((probs_t1 - np.eye(3)[truth]) ** 2).sum(axis=1).mean(), abs=1e-5)
+    assert calibration["ece_scaled"] == pytest.approx(reference_ece(probs, truth), abs=1e-5)
+    assert calibration["ece_t1"] == pytest.approx(reference_ece(probs_t1, truth), abs=1e-5)
+    assert calibration["ece_t1"] != pytest.approx(calibration["ece_scaled"], abs=1e-3)  # the temperature is applied
+    for name in ("confusion_matrix.png", "roc.png", "reliability.png"):
+        assert (run_dir / "eval" / name).read_bytes()[:8] == PNG_MAGIC
     assert "internal test split" in printed and "COVID-vs-rest" in printed and "ECE" in printed
 
 
@@ -135,7 +214,14 @@ def test_external_collection_leaves_out_training_near_duplicates(run_dir: Path, 
     assert set(without_class) <= {"other_pneumonia"}  # the subset's ARDS row
     assert covid_view["n_images"] - external["multiclass"]["n_images"] == sum(without_class.values())
     assert 0 < covid_view["n_positive"] < covid_view["n_images"]
-    assert_interval(covid_view["auroc"])
+    # ieee8023 names its patients: the bootstrap draws patients, and the reference draws the same ones.
+    predictions = read_predictions(out / "covid-chestxray-dataset" / "predictions.csv")
+    assert len(predictions) == external["images_evaluated"]
+    groups = group_keys(small_ieee)
+    assert len({groups[row["path"]] for row in predictions}) < len(predictions)  # some patient has two images
+    assert_interval(covid_view["auroc"], covid_auroc_reference(predictions, groups, 100))
+    for key, reference in multiclass_references(predictions, CLASSES, groups, 100).items():
+        assert_interval(external["multiclass"][key], reference)
     sources = {s["source"] for s in external["by_source"]}
     assert sources and all(s.startswith("ieee8023") for s in sources)
     comparison = metrics["comparison"]
