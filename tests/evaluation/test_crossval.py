@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from cxrscreen.cli import main
 from conftest import link_subset
@@ -73,8 +74,15 @@ def test_leave_one_collection_out(three_collections: list[Path], tmp_path: Path,
         assert not trained_on & test_paths  # the left-out collection never reaches training
         assert (out / name / "run" / "eval" / "metrics.json").is_file()
     for name in ("radiography_db", "ieee8023"):
-        auroc = folds[name]["covid_vs_rest"]["auroc"]["value"]
-        assert 0.0 <= auroc <= 1.0
+        # The fold's AUROC is scikit-learn's on the predictions its evaluation saved for the left-out source.
+        with open(out / name / "run" / "eval" / "predictions.csv", encoding="utf-8", newline="") as fh:
+            predictions = list(csv.DictReader(fh))
+        is_covid = [row["covid"] == "1" for row in predictions]
+        covid_view = folds[name]["covid_vs_rest"]
+        assert (covid_view["n_images"], covid_view["n_positive"]) == (len(predictions), sum(is_covid))
+        assert 0 < sum(is_covid) < len(predictions)
+        expected = roc_auc_score(is_covid, [float(row["p_covid"]) for row in predictions])
+        assert covid_view["auroc"]["value"] == pytest.approx(expected, abs=1e-6)
         assert folds[name]["note"] is None
     assert folds["tb_db"]["covid_vs_rest"]["n_positive"] == 0
     assert folds["tb_db"]["covid_vs_rest"]["auroc"]["value"] is None
