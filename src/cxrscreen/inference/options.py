@@ -1,0 +1,109 @@
+"""How a loaded model decides and where it runs: decision thresholds, device, CPU threads and workers.
+
+Light on purpose (no torch, no image code): the command line reads these names to build its options, and ``--help``
+must not wait for the networks' libraries.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from cxrscreen.errors import ConfigError
+
+BACKENDS = ("torch", "onnx")
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_BATCH_SIZE = 32
+
+
+def parse_thresholds(items: Sequence[str]) -> dict[str, float]:
+    """``["covid=0.3", ...]`` (the CLI's ``--threshold CLASS=P``) -> ``{"covid": 0.3}``; a :class:`ConfigError`
+    naming the item when it is not ``CLASS=P`` with P in [0, 1] or names a class twice. Class names are checked
+    against the model by :func:`check_thresholds`."""
+    thresholds: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        try:
+            probability = float(value)
+        except ValueError:
+            probability = float("nan")
+        if not sep or not name or not 0.0 <= probability <= 1.0:
+            raise ConfigError(f"--threshold {item!r}: expected CLASS=P with P a probability in [0, 1]")
+        if name in thresholds:
+            raise ConfigError(f"--threshold {item!r}: class {name!r} given twice")
+        thresholds[name] = probability
+    return thresholds
+
+
+def check_thresholds(thresholds: dict[str, float], classes: Sequence[str]) -> dict[str, float]:
+    """``thresholds`` as {class: float} after checking every class is the model's and every value in [0, 1]."""
+    checked: dict[str, float] = {}
+    for name, value in thresholds.items():
+        if name not in classes:
+            raise ConfigError(f"--threshold {name}: not one of the model's classes: {', '.join(classes)}")
+        if not 0.0 <= float(value) <= 1.0:
+            raise ConfigError(f"--threshold {name}={value}: a threshold is a probability in [0, 1]")
+        checked[name] = float(value)
+    return checked
+
+
+def check_target(target: str | None, classes: list[str]) -> None:
+    """A :class:`ConfigError` unless ``target`` is None or one of ``classes``."""
+    if target is not None and target not in classes:
+        raise ConfigError(f"--target {target!r} is not one of the model's classes: {', '.join(classes)}")
+
+
+def decide(probs: np.ndarray, classes: Sequence[str], thresholds: dict[str, float]) -> int:
+    """The index of the predicted class of one probability row (C,).
+
+    The rule: a class with a threshold is *passed* when its probability is >= its threshold. If any class is
+    passed, the most probable passed class wins. Otherwise the most probable class among those without a
+    threshold wins (among all classes when every class has one). Without thresholds this is the argmax. E.g.
+    ``{"covid": 0.3}``: COVID when p(covid) >= 0.3, else the likelier of the other classes.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    passed = [i for i, c in enumerate(classes) if c in thresholds and probs[i] >= thresholds[c]]
+    if not passed:
+        passed = [i for i, c in enumerate(classes) if c not in thresholds] or list(range(len(classes)))
+    return max(passed, key=lambda i: probs[i])
+
+
+def resolve_device(device: str, backend: str) -> str:
+    """``auto``/``cpu``/``cuda`` -> the device to run on; a :class:`ConfigError` for ``cuda`` without a usable
+    GPU or with the ONNX backend (which this package runs on the CPU execution provider only)."""
+    if device not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if backend == "onnx":
+        if device == "cuda":
+            raise ConfigError("--device cuda: the onnx backend runs on the CPU; use --backend torch for a GPU")
+        return "cpu"
+    import torch  # only the torch backend pays for it
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is available to torch here; use --device cpu or auto")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def default_threads() -> int:
+    """CPU threads a predictor uses when none are asked for: the CPUs not already busy, at most 4.
+
+    They are spent on images, not on operators: that many workers each prepare and score their own batches with
+    single-threaded networks. Intra-op threads wait at barriers for each other: beside another busy process on a
+    2-core machine, torch's default of 2 took 1,181 ms for one prediction against 80 ms with 1, and the 1-minute
+    load average counted here lags a new load by a minute. Workers never wait for each other. At most 4,
+    because a server runs several requests side by side.
+    """
+    from cxrscreen.training.threads import available_cpus, idle_cpus
+
+    return min(4, idle_cpus(available_cpus()))
+
+
+def chunk_size(count: int, workers: int, batch_size: int) -> int:
+    """Images per batch when ``count`` images are shared by ``workers``: every worker gets work, at most
+    ``batch_size`` images at a time."""
+    return max(1, min(batch_size, math.ceil(count / max(1, workers))))
