@@ -42,12 +42,25 @@ def test_pretrained_weights_differ_from_random_init() -> None:
     assert not torch.allclose(pretrained, random)
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "monai_densenet121"])
+# The activation each backbone applies after its Grad-CAM layer, before the head's average pooling.
+LAST_ACTIVATION = {"efficientnet_lite0": torch.nn.functional.relu6, "monai_densenet121": torch.relu}
+
+
+@pytest.mark.parametrize("name", sorted(LAST_ACTIVATION))
 def test_every_model_takes_the_image_convention(name: str) -> None:
-    model = create_model(name, 3, pretrained=False).eval()
+    # Pretrained where there are weights: a freshly initialised batch norm is the identity, hiding a layer off by one.
+    pretrained = {spec.name: spec.has_pretrained for spec in list_models()}[name]
+    model = create_model(name, 3, pretrained=pretrained).eval()
+    captured: list[torch.Tensor] = []
+    model.get_submodule(model.target_layer).register_forward_hook(lambda _m, _i, output: captured.append(output))
+    x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
-        logits = model(torch.rand(2, 1, 64, 64))
-        feats = model.features(torch.rand(2, 1, 64, 64))
+        logits = model(x)
+        feats = model.features(x)
     assert logits.shape == (2, 3)
     assert feats.shape == (2, model.head.in_features)
-    assert dict(model.named_modules())[model.target_layer] is not None
+    # Grad-CAM's layer is the last feature map, 1/32 of the input side, that the head pools (after one activation).
+    activations = captured[-1]
+    assert activations.shape == (2, model.head.in_features, 2, 2)
+    torch.testing.assert_close(LAST_ACTIVATION[name](activations).mean(dim=(2, 3)), feats)
+    torch.testing.assert_close(model.head(feats), logits)
