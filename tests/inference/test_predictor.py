@@ -216,14 +216,31 @@ def test_bundled_model_on_real_cases_it_was_not_trained_on(bundled_predictors, r
     assert correct >= len(cases) - 1, [(cls, r.label) for (cls, _), r in zip(cases, results)]
 
 
-def test_explain_real_xray(predictor, real_xrays: list[Path]) -> None:
+def reference_gradcam(checkpoint: Path, source: Path, target: str, shape: tuple[int, int]) -> np.ndarray:
+    """Grad-CAM written out on the checkpoint's own network: the target logit's gradient at the Grad-CAM layer,
+    averaged per channel, weights the activations; the ReLU of the sum, bilinearly resized straight to ``shape``
+    (the predictor goes through the 64 px input first) and scaled to [0, 1]."""
+    model, meta = load_checkpoint(checkpoint)
+    model.eval()
+    captured: list[torch.Tensor] = []
+    model.get_submodule(model.target_layer).register_forward_hook(lambda _m, _i, output: captured.append(output))
+    logits = model(torch.from_numpy(prepare_from_source(source, meta.preprocessing))[None, None])
+    (gradients,) = torch.autograd.grad(logits[0, meta.classes.index(target)], captured[-1])
+    cam = torch.relu((gradients.mean(dim=(2, 3), keepdim=True) * captured[-1]).sum(dim=1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=shape, mode="bilinear", align_corners=False)[0, 0].detach().numpy()
+    return (cam - cam.min()) / (cam.max() - cam.min())
+
+
+def test_explain_real_xray(predictor, tiny_checkpoint: Path, real_xrays: list[Path]) -> None:
     path = real_xrays[6]  # not square: the heatmap must follow the image's own size
     original = load_xray(path)
     explanation = predictor.explain(path)
     assert explanation.target == predictor.predict(path).top_class
     assert explanation.heatmap.shape == original.shape and explanation.heatmap.dtype == np.float32
-    assert np.isfinite(explanation.heatmap).all()
-    assert 0.0 <= explanation.heatmap.min() < explanation.heatmap.max() <= 1.0
+    assert explanation.heatmap.min() == pytest.approx(0.0, abs=1e-6) and explanation.heatmap.max() == pytest.approx(1.0, abs=1e-6)
+    # The two resizing routes differ by about 0.01; a transposed, inverted or wrong-class map by far more.
+    reference = reference_gradcam(tiny_checkpoint, path, explanation.target, original.shape)
+    np.testing.assert_allclose(explanation.heatmap, reference, atol=0.03)
     with Image.open(io.BytesIO(explanation.overlay_png)) as overlay:
         assert overlay.format == "PNG" and overlay.size == (original.shape[1], original.shape[0])
     others = [predictor.explain(path.read_bytes(), target=c) for c in CLASSES if c != explanation.target]
