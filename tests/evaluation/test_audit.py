@@ -107,9 +107,11 @@ def lung_region() -> np.ndarray:
     return Preprocessing(img_size=SIDE).prepare(mask.astype(np.float32)).to_input(mask) >= 0.5
 
 
-def audit_of(region: np.ndarray, where: str):
+def audit_of(region: np.ndarray, where: str | list[str]):
+    """Audit of 12 COVID images (texture at ``where``, or at ``where[i]`` for the i-th) and 12 normal ones."""
+    places = [where] * 12 if isinstance(where, str) else where
     labels = ["covid"] * 12 + ["normal"] * 12
-    images = [synthetic_xray(label == "covid", where) for label in labels]
+    images = [synthetic_xray(True, place) for place in places] + [synthetic_xray(False, "corner")] * 12
     records = [Record(f"synthetic/{i}.png", label, label, "site_a" if i % 2 else "site_b") for i, label in enumerate(labels)]
     cfg = AuditConfig(n_resamples=50, gradcam_per_class=4, probe_folds=3)
     return audit_arrays(predictor_for(region), images, [lung_mask()] * len(images), records, cfg, log=lambda _m: None)
@@ -165,6 +167,20 @@ def test_a_model_looking_at_the_lungs_relies_on_them():
     data = result.to_dict()
     assert set(data["scores"]) == {"original", "lungs_hidden", "lungs_only"}
     assert data["verdict"] == result.verdict
+
+
+def test_a_model_using_the_lungs_and_a_corner_is_mixed():
+    # 4 COVID images show the texture in the corner, 8 in the lungs; the model looks at both places. Hiding the
+    # lungs leaves the 4 corner ones above the 12 normals and ties the other 8 with them: (4 + 8 / 2) / 12 = 2/3,
+    # below the shortcut level 0.70; keeping only the lungs: (8 + 4 / 2) / 12 = 5/6, more than 0.05 below 1.
+    result = audit_of(lung_region() | corner_region(), ["corner"] * 4 + ["lungs"] * 8)
+    auroc = {name: s.covid_vs_rest.auroc.value for name, s in result.scores.items()}
+    assert auroc["original"] == pytest.approx(1.0)
+    assert auroc["lungs_hidden"] == pytest.approx(2 / 3)
+    assert auroc["lungs_only"] == pytest.approx(5 / 6)
+    assert result.verdict == ("mixed: COVID-vs-rest AUROC falls from 1.00 to 0.83 with only the lungs kept "
+                              "and to 0.67 with the lungs hidden")
+    assert "verdict: mixed" in audit_report(result)
 
 
 def fixed_lung_segmenter() -> LungSegmenter:
