@@ -13,7 +13,6 @@ from typing import TextIO
 from cxrscreen import SCREENING_NOTICE
 from cxrscreen.cli.batch import UniqueStems, batch_exit_code, image_files, progress, say
 from cxrscreen.errors import CxrError
-from cxrscreen.explain.overlay import write_explanation
 from cxrscreen.inference.predictor import (
     BACKENDS,
     DEFAULT_BATCH_SIZE,
@@ -113,6 +112,8 @@ def explain_one(predictor, path: Path, out_prefix: Path, target: str | None, sav
     """Write one image's Grad-CAM files at ``out_prefix`` + ``_gradcam.png``; on a bad image report
     ``path: reason`` on stderr and return False."""
     try:
+        from cxrscreen.explain.overlay import write_explanation  # matplotlib: only where a plot is drawn
+
         write_explanation(predictor.explain(str(path), target), out_prefix, save_array)
     except CxrError as exc:
         report_failure(str(exc))

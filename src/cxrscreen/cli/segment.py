@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from cxrscreen.cli.batch import UniqueStems, batch_exit_code, image_files, progress, say
 from cxrscreen.errors import ConfigError, CxrError
@@ -97,6 +96,7 @@ def lung_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     grey = np.repeat(image[..., None], 3, axis=2)
     tint = np.array([0.1, 0.9, 0.3], dtype=np.float32)
     out = np.where(mask[..., None], 0.65 * grey + 0.35 * tint, grey)
+    from scipy import ndimage  # here: --help and the other commands need not load scipy
     edge = mask & ~ndimage.binary_erosion(mask, iterations=max(1, min(mask.shape) // 200))
     out[edge] = tint
     return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)

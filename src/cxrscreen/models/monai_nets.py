@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from monai.networks.nets import DenseNet121
 
 from cxrscreen.models.registry import Backbone, register_model
 
@@ -14,6 +13,8 @@ class MonaiDenseNetBackbone(Backbone):
     target_layer = "net.features.norm5"
 
     def __init__(self) -> None:
+        from monai.networks.nets import DenseNet121  # here: importing MONAI takes seconds; other models skip it
+
         super().__init__()
         self.net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=2)
         self.out_channels = self.net.class_layers.out.in_features

@@ -260,8 +260,10 @@ def build_network(path: str | os.PathLike) -> tuple[LungUNet, dict[str, Any]]:
     return net.eval(), info
 
 
-def torch_predictor(net: LungUNet) -> Callable[[np.ndarray], np.ndarray]:
-    prob_net = LungProbabilityNet(net).eval()
+def torch_predictor(net: LungUNet | torch.jit.ScriptModule) -> Callable[[np.ndarray], np.ndarray]:
+    """Eager torch over a batch (N, 1, S, S) -> probabilities; ``net`` is a :class:`LungUNet` or the traced
+    probability network of :func:`traced_segmenter`."""
+    prob_net = net if isinstance(net, torch.jit.ScriptModule) else LungProbabilityNet(net).eval()
 
     def predict(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -338,20 +340,60 @@ def read_onnx_segmenter(path: Path) -> tuple[bytes, dict[str, Any]]:
     return data, json.loads(props["cxrscreen_lung_segmenter"])
 
 
+def exported_segmenter(weights: Path) -> tuple[bytes, dict[str, Any]]:
+    """The ONNX export of a segmenter weight file and its ``info``, made once and kept in cxrscreen's cache folder
+    (``onnx/``, keyed by the file's content): exporting takes seconds, which every ONNX Runtime process paid at
+    start-up. Exported in memory when the cache folder cannot be written."""
+    from cxrscreen.data.cache import cache_root, content_hash
+
+    version = torch.__version__.split("+")[0]
+    target = cache_root() / "onnx" / f"lungs-{content_hash(weights.read_bytes())}-opset17-torch{version}.onnx"
+    if target.is_file():
+        return read_onnx_segmenter(target)
+    net, info = build_network(weights)
+    model = onnx_model_bytes(net, info)
+    try:
+        with atomic_write(target, "wb") as fh:
+            fh.write(model)
+    except OSError:
+        pass  # a read-only cache: exported again next time
+    return model, info
+
+
+def traced_segmenter(weights: Path) -> torch.jit.ScriptModule:
+    """The probability network of a weight file traced with TorchScript, made once and kept in cxrscreen's cache
+    folder (``torchscript/``, keyed by the file's content). Loading the trace needs no MONAI, whose import took
+    2.7 s and loads matplotlib; the traced graph runs the same operators. Traced in memory when the cache
+    folder cannot be written."""
+    from cxrscreen.data.cache import cache_root, content_hash
+
+    version = torch.__version__.split("+")[0]
+    target = cache_root() / "torchscript" / f"lungs-{content_hash(weights.read_bytes())}-torch{version}.pt"
+    if target.is_file():
+        return torch.jit.load(str(target), map_location="cpu").eval()
+    net, info = build_network(weights)
+    size = info["arch"]["img_size"]
+    with torch.inference_mode(False), torch.no_grad():
+        traced = torch.jit.trace(LungProbabilityNet(net).eval(), torch.rand(2, 1, size, size))
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    try:
+        with atomic_write(target, "wb") as fh:
+            fh.write(buffer.getvalue())
+    except OSError:
+        pass  # a read-only cache: traced again next time
+    return traced.eval()
+
+
 @functools.lru_cache(maxsize=8)
 def cached_segmenter(path: str, backend: str, mtime: float, threads: int | None = None) -> LungSegmenter:
     file = Path(path)
     if backend == "onnx":
-        if file.suffix == ".onnx":
-            data, info = read_onnx_segmenter(file)
-        else:
-            net, info = build_network(file)
-            data = onnx_model_bytes(net, info)
+        data, info = read_onnx_segmenter(file) if file.suffix == ".onnx" else exported_segmenter(file)
         return LungSegmenter(onnx_predictor(data, threads), info, backend)
     if file.suffix == ".onnx":
         raise ConfigError(f"{path}: an .onnx segmenter needs backend='onnx'")
-    net, info = build_network(file)
-    return LungSegmenter(torch_predictor(net), info, backend)
+    return LungSegmenter(torch_predictor(traced_segmenter(file)), read_segmenter_file(file)["info"], backend)
 
 
 def load_segmenter(
