@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
 
 from cxrscreen.errors import ConfigError
 from cxrscreen.evaluation.probe import source_probe
@@ -33,6 +34,17 @@ def test_features_without_the_source_stay_near_the_majority_rate():
     assert result.accuracy < result.majority_rate + 0.12
     assert abs(result.balanced_accuracy - 1 / 3) < 0.15
     assert not result.encodes_source
+
+
+def test_the_probe_is_scored_out_of_fold():
+    # 200 random features for 60 images: any linear probe fits its own training images perfectly, so only
+    # images it did not train on show that the features hold no source.
+    rng = np.random.default_rng(4)
+    sources = sources_of({"a": 30, "b": 30})
+    features = rng.normal(size=(60, 200))
+    assert LogisticRegression(max_iter=2000).fit(features, sources).score(features, sources) == 1.0
+    result = source_probe(features, sources)
+    assert result.accuracy < 0.75 and not result.encodes_source
 
 
 def test_small_sources_are_left_out_and_counted():
