@@ -7,8 +7,8 @@ import pytest
 
 from cxrscreen.data.lungs import apply_lung_mode, dilate, hide_lungs, keep_only_lungs, lung_box
 from cxrscreen.data.imageio import load_xray
-from cxrscreen.data.transforms import Preprocessing, prepare_image
-from cxrscreen.models.segmenter import lung_finder
+from cxrscreen.data.transforms import Preprocessing, prepare_image, resize
+from cxrscreen.models.segmenter import lung_finder, read_lung_mask
 
 
 @pytest.fixture
@@ -75,15 +75,23 @@ def test_mask_of_another_shape_is_refused(image):
 
 
 def test_prepare_uses_the_lungs_of_a_real_xray(shared_data):
-    path = sorted((shared_data / "lung_segmentation" / "jsrt" / "images").glob("*.jpg"))[0]
+    root = shared_data / "lung_segmentation" / "jsrt"
+    path = sorted((root / "images").glob("*.jpg"))[0]
+    original = load_xray(path)
     pp = Preprocessing(img_size=64, lung_mode="crop")
-    prepared = pp.prepare(load_xray(path), lung_finder())
+    prepared = pp.prepare(original, lung_finder())
     cropped, found = prepared.input, prepared.lungs_found
     assert found is True and cropped.shape == (64, 64) and cropped.dtype == np.float32
-    whole = Preprocessing(img_size=64).prepare(load_xray(path))
-    assert whole.lungs_found is None
-    whole = whole.input
-    assert np.abs(cropped - whole).mean() > 0.02  # the crop changed the view
+    # The frame is the box of JSRT's hand-drawn lung mask plus the margin, to 3% of the side, and the input is
+    # exactly that part of the X-ray resized.
+    truth = read_lung_mask(root / "masks" / f"{path.stem}.png")
+    assert truth.shape == original.shape
+    np.testing.assert_allclose(prepared.frame, lung_box(truth, margin=pp.crop_margin), atol=0.03 * max(original.shape))
+    top, bottom, left, right = prepared.frame
+    assert (bottom - top) * (right - left) < 0.9 * original.size  # a crop, not the whole image
+    np.testing.assert_allclose(cropped, resize(original[top:bottom, left:right], 64), atol=1e-6)
+    whole = Preprocessing(img_size=64).prepare(original)
+    assert whole.lungs_found is None and whole.frame == (0, original.shape[0], 0, original.shape[1])
 
 
 def test_typical_lung_fields_are_two_lungs_of_plausible_size() -> None:
