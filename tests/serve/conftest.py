@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +16,7 @@ from PIL import Image
 
 from cxrscreen.data.imageio import load_xray
 from cxrscreen.inference.predictor import Predictor, load_predictor
+from cxrscreen.serve.app import base_url, listen
 
 PATIENT_NAME = "Testpatient^Serveprivacy"
 
@@ -32,6 +32,32 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, checkpoint_factory
 def predictor(tiny_checkpoint: Path) -> Predictor:
     torch.set_num_threads(1)
     return load_predictor(tiny_checkpoint)
+
+
+KNOWN_LIMIT = "Lateral views were not in the training data."
+
+
+@pytest.fixture(scope="session")
+def guarded_predictor(tmp_path_factory: pytest.TempPathFactory, checkpoint_factory, radiography_root: Path) -> Predictor:
+    """The small model with a whole-image OOD guard fitted on 40 real X-rays, and one known limit."""
+    from cxrscreen.inference.ood import fit_ood_guard
+    from cxrscreen.models.guard_net import GUARD_NETWORK, guard_thumbnails, torch_guard_features
+
+    files = sorted((radiography_root / "Normal" / "images").glob("*.jpg"))[:40]
+    guard = fit_ood_guard(torch_guard_features(guard_thumbnails(files)[0]), features="whole_image", network=GUARD_NETWORK)
+    path = checkpoint_factory(tmp_path_factory.mktemp("serve-guarded") / "guarded.pt", head_scale=1.0,
+                              name="serve-guarded-model", ood=guard, known_limits=[KNOWN_LIMIT])
+    return load_predictor(path, device="cpu", threads=1)
+
+
+@pytest.fixture(scope="session")
+def photo_png() -> bytes:
+    """A photograph (skimage's astronaut), not an X-ray, as PNG bytes."""
+    from skimage import data as skimage_data
+
+    buffer = io.BytesIO()
+    Image.fromarray(skimage_data.astronaut()).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")
@@ -116,18 +142,18 @@ def serve_live():
 
 @contextmanager
 def live_server(app) -> Iterator[str]:
-    """Run ``app`` on uvicorn in a thread on a free loopback port; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    """Run ``app`` on uvicorn in a thread; yields its base URL.
+
+    The listening socket is made here (port 0: the kernel picks a free one), so the URL is known before the server
+    starts and a request sent meanwhile waits in the backlog: no polling, no port race.
+    """
+    listener = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="uvicorn-test", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield base_url(listener)
     finally:
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=30)
+        listener.close()

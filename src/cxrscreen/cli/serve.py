@@ -15,9 +15,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     defaults = ServeSettings()
     parser.add_argument("--host", default=defaults.host, help="address to listen on (default: %(default)s, loopback)")
-    parser.add_argument("--port", type=int, default=defaults.port, help="port (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=defaults.port,
+        help="port (default: %(default)s; 0 picks a free one); the address is printed once bound",
+    )
     parser.add_argument("--model", default=None, metavar="FILE", help="model file (default: the bundled model)")
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="inference backend")
+    parser.add_argument(
+        "--device", default="auto", metavar="auto|cpu|cuda",
+        help="where the torch network runs (default: %(default)s, a CUDA GPU when torch sees one)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, metavar="N",
+        help="intra-op CPU threads per prediction (default: the idle CPUs, at most 4)",
+    )
+    parser.add_argument(
+        "--threshold", action="append", default=[], metavar="CLASS=P",
+        help="decision threshold of a class, repeatable, e.g. covid=0.3 (default: the model's own, else argmax)",
+    )
     parser.add_argument(
         "--workers", type=int, default=defaults.workers, metavar="N",
         help="predictions run at once, each on its own thread (default: %(default)s)",
@@ -34,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from cxrscreen.inference.predictor import parse_thresholds
     from cxrscreen.serve.app import serve
 
     settings = ServeSettings(
@@ -43,5 +59,12 @@ def run_serve(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         api_key=resolve_api_key(args.api_key),
     )
-    serve(settings, model=args.model, backend=args.backend)
+    serve(
+        settings,
+        model=args.model,
+        backend=args.backend,
+        device=args.device,
+        threads=args.threads,
+        thresholds=parse_thresholds(args.threshold) or None,
+    )
     return 0

@@ -23,6 +23,7 @@ import io
 import logging
 import math
 import secrets
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -192,18 +193,36 @@ def check_format(upload: Upload) -> str:
 class ModelGate:
     """Predictions may share the network across threads; Grad-CAM hooks its layers, so an explanation runs alone.
 
-    A readers-writer lock that lets a waiting explanation go before newly arriving predictions.
+    A readers-writer lock that lets a waiting explanation go before newly arriving predictions. ``waiting`` counts
+    the threads blocked at the gate (what a test or a log line can observe without guessing at timing).
     """
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
         self._sharing = 0
         self._exclusive = False
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        with self._condition:
+            return self._waiting
+
+    def _wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Block (holding the condition's lock) until ``predicate``, counted in :attr:`waiting` meanwhile."""
+        if predicate():
+            return
+        self._waiting += 1
+        self._condition.notify_all()  # observers of ``waiting`` wake; other waiters re-check and sleep again
+        try:
+            self._condition.wait_for(predicate)
+        finally:
+            self._waiting -= 1
 
     @contextmanager
     def shared(self) -> Iterator[None]:
         with self._condition:
-            self._condition.wait_for(lambda: not self._exclusive)
+            self._wait_for(lambda: not self._exclusive)
             self._sharing += 1
         try:
             yield
@@ -215,9 +234,9 @@ class ModelGate:
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._condition:
-            self._condition.wait_for(lambda: not self._exclusive)
+            self._wait_for(lambda: not self._exclusive)
             self._exclusive = True
-            self._condition.wait_for(lambda: self._sharing == 0)
+            self._wait_for(lambda: self._sharing == 0)
         try:
             yield
         finally:
@@ -256,6 +275,8 @@ def model_card(predictor: Any) -> dict[str, Any]:
         "metrics": meta.metrics,
         "train_summary": meta.train_summary,
         "ood_guard": bool(meta.ood),
+        "thresholds": dict(predictor.thresholds),
+        "known_limits": list(meta.known_limits),
         "train_images_hashed": len(meta.train_hashes),
         "notice": SCREENING_NOTICE,
     }
@@ -328,20 +349,54 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal server error")
 
 
-def serve(settings: ServeSettings, model: str | Path | None = None, backend: str = "torch") -> None:
-    """Load the model (the bundled default when ``model`` is None) and serve it with uvicorn until stopped."""
+def serve(
+    settings: ServeSettings,
+    model: str | Path | None = None,
+    backend: str = "torch",
+    device: str = "auto",
+    threads: int | None = None,
+    thresholds: dict[str, float] | None = None,
+) -> None:
+    """Load the model (the bundled default when ``model`` is None; ``backend``, ``device``, ``threads`` and
+    ``thresholds`` as in :func:`cxrscreen.inference.predictor.load_predictor`) and serve it with uvicorn until
+    stopped. Prints ``serving on http://HOST:PORT`` once the port is bound (``port=0`` picks a free one)."""
     from cxrscreen.inference.predictor import load_predictor
 
-    predictor = load_predictor(model, backend=backend)
+    predictor = load_predictor(model, backend=backend, device=device, threads=threads, thresholds=thresholds)
     if settings.api_key is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s without an API key: anyone who can reach it can use it", settings.host)
-    uvicorn.run(
+    listener = listen(settings.host, settings.port)
+    config = uvicorn.Config(
         create_app(predictor, settings),
         host=settings.host,
         port=settings.port,
         log_config=logging_config(),
         server_header=False,
     )
+    print(f"cxrscreen: serving on {base_url(listener)}", flush=True)
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound and listening on (host, port), made before the server starts so that the port it prints
+    is the one it serves (``port=0``: the kernel picks a free one, no race with other processes); requests that
+    arrive while the app is still starting wait in the backlog."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def base_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
 def logging_config() -> dict[str, Any]:

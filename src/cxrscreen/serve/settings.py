@@ -14,14 +14,15 @@ API_KEY_ENV = "CXRSCREEN_API_KEY"
 class ServeSettings:
     """How the service listens and what it accepts.
 
-    - ``workers``: how many predictions run at once, each on its own thread off the event loop.
+    - ``workers``: how many predictions run at once, each on its own thread off the event loop (two by default, so
+      one slow image does not hold up the next request; more cost memory and CPU threads).
     - ``max_upload_mb``: largest accepted X-ray file (MiB); bigger uploads are answered 413 without being read whole.
     - ``api_key``: when set, every ``/v1/`` request needs it (``X-API-Key`` or ``Authorization: Bearer``).
     """
 
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 1
+    workers: int = 2
     max_upload_mb: float = 20.0
     api_key: str | None = None
 

@@ -99,6 +99,17 @@ function showImage() {
   img.alt = showOverlay ? "The X-ray with the Grad-CAM heatmap over it" : "The uploaded X-ray";
 }
 
+function renderKnownLimits(limits) {
+  const list = $("known-limits-list");
+  list.replaceChildren();
+  for (const limit of limits || []) {
+    const item = document.createElement("li");
+    item.textContent = limit;
+    list.append(item);
+  }
+  $("known-limits").hidden = list.childElementCount === 0;
+}
+
 function showResult(fileName, result) {
   const top = Object.entries(result.probabilities).reduce((a, b) => (b[1] > a[1] ? b : a))[0];
   page.imageUrl = `data:image/png;base64,${result.image_png}`;
@@ -115,6 +126,7 @@ function showResult(fileName, result) {
   $("heatmap-note").textContent = result.explanation
     ? `The heatmap shows where the model found evidence for "${result.explanation.target}"; it is not a lesion map.`
     : "";
+  renderKnownLimits(result.known_limits);
   $("notice").textContent = result.notice;
   $("result").hidden = false;
 }
