@@ -76,7 +76,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, small_radiography: Path, s
     copies = run / "copies"
     copies.mkdir()
     ieee_copies = [reencoded_copy(p, copies / p.name) for p in sorted((small_ieee / "images").glob("*.jpg"))[:3]]
-    # head_scale 3: probabilities away from 0 and 1, so the 6 decimals of predictions.csv keep their ranking.
+    # head_scale 3: probabilities away from 0 and 1, so a saved ranking is not a tie of rounded values.
     checkpoint_factory(run / "best.pt", name="tiny-eval-model", temperature=1.7, head_scale=3.0,
                        train_hashes=list(hash_files(ieee_copies).hashes.values()),
                        config={"data": [str(small_radiography)], "frontal_only": True})

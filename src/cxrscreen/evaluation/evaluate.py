@@ -542,7 +542,7 @@ def write_predictions_csv(result: CollectionResult, path: Path) -> None:
     for i, path_text in enumerate(result.paths):
         target = result.targets[i]
         writer.writerow([path_text, result.sources[i], "" if target < 0 else result.classes[target],
-                         int(result.is_covid[i]), *[f"{p:.6f}" for p in result.probs[i]]])
+                         int(result.is_covid[i]), *[repr(float(p)) for p in result.probs[i]]])
     with atomic_write(path, "w") as fh:
         fh.write(buffer.getvalue())
 
