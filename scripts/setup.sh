@@ -9,8 +9,14 @@ command -v "$PY" >/dev/null || PY=python3
 # The CPU build of torch first, so nothing later pulls a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test]"
-# Headless Chromium for the web page's browser test (Debian package; no browser download).
-if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-        || echo "setup: chromium could not be installed; the browser test will be skipped" >&2
+# Headless Chromium for the web page's browser test (Debian package; no browser download). Without it the
+# browser test is skipped on a workstation but fails in CI, so a setup that cannot install it fails here, loudly.
+if [ ! -x /usr/bin/chromium ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+            || { echo "setup: error: apt-get could not install chromium (needed by tests/serve/test_serve_browser.py)" >&2; exit 1; }
+    else
+        echo "setup: error: /usr/bin/chromium is missing; install the Debian package chromium as root (the browser test needs it)" >&2
+        exit 1
+    fi
 fi

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from cxrscreen import SCREENING_NOTICE
+from cxrscreen.data.imageio import MAX_PIXELS
 from cxrscreen.serve.app import create_app
 from cxrscreen.serve.settings import ServeSettings
 
@@ -168,3 +169,28 @@ def test_api_key(predictor, covid_jpeg: Path) -> None:
     assert response.status_code == 200
     assert client.get("/healthz").status_code == 200
     assert client.get("/").status_code == 200
+
+
+def test_a_guarded_model_flags_a_photograph_through_the_api(guarded_predictor, photo_png: bytes, covid_jpeg: Path) -> None:
+    from cxrscreen.inference.predictor import OUT_OF_DISTRIBUTION_LABEL
+
+    guarded = TestClient(create_app(guarded_predictor, ServeSettings()))
+    status, body = upload(guarded, "holiday.png", photo_png)
+    assert status == 200, body
+    assert body["label"] == OUT_OF_DISTRIBUTION_LABEL and body["in_distribution"] is False
+    assert body["ood_score"] > guarded_predictor.meta.ood["threshold"]
+    assert body["known_limits"] == guarded_predictor.known_limits != []
+    card = guarded.get("/v1/model").json()
+    assert card["ood_guard"] is True and card["known_limits"] == guarded_predictor.known_limits
+
+
+def test_an_oversized_image_is_refused_from_its_header(client, monkeypatch) -> None:
+    """A 90-megapixel black PNG (86 KB: under the upload cap) gets 422 naming it, its size and the limit, and is
+    never decoded (the one that held the server for half a minute)."""
+    from PIL import ImageFile
+
+    buffer = io.BytesIO()
+    Image.new("L", (9400, 9400)).save(buffer, format="PNG")
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded before the size check"))
+    status, body = upload(client, "black.png", buffer.getvalue())
+    assert_error(status, body, 422, "black.png", "9400x9400 pixels", f"{MAX_PIXELS / 10**6:g}-megapixel limit")

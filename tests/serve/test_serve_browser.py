@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,19 +22,30 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed"),
-]
+pytestmark = pytest.mark.slow
+
+
+def require_chromium() -> None:
+    """In CI (``$CI`` set) a missing browser fails the test: a skip there would hide the page's only test."""
+    if CHROMIUM.exists():
+        return
+    message = f"{CHROMIUM} is not installed (scripts/setup.sh installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; in CI the browser test must run")
+    pytest.skip(message)
 
 
 @pytest.fixture
 def browser_page(request, predictor, serve_live):
-    """A page open on a live server; ``@pytest.mark.parametrize("browser_page", [KEY], indirect=True)`` sets a key."""
+    """A page open on a live server. ``@pytest.mark.parametrize("browser_page", [{...}], indirect=True)`` sets
+    ``api_key`` and/or ``guarded`` (serve the model with an OOD guard and known limits)."""
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
-    settings = ServeSettings(api_key=getattr(request, "param", None))
-    with serve_live(create_app(predictor, settings)) as base_url, sync_playwright() as playwright:
+    options = getattr(request, "param", {})
+    served = request.getfixturevalue("guarded_predictor") if options.get("guarded") else predictor
+    settings = ServeSettings(api_key=options.get("api_key"))
+    with serve_live(create_app(served, settings)) as base_url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 950})
         problems: list[str] = []
@@ -115,7 +127,7 @@ def test_upload_predict_and_toggle_heatmap(
     assert problems == [f"415 {page.url}v1/predict?explain=true&image=true"]
 
 
-@pytest.mark.parametrize("browser_page", ["page-key"], indirect=True)
+@pytest.mark.parametrize("browser_page", [{"api_key": "page-key"}], indirect=True)
 def test_page_asks_for_the_api_key(browser_page) -> None:
     from playwright.sync_api import expect
 
@@ -126,3 +138,48 @@ def test_page_asks_for_the_api_key(browser_page) -> None:
     page.click("#api-key-save")
     expect(page.locator("#model-info")).to_contain_text("serve-test-model")
     assert [p.split(" ")[0] for p in problems] == ["401"]
+
+
+@pytest.mark.parametrize("browser_page", [{"guarded": True}], indirect=True)
+def test_page_flags_an_image_that_is_not_a_chest_xray(
+    browser_page, guarded_predictor, photo_png: bytes, radiography_root: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    from cxrscreen.inference.predictor import OUT_OF_DISTRIBUTION_LABEL
+
+    page, problems = browser_page
+    page.set_input_files("#file-input", files=[{"name": "holiday.png", "mimeType": "image/png", "buffer": photo_png}])
+    expect(page.locator("#result")).to_be_visible(timeout=30_000)
+    expect(page.locator("#predicted-class")).to_have_text(OUT_OF_DISTRIBUTION_LABEL)
+    expect(page.locator("#ood-warning")).to_be_visible()
+    expect(page.locator("#known-limits")).to_be_visible()
+    expect(page.locator("#known-limits-list li")).to_have_text(guarded_predictor.known_limits)
+
+    # A real X-ray the guard accepts (the guard was fitted on the first 40 normals) clears the warning again.
+    normals = sorted((radiography_root / "Normal" / "images").glob("*.jpg"))[40:60]
+    accepted = next(path for path in normals if guarded_predictor.predict(path).in_distribution)
+    page.set_input_files("#file-input", str(accepted))
+    expect(page.locator("#caption")).to_contain_text(accepted.name, timeout=30_000)
+    expect(page.locator("#ood-warning")).to_be_hidden()
+    expect(page.locator("#predicted-class")).not_to_have_text(OUT_OF_DISTRIBUTION_LABEL)
+    assert problems == []
+
+
+def outcome_of(check) -> BaseException | None:
+    """What ``check()`` raised (pytest's skip and fail outcomes included), so a skip cannot pass for a failure."""
+    try:
+        check()
+    except BaseException as exc:  # noqa: BLE001 - pytest's outcomes are BaseExceptions
+        return exc
+    return None
+
+
+def test_missing_chromium_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", "true")
+    in_ci = outcome_of(require_chromium)
+    assert isinstance(in_ci, pytest.fail.Exception) and "in CI the browser test must run" in str(in_ci)
+    monkeypatch.delenv("CI")
+    elsewhere = outcome_of(require_chromium)
+    assert isinstance(elsewhere, pytest.skip.Exception) and "not installed" in str(elsewhere)
