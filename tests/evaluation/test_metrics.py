@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -80,17 +79,14 @@ def test_matches_sklearn_on_random_data():
         assert m.per_class[name]["auroc"].value == pytest.approx(roc_auc_score(y == i, probs[:, i]))
 
 
-def test_bootstrap_is_seeded_covers_the_value_and_is_fast():
+def test_bootstrap_is_seeded_and_covers_the_value():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 2000)
     probs = rng.dirichlet(np.ones(3), 2000) + 0.5 * np.eye(3)[y]
     probs /= probs.sum(1, keepdims=True)
-    start = time.perf_counter()
     first = multiclass_metrics(y, probs, CLASSES, n_resamples=1000, seed=7)
-    elapsed = time.perf_counter() - start
     again = multiclass_metrics(y, probs, CLASSES, n_resamples=1000, seed=7)
     other = multiclass_metrics(y, probs, CLASSES, n_resamples=1000, seed=8)
-    assert elapsed < 10.0
     assert first.to_dict() == again.to_dict()
     assert first.accuracy.low != other.accuracy.low
     for interval in (first.accuracy, first.macro_f1, first.per_class["viral"]["auroc"]):
