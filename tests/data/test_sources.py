@@ -186,17 +186,54 @@ def test_symlink_loop_does_not_hang(tmp_path: Path) -> None:
     assert load_dataset(root, LabelSet.parse("covid,normal")).class_counts() == {"covid": 2, "normal": 2}
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable folders")
-def test_unreadable_class_folder_is_reported(tmp_path: Path) -> None:
-    root = tmp_path / "tree"
-    write_png(root / "covid" / "a.png", 1)
-    write_png(root / "normal" / "inner" / "b.png", 2)
-    (root / "normal" / "inner").chmod(0)
+UNPRIVILEGED_UID = 65534  # nobody
+
+
+def notes_without_privileges(root: Path, receiver_pipe) -> None:
+    """In a forked child: drop root's privileges (root reads any folder), then load ``root`` and send its notes."""
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(UNPRIVILEGED_UID)
+        os.setuid(UNPRIVILEGED_UID)
     try:
         dataset = load_dataset(root, LabelSet.parse("covid,normal"), allow_missing_classes=True)
+        receiver_pipe.send(list(dataset.notes))
+    except BaseException as exc:  # noqa: BLE001 - reported to the test
+        receiver_pipe.send(f"raised {type(exc).__name__}: {exc}")
+
+
+def test_unreadable_class_folder_is_reported() -> None:
+    """Runs as root too (CI does): the load happens in a forked child that has given up root's privileges."""
+    import multiprocessing
+    import shutil
+    import tempfile
+
+    # Outside pytest's temporary folders, which only their owner may enter.
+    base = Path(tempfile.mkdtemp(prefix="cxrscreen-unreadable-"))
+    try:
+        base.chmod(0o755)
+        root = base / "tree"
+        write_png(root / "covid" / "a.png", 1)
+        write_png(root / "normal" / "inner" / "b.png", 2)
+        for folder in (root, root / "covid", root / "normal"):
+            folder.chmod(0o755)
+        readable = load_dataset(root, LabelSet.parse("covid,normal"), allow_missing_classes=True)  # imports done here
+        assert readable.class_counts() == {"covid": 1, "normal": 1} and not readable.notes
+        (root / "normal" / "inner").chmod(0)
+        context = multiprocessing.get_context("fork")
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=notes_without_privileges, args=(root, sender))
+        child.start()
+        sender.close()
+        assert receiver.poll(120), "the unprivileged child gave no answer"
+        notes = receiver.recv()
+        child.join(timeout=60)
     finally:
-        (root / "normal" / "inner").chmod(0o755)
-    assert any("cannot read folder" in note for note in dataset.notes)
+        if (base / "tree" / "normal" / "inner").exists():
+            (base / "tree" / "normal" / "inner").chmod(0o755)
+        shutil.rmtree(base)
+    assert isinstance(notes, list), notes
+    assert any("inner: cannot read folder" in note and "ermission denied" in note for note in notes), notes
 
 
 def test_layout_errors(tmp_path: Path, shared_data: Path, small_radiography: Path) -> None:
