@@ -11,6 +11,7 @@ the classifier's penultimate features). A screening aid, not a diagnosis: every 
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar, overload
@@ -51,7 +52,7 @@ class Predictor:
 
     Attributes: ``meta`` (:class:`ModelMeta`), ``classes`` (class names in output order), ``backend_name``
     (``torch`` or ``onnx``), ``model_path`` (the file it was loaded from), ``batch_size``, ``segmenter`` (the
-    lung segmenter for lung-focused preprocessing; None = the bundled torch one), ``device`` (where the torch
+    lung segmenter for lung-focused preprocessing; None = the bundled torch one, loaded on first use), ``device`` (where the torch
     network runs), ``threads`` (CPU threads: batches are prepared and scored by that many workers side by side,
     each network single-threaded, see :func:`cxrscreen.inference.options.default_threads`), ``thresholds``
     ({class: probability} of :func:`decide`; empty = the most probable class).
@@ -84,6 +85,9 @@ class Predictor:
         self._guard_runner: Any = None
         self._guard_arrays: tuple[dict, dict] | None = None
         self._pool: ThreadPoolExecutor | None = None
+        # Networks made on first use (exports included) are made once, whichever worker or request needs them
+        # first: torch's exporter and tracer hold global state and fail when two threads use them at once.
+        self._first_use = threading.Lock()
 
     @property
     def known_limits(self) -> list[str]:
@@ -123,8 +127,11 @@ class Predictor:
 
     def find_lungs_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
         """The lung mask of each decoded X-ray (None where no plausible lungs are found), one segmenter pass."""
-        from cxrscreen.models.segmenter import batch_lung_finder
+        from cxrscreen.models.segmenter import batch_lung_finder, load_segmenter
 
+        if self.segmenter is None:
+            with self._first_use:
+                self.segmenter = self.segmenter or load_segmenter()
         return batch_lung_finder(self.segmenter)(images)
 
     def find_lungs(self, image: np.ndarray) -> np.ndarray | None:
@@ -173,15 +180,16 @@ class Predictor:
         """The guard's network, created on first use: ONNX Runtime for both backends (0.8 ms per image against 9 ms
         for torch eager, whose per-layer overhead dominates at 64 px; same features within 1e-4), torch when the
         cache folder for its one-time export cannot be written. Single-threaded, like the classifier."""
-        if self._guard_runner is None:
-            from cxrscreen.inference.onnx_export import OnnxGuardRunner
+        with self._first_use:
+            if self._guard_runner is None:
+                from cxrscreen.inference.onnx_export import OnnxGuardRunner
 
-            try:
-                self._guard_runner = OnnxGuardRunner(1)
-            except OSError:
-                from cxrscreen.models.guard_net import torch_guard_features
+                try:
+                    self._guard_runner = OnnxGuardRunner(1)
+                except OSError:
+                    from cxrscreen.models.guard_net import torch_guard_features
 
-                self._guard_runner = torch_guard_features
+                    self._guard_runner = torch_guard_features
         return self._guard_runner
 
     def ood_check(self, outputs: NetOutputs) -> tuple[np.ndarray, np.ndarray | None]:
