@@ -122,3 +122,19 @@ def test_traced_torch_segmenter_gives_the_eager_networks_probabilities(xrays, tm
             traced = traced_segmenter(DEFAULT_WEIGHTS)(torch.from_numpy(batch)).numpy()
             np.testing.assert_allclose(traced, eager, atol=1e-5)
     assert list((tmp_path / "torchscript").glob("lungs-*.pt"))
+
+
+def test_training_cache_prepares_batches_as_files_alone(xrays, tmp_path):
+    from cxrscreen.data.cache import load_prepared, to_uint8
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    files = [*xrays, bad, *xrays]  # 27 files: above the thread pool's threshold, so batches go to 2 workers
+    prepared = load_prepared(files, BUNDLED_PP, cache_dir=tmp_path / "cache", progress=False, workers=2)
+    assert [path for path, _ in prepared.errors] == [str(bad)]
+    finder = lung_finder(load_segmenter())
+    expected = [to_uint8(BUNDLED_PP.prepare(load_xray(p), finder).input) for p in xrays]
+    assert len(prepared.images) == 2 * len(xrays)
+    for got, want in zip(prepared.images, expected + expected):
+        # uint8 of the same float inputs; a last-bit difference of the segmenter may move a value by one level.
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1

@@ -27,13 +27,15 @@ import numpy as np
 from tqdm import tqdm
 
 from cxrscreen.data.imageio import iter_image_files, load_xray, read_image_file
-from cxrscreen.data.transforms import FindLungs, Preprocessing
+from cxrscreen.data.transforms import FindLungs, FindLungsBatch, Preprocessing
 from cxrscreen.errors import ConfigError, CxrError, DatasetLayoutError, ImageDecodeError, ModelError
 from cxrscreen.io_utils import atomic_write, write_json
 
 ON_BAD_IMAGE = ("skip", "fail")
 # Below this many cache misses a thread pool costs more than it saves.
 MIN_PARALLEL_MISSES = 16
+# Files prepared together: their lungs are found in one pass of the segmenter.
+PREPARE_BATCH = 32
 # Bump whenever decoding or preparing an image changes its result (imageio, transforms, lungs code): entries of
 # other versions are then never read. The Preprocessing settings and segmenter weights are keyed separately.
 PREPARATION_VERSION = 1
@@ -95,6 +97,13 @@ def bundled_lung_finder() -> FindLungs:
     from cxrscreen.models.segmenter import lung_finder
 
     return lung_finder()
+
+
+def bundled_batch_lung_finder() -> FindLungsBatch:
+    """:func:`bundled_lung_finder` for batches; the segmenter is loaded here, once, before workers share it."""
+    from cxrscreen.models.segmenter import batch_lung_finder, load_segmenter
+
+    return batch_lung_finder(load_segmenter())
 
 
 def segmenter_digest() -> str:
@@ -205,6 +214,38 @@ def _complete(found: _Outcome, path: str, variants: Sequence[_Variant]) -> _Outc
         return _Outcome(found.index, reason=_reason(exc, path))
 
 
+def _complete_batch(
+    batch: list[_Outcome], paths: list[str], variants: Sequence[_Variant], find_lungs: FindLungsBatch | None
+) -> list[_Outcome]:
+    """:func:`_complete` for a batch of files: each decoded once, the lungs of all found in one segmenter pass
+    per variant (:meth:`Preprocessing.prepare_batch`, the same result as file by file). A batch that fails as a
+    whole is redone file by file, so that a bad file fails alone."""
+    outcomes: dict[int, _Outcome] = {}
+    decoded = []
+    for found in batch:
+        path = paths[found.index]
+        try:
+            data = _read_bytes(path)
+            decoded.append((found, data, load_xray(data, path)))
+        except Exception as exc:  # noqa: BLE001 - as in _complete
+            outcomes[found.index] = _Outcome(found.index, reason=_reason(exc, path))
+    images = {found.index: list(found.images or [None] * len(variants)) for found, _, _ in decoded}
+    try:
+        for i, variant in enumerate(variants):
+            todo = [(found, data, image) for found, data, image in decoded if images[found.index][i] is None]
+            prepared = variant.pp.prepare_batch([image for _, _, image in todo], find_lungs)
+            for (found, data, _), result in zip(todo, prepared):
+                images[found.index][i] = to_uint8(result.input)
+                if variant.cache is not None:
+                    variant.cache.put(content_hash(data), images[found.index][i])
+    except (ModelError, ConfigError):
+        raise
+    except Exception:  # noqa: BLE001 - redone file by file below
+        return [_complete(found, paths[found.index], variants) for found in batch]
+    outcomes.update({index: _Outcome(index, images=done) for index, done in images.items()})
+    return [outcomes[found.index] for found in batch]
+
+
 def _prepare_each(paths: list[str], variants: Sequence[_Variant], workers: int, progress: bool) -> Iterator[_Outcome]:
     """Outcomes of every file: complete cache hits and failures first (in order), then the decoded rest (in order)."""
     pending: list[_Outcome] = []
@@ -216,14 +257,22 @@ def _prepare_each(paths: list[str], variants: Sequence[_Variant], workers: int, 
                 yield outcome
             else:
                 pending.append(outcome)
-        if len(pending) < MIN_PARALLEL_MISSES or workers <= 1:
-            for found in pending:
+        parallel = len(pending) >= MIN_PARALLEL_MISSES and workers > 1
+        size = max(1, min(PREPARE_BATCH, -(-len(pending) // (workers if parallel else 1))))
+        batches = [pending[i : i + size] for i in range(0, len(pending), size)]
+        finder = bundled_batch_lung_finder() if pending and any(v.pp.needs_lungs for v in variants) else None
+
+        def complete(batch: list[_Outcome]) -> list[_Outcome]:
+            return _complete_batch(batch, paths, variants, finder)
+
+        if not parallel:
+            for outcome in (outcome for batch in batches for outcome in complete(batch)):
                 bar.update()
-                yield _complete(found, paths[found.index], variants)
+                yield outcome
             return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr-decode") as pool:
             try:
-                for outcome in pool.map(lambda found: _complete(found, paths[found.index], variants), pending):
+                for outcome in (outcome for done in pool.map(complete, batches) for outcome in done):
                     bar.update()
                     yield outcome
             finally:
