@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "segment",
     "serve",
     "validity",
+    "adapt",
 )
 
 

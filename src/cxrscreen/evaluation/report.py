@@ -9,6 +9,7 @@ base64 PNG, so the file can be mailed or archived alone:
   95% CIs, confusion matrices, ROC and reliability plots; before any ``evaluate``, the test split's metrics that
   ``train`` measured (``summary.json``, else ``best.pt``);
 - ``audit/audit.json`` (``cxrscreen audit``): the shortcut audit;
+- ``adapt.json`` and ``learning_curve.png`` (``cxrscreen adapt``): before/after on the site, threshold, learning curve;
 - ``eval/predictions.csv``: Grad-CAM overlays of correct and wrong predictions per class (computed here).
 
 A part whose file is missing becomes a one-line hint naming the command that produces it.
@@ -214,6 +215,36 @@ def evaluation_section(metrics: dict | None, eval_dir: Path, training_test: dict
     return html.section("evaluation", "Evaluation", "\n".join(parts))
 
 
+def adaptation_section(adapt: dict | None, run_dir: Path) -> str:
+    """``adapt.json`` (``cxrscreen adapt``): the parent's figures and the adapted model's (out of fold) on the same
+    site images, the operating threshold and the learning curve; nothing for a model that was not adapted."""
+    if adapt is None:
+        return ""
+
+    def cell(figures: dict | None, key: str) -> str:
+        low, high = (figures or {}).get(f"{key}_ci") or (None, None)
+        return fmt({"value": (figures or {}).get(key), "ci_low": low, "ci_high": high})
+
+    positive, images, threshold = adapt["positive_class"], adapt["images"], adapt["threshold"]
+    keys = (("auroc", f"AUROC {positive}-vs-rest"), ("sensitivity", "sensitivity (argmax)"),
+            ("specificity", "specificity (argmax)"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"))
+    parts = [html.paragraph(f"Parent {adapt['parent']['name']} v{adapt['parent']['version']} adapted to "
+                            f"{', '.join(adapt['data'])}: {images['used']} images, {adapt['folds']['k']} folds by "
+                            f"{adapt['folds']['grouped_by']}; {images.get('left_out_near_duplicates') or 0} near-duplicate(s) "
+                            "of the parent's training images left out."),
+             html.table(["metric", "before (parent)", "after (out of fold)"],
+                        [[label, cell(adapt["before"], key), cell(adapt["after"], key)] for key, label in keys]),
+             html.paragraph(f"Operating threshold p({positive}) >= {threshold['value']:.3f}: sensitivity "
+                            f"{cell(threshold, 'sensitivity')}, specificity {cell(threshold, 'specificity')} (out of fold).")]
+    if adapt.get("learning_curve"):
+        parts.append(html.table(["labelled images per class", f"AUROC {positive}-vs-rest"],
+                                [[str(row["size"]), cell(row, "auroc")] for row in adapt["learning_curve"]]))
+    curve = run_dir / "learning_curve.png"
+    if curve.is_file():
+        parts.append(html.figure(curve.read_bytes(), "learning curve"))
+    return html.section("adaptation", "Adaptation to a site", "\n".join(parts))
+
+
 def audit_section(audit: dict | None) -> str:
     if audit is None:
         hint = "No shortcut audit yet: run `cxrscreen audit --model RUN_DIR --data PATH`."
@@ -309,6 +340,7 @@ def build_report(run_dir: str | Path, gradcam_per_class: int = 3, log: Callable[
         overview_section(meta, summary),
         data_section(meta.train_summary or (summary or {}).get("data", {}), config),
         curves_section(read_csv(run_dir / "metrics.csv")),
+        adaptation_section(read_json(run_dir / "adapt.json"), run_dir),
         evaluation_section(read_json(eval_dir / "metrics.json"), eval_dir,
                            (summary or {}).get("test") or meta.metrics.get("test")),
         audit_section(audit),
