@@ -12,6 +12,7 @@ import torch
 from cxrscreen.data.transforms import Preprocessing
 from cxrscreen.models.checkpoint import ModelMeta, save_checkpoint
 from cxrscreen.models.registry import create_model
+from subsets import link_subset
 
 SHARED_DATA = Path(os.environ.get("CXRSCREEN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
@@ -37,19 +38,6 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def radiography_root(shared_data: Path) -> Path:
     return shared_data / "COVID-19_Radiography_Dataset"
-
-
-def link_subset(src_root: Path, dst_root: Path, per_class: int, pattern: str = "*/images/*.jpg") -> Path:
-    """Build a small copy of a folder layout by symlinking the first ``per_class`` files of each folder."""
-    by_folder: dict[Path, list[Path]] = {}
-    for path in sorted(src_root.glob(pattern)):
-        by_folder.setdefault(path.parent, []).append(path)
-    for folder, files in by_folder.items():
-        target = dst_root / folder.relative_to(src_root)
-        target.mkdir(parents=True, exist_ok=True)
-        for path in files[:per_class]:
-            (target / path.name).symlink_to(path)
-    return dst_root
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import link_subset
+from subsets import link_subset
 from cxrscreen.cli import main
 from cxrscreen.data.labels import ALIASES, CANONICAL_FINDINGS, LabelSet
 from cxrscreen.data.sources import detect_layout, load_dataset

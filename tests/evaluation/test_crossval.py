@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cxrscreen.cli import main
-from conftest import link_subset
+from subsets import link_subset
 
 pytestmark = pytest.mark.slow
 

@@ -35,7 +35,7 @@ def shifted_copy(src: Path, dst: Path, pixels: int) -> None:
 def radiography_with_duplicates(radiography_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 images per class of the Radiography DB (symlinks) plus, for 2 of them per class, two near-duplicate
     copies each: the split must keep every copy on its original's side."""
-    from conftest import link_subset
+    from subsets import link_subset
 
     root = link_subset(radiography_root, tmp_path_factory.mktemp("dups") / "COVID-19_Radiography_Dataset", 12)
     for folder in sorted(root.glob("*/images")):
