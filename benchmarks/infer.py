@@ -1,142 +1,273 @@
-"""Inference benchmark: torch eager against ONNX Runtime, side by side, on real X-rays.
+"""Inference benchmark: what a user waits for, and where the time goes, on real X-rays.
 
-    .venv/bin/python benchmarks/infer.py [--model FILE] [--threads N] [--rounds 5] [--latency-images 50]
-        [--data DIR] [--json FILE]
+    .venv/bin/python benchmarks/infer.py [--data DIR] [--images 512] [--repeats 3] [--latency-images 50]
+        [--model FILE] [--json FILE]
 
-For one model (default: the bundled one; without it, an ImageNet-initialised efficientnet_lite0 at 224 px, as
-speed does not depend on the weights), every configuration is measured in the same run:
+Everything is measured in one run, so that the ratios hold on a shared, noisy machine (compare ratios, not
+absolute figures, between runs):
 
-- throughput: images/s of ``Predictor.predict_prepared`` on batches of 32 prepared real X-rays (network only);
-  rounds are interleaved across configurations so a busy shared CPU hurts them alike, and the median is kept;
-- single-image latency: ``Predictor.predict(path)`` on ``--latency-images`` different real files, one at a time:
-  decode + preprocess + inference + OOD guard, median and 90th percentile in ms.
+- whole process (fresh ``python -m cxrscreen`` each time, medians of ``--repeats``): ``predict DIR --format csv``
+  with ``--backend torch`` and ``--backend onnx`` (alternated) on ``--images`` files (their ratio: target >= 2x), ``--help``
+  (target <= 0.5 s) and ``from cxrscreen import load_model; load_model()`` (target <= 2 s);
+- ``load_model().predict(path)``: median over ``--latency-images`` files with the defaults (target <= 40 ms), then
+  the same while a ``yes > /dev/null`` process keeps one CPU busy (target: within 2x of idle);
+- training preparation (lung crop + mask + CLAHE, the bundled model's preprocessing) into a cold cache through
+  :func:`cxrscreen.data.cache.load_prepared`, images/s (target >= 150);
+- the classifier's own throughput on batches of 32 prepared images: torch eager and ONNX Runtime;
+- a breakdown of the per-image cost of each stage (ms/image, batches of 32, ONNX Runtime where there is a choice):
+  decode, lung segmenter network, mask post-processing + lung crop/mask, CLAHE, classifier, OOD guard, and the
+  start-up of a process (import + load) for each backend.
 
-Configurations: torch eager (inference_mode) with contiguous and channels-last tensors; ONNX Runtime with all
-graph optimisations and with none. Targets: ONNX Runtime >= 2x torch eager throughput, latency <= 40 ms.
+The images are a fixed random pick over the Radiography DB (all classes), linked into a temporary folder; the ONNX
+exports are made once, before timing, into a temporary cache folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-
-from cxrscreen.data.imageio import iter_image_files
-from cxrscreen.data.transforms import Preprocessing, prepare_from_source
-from cxrscreen.inference.predictor import DEFAULT_MODEL, Predictor, load_predictor
-from cxrscreen.io_utils import write_json
-from cxrscreen.models.checkpoint import ModelMeta, save_checkpoint
-from cxrscreen.models.registry import create_model
 
 BATCH = 32
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "COVID-19_Radiography_Dataset"
-CONFIGS = {
-    "torch eager": {"backend": "torch", "channels_last": False},
-    "torch eager, channels-last": {"backend": "torch", "channels_last": True},
-    "ONNX Runtime, all optimisations": {"backend": "onnx", "onnx_optimization": "all"},
-    "ONNX Runtime, no optimisation": {"backend": "onnx", "onnx_optimization": "disabled"},
-}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
-
-@dataclass
-class Result:
-    config: str
-    images_per_s: float
-    latency_median_ms: float
-    latency_p90_ms: float
-
-
-def stand_in_model(folder: Path, img_size: int = 224) -> Path:
-    """An ImageNet-initialised efficientnet_lite0 checkpoint: the bundled model's architecture and input size."""
-    path = folder / "lite0.pt"
-    meta = ModelMeta(arch="efficientnet_lite0", classes=["covid", "normal", "viral"], preprocessing=Preprocessing(img_size))
-    save_checkpoint(path, create_model("efficientnet_lite0", 3, pretrained=True), meta)
-    return path
-
-
-def throughput(predictor: Predictor, batch: np.ndarray) -> float:
-    """Images/s of one forward pass over ``batch`` (float32 (32, S, S))."""
+LATENCY_SCRIPT = """
+import json, statistics, sys, time
+from cxrscreen import load_model
+files = sys.argv[1:]
+model = load_model()
+for path in files[:3]:
+    model.predict(path)
+times = []
+for path in files:
     start = time.perf_counter()
-    predictor.predict_prepared(batch)
-    return len(batch) / (time.perf_counter() - start)
+    model.predict(path)
+    times.append((time.perf_counter() - start) * 1000.0)
+print(json.dumps({"median_ms": statistics.median(times), "threads": model.threads}))
+"""
 
 
-def latencies_ms(predictor: Predictor, files: list[Path]) -> list[float]:
-    """Wall time of ``predict(path)`` per file, decode included."""
+def pick_files(data: Path, count: int) -> list[Path]:
+    """``count`` image files spread over ``data`` (recursed), fixed for repeatability."""
+    files = sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    chosen = np.random.default_rng(0).choice(len(files), min(count, len(files)), replace=False)
+    return [files[i] for i in sorted(chosen)]
+
+
+def linked_folder(files: list[Path], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(files):
+        (folder / f"{i:04d}{path.suffix.lower()}").symlink_to(path)
+    return folder
+
+
+def seconds(command: list[str], env: dict[str, str]) -> float:
+    """Wall time of one process; its failure stops the benchmark (a broken command has no speed)."""
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:6])}...: exit {done.returncode}\n{done.stderr[-2000:]}")
+    return elapsed
+
+
+def median_seconds(command: list[str], env: dict[str, str], repeats: int) -> float:
+    return statistics.median(seconds(command, env) for _ in range(repeats))
+
+
+def latency(files: list[Path], env: dict[str, str], busy: bool) -> dict:
+    """Median ms of ``load_model().predict(path)`` in a fresh process; ``busy``: with ``yes`` on one CPU."""
+    hog = subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) if busy else None
+    try:
+        if hog is not None:
+            time.sleep(1.0)  # let the scheduler see the load before the model chooses its threads
+        out = subprocess.run([sys.executable, "-c", LATENCY_SCRIPT, *map(str, files)], env=env,
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def preparation_rate(files: list[Path], repeats: int) -> float:
+    """Images/s of the training cache's preparation (bundled model's preprocessing) into a cold cache."""
+    from cxrscreen.data.cache import load_prepared
+    from cxrscreen.inference.predictor import DEFAULT_MODEL
+    from cxrscreen.models.checkpoint import load_checkpoint
+
+    from cxrscreen.training.threads import configure_threads
+
+    configure_threads()  # as `train` does before it builds its cache
+    pp = load_checkpoint(DEFAULT_MODEL)[1].preprocessing
+    load_prepared(files[:4], pp, progress=False, use_cache=False)  # segmenter loaded before timing
+    rates = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as cold:
+            start = time.perf_counter()
+            load_prepared(files, pp, cache_dir=Path(cold), progress=False)
+            rates.append(len(files) / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def per_image_ms(fn, count: int, repeats: int) -> float:
+    """Median over ``repeats`` of (time of ``fn()``) / ``count``, in ms."""
     times = []
-    for path in files:
+    for _ in range(repeats):
         start = time.perf_counter()
-        predictor.predict(path)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return times
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0 / count)
+    return statistics.median(times)
 
 
-def run(model: Path, files: list[Path], threads: int, rounds: int, latency_images: int) -> list[Result]:
-    torch.set_num_threads(threads)
-    predictors = {name: load_predictor(model, batch_size=BATCH, threads=threads, **kw) for name, kw in CONFIGS.items()}
-    pp = next(iter(predictors.values())).meta.preprocessing
-    batch = np.stack([prepare_from_source(p, pp) for p in files[:BATCH]])
-    for predictor in predictors.values():
-        throughput(predictor, batch)  # warm-up: allocations, ORT arenas, first-call kernels
-        latencies_ms(predictor, files[:3])
+def stage_breakdown(model: Path | None, files: list[Path], repeats: int) -> dict[str, float]:
+    """ms/image of each stage on one batch of real files (ONNX Runtime networks, one thread)."""
+    from cxrscreen.data.imageio import load_xray
+    from cxrscreen.data.lungs import apply_lung_mode, typical_lung_mask
+    from cxrscreen.data.transforms import equalize, resize
+    from cxrscreen.inference.predictor import load_predictor
+    from cxrscreen.models.guard_net import guard_thumbnail
+    from cxrscreen.models.segmenter import load_segmenter, probabilities_to_segmentation
+
+    batch = files[:BATCH]
+    predictor = load_predictor(model, backend="onnx", threads=1)
+    pp = predictor.meta.preprocessing
+    segmenter = load_segmenter(backend="onnx")
+    images = [load_xray(p) for p in batch]
+    probs = segmenter.probabilities(images)
+    masks = []
+    for image, prob in zip(images, probs):
+        found = probabilities_to_segmentation(prob, image.shape, segmenter.limits)
+        masks.append(found.mask if found.plausible else typical_lung_mask(image.shape))
+
+    def post_process() -> list[np.ndarray]:
+        out = []
+        for image, prob in zip(images, probs):
+            found = probabilities_to_segmentation(prob, image.shape, segmenter.limits)
+            mask = found.mask if found.plausible else typical_lung_mask(image.shape)
+            out.append(resize(apply_lung_mode(image, mask, pp), pp.img_size))
+        return out
+
+    resized = post_process()
+    prepared = np.stack([np.clip(equalize(r, pp.equalize), 0, 1) for r in resized]).astype(np.float32)
+    thumbs = np.stack([guard_thumbnail(image) for image in images])
+    predictor.predict_prepared(prepared, thumbs)  # warm-up
+    n = len(batch)
+    return {
+        "decode": per_image_ms(lambda: [load_xray(p) for p in batch], n, repeats),
+        "segment (network)": per_image_ms(lambda: segmenter.probabilities(images), n, repeats),
+        "post-process + lung crop": per_image_ms(post_process, n, repeats),
+        "equalise (CLAHE)": per_image_ms(lambda: [equalize(r, pp.equalize) for r in resized], n, repeats),
+        "classify": per_image_ms(lambda: predictor.predict_prepared(prepared), n, repeats),
+        "guard (thumbnail + network)": per_image_ms(
+            lambda: predictor.guard_runner(np.stack([guard_thumbnail(i) for i in images])), n, repeats),
+    }
+
+
+def classifier_throughput(model: Path | None, files: list[Path], repeats: int) -> dict[str, float]:
+    """Images/s of the classifier alone on a batch of 32 prepared images, torch eager and ONNX Runtime, at the
+    threads each backend chooses by default; rounds interleaved so that a busy CPU hurts both alike."""
+    from cxrscreen.data.transforms import prepare_from_source
+    from cxrscreen.inference.predictor import load_predictor
+    from cxrscreen.models.segmenter import lung_finder
+
+    predictors = {name: load_predictor(model, backend=name) for name in ("torch", "onnx")}
+    pp = predictors["torch"].meta.preprocessing
+    batch = np.stack([prepare_from_source(p, pp, find_lungs=lung_finder()) for p in files[:BATCH]])
     speeds: dict[str, list[float]] = {name: [] for name in predictors}
-    for _ in range(rounds):
+    for predictor in predictors.values():
+        predictor.predict_prepared(batch)
+    for _ in range(max(repeats, 3)):
         for name, predictor in predictors.items():
-            speeds[name].append(throughput(predictor, batch))
-    results = []
-    for name, predictor in predictors.items():
-        times = latencies_ms(predictor, files[BATCH : BATCH + latency_images])
-        results.append(
-            Result(name, statistics.median(speeds[name]), statistics.median(times), float(np.percentile(times, 90)))
-        )
+            start = time.perf_counter()
+            predictor.predict_prepared(batch)
+            speeds[name].append(len(batch) / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in speeds.items()}
+
+
+def run(args: argparse.Namespace, tmp: Path) -> dict:
+    files = pick_files(args.data, max(args.images, args.latency_images + 3))
+    folder = linked_folder(files[: args.images], tmp / "images")
+    env = {**os.environ, "CXRSCREEN_CACHE": str(tmp / "cache")}
+    os.environ["CXRSCREEN_CACHE"] = env["CXRSCREEN_CACHE"]
+    cli = [sys.executable, "-m", "cxrscreen"]
+    model = ["--model", str(args.model)] if args.model else []
+    warm = linked_folder(files[:2], tmp / "warm")
+    for backend in ("torch", "onnx"):  # ONNX exports and file-system caches made before timing
+        seconds([*cli, "predict", str(warm), *model, "--backend", backend, "--format", "csv"], env)
+    results: dict = {"images": len(files[: args.images]), "repeats": args.repeats}
+    # Alternated, so that a load that comes and goes on the shared machine slows both backends alike.
+    runs: dict[str, list[float]] = {"torch": [], "onnx": []}
+    for _ in range(args.repeats):
+        for backend in runs:
+            runs[backend].append(
+                seconds([*cli, "predict", str(folder), *model, "--backend", backend, "--format", "csv"], env))
+    for backend, times in runs.items():
+        results[f"predict_{backend}_s"] = statistics.median(times)
+    results["help_s"] = median_seconds([*cli, "--help"], env, args.repeats)
+    load = "from cxrscreen import load_model; load_model({})"
+    results["load_model_s"] = median_seconds([sys.executable, "-c", load.format("")], env, args.repeats)
+    results["load_model_onnx_s"] = median_seconds(
+        [sys.executable, "-c", load.format("backend='onnx'")], env, args.repeats)
+    sample = files[-args.latency_images :]
+    results["latency_idle"] = latency(sample, env, busy=False)
+    results["latency_busy"] = latency(sample, env, busy=True)
+    results["prepare_img_s"] = preparation_rate(files[: args.images], 1)
+    results["classifier_img_s"] = classifier_throughput(args.model, files, args.repeats)
+    results["breakdown_ms"] = stage_breakdown(args.model, files, args.repeats)
     return results
 
 
-def print_table(results: list[Result], model_note: str, img_size: int, threads: int) -> None:
-    baseline = results[0].images_per_s
-    print(f"model: {model_note}; input {img_size} x {img_size}; {threads} thread(s); {platform.processor() or platform.machine()}")
-    print(f"{'configuration':<34} {'img/s @32':>10} {'vs eager':>9} {'latency p50':>12} {'p90':>8}")
-    for r in results:
-        print(
-            f"{r.config:<34} {r.images_per_s:>10.1f} {r.images_per_s / baseline:>8.2f}x "
-            f"{r.latency_median_ms:>9.1f} ms {r.latency_p90_ms:>5.1f} ms"
-        )
-    print("targets: ONNX Runtime >= 2x torch eager throughput; single-image latency <= 40 ms")
+def print_table(r: dict) -> None:
+    torch_s, onnx_s = r["predict_torch_s"], r["predict_onnx_s"]
+    idle, busy = r["latency_idle"]["median_ms"], r["latency_busy"]["median_ms"]
+    rows = [
+        (f"predict DIR --format csv, torch ({r['images']} img)", f"{torch_s:.1f} s", f"{r['images'] / torch_s:.0f} img/s", ""),
+        (f"predict DIR --format csv, onnx ({r['images']} img)", f"{onnx_s:.1f} s", f"{r['images'] / onnx_s:.0f} img/s",
+         f"{torch_s / onnx_s:.2f}x torch (>= 2x)"),
+        ("cxrscreen --help", f"{r['help_s']:.2f} s", "", "<= 0.5 s"),
+        ("load_model() (import + load), torch", f"{r['load_model_s']:.2f} s", "", "<= 2 s"),
+        ("load_model(backend='onnx')", f"{r['load_model_onnx_s']:.2f} s", "", ""),
+        ("predict(path) median, defaults, idle", f"{idle:.1f} ms", f"threads {r['latency_idle']['threads']}", "<= 40 ms"),
+        ("the same beside `yes > /dev/null`", f"{busy:.1f} ms", f"threads {r['latency_busy']['threads']}",
+         f"{busy / idle:.2f}x idle (<= 2x)"),
+        ("training preparation, cold cache", f"{r['prepare_img_s']:.0f} img/s", "", ">= 150 img/s"),
+        ("classifier alone, torch eager @32", f"{r['classifier_img_s']['torch']:.0f} img/s", "", ""),
+        ("classifier alone, ONNX Runtime @32", f"{r['classifier_img_s']['onnx']:.0f} img/s", "",
+         f"{r['classifier_img_s']['onnx'] / r['classifier_img_s']['torch']:.2f}x torch"),
+    ]
+    print(f"{'measure (median of ' + str(r['repeats']) + ')':<48} {'value':>11} {'':>13}  ratio / target")
+    for name, value, extra, note in rows:
+        print(f"{name:<48} {value:>11} {extra:>13}  {note}")
+    print("\nbreakdown, ms per image (batch of 32, ONNX Runtime, 1 thread):")
+    for stage, ms in r["breakdown_ms"].items():
+        print(f"  {stage:<30} {ms:7.2f}")
+    print(f"  {'start-up (process, onnx)':<30} {r['load_model_onnx_s'] * 1000:7.0f} once")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="checkpoint .pt or run directory (default: the bundled model)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads for both engines")
-    parser.add_argument("--rounds", type=int, default=5, help="throughput measurements per configuration")
-    parser.add_argument("--latency-images", type=int, default=50, help="files timed one at a time")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of real X-rays (recursed)")
+    parser.add_argument("--images", type=int, default=512, help="images for the whole-process predict rows")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of each measure (medians are shown)")
+    parser.add_argument("--latency-images", type=int, default=50, help="files timed one at a time")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    files = iter_image_files([args.data])
-    # Spread the picks over the folder (all classes), fixed for repeatability.
-    files = [files[i] for i in np.random.default_rng(0).choice(len(files), BATCH + args.latency_images, replace=False)]
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ.setdefault("CXRSCREEN_CACHE", tmp)
-        if args.model is not None:
-            model, note = args.model, str(args.model)
-        elif DEFAULT_MODEL.is_file():
-            model, note = DEFAULT_MODEL, "bundled default"
-        else:
-            model, note = stand_in_model(Path(tmp)), "efficientnet_lite0 stand-in (no bundled model yet)"
-        results = run(model, files, args.threads, args.rounds, args.latency_images)
-        img_size = load_predictor(model).img_size
-    print_table(results, note, img_size, args.threads)
+        results = run(args, Path(tmp))
+    print_table(results)
     if args.json:
-        write_json(args.json, {"model": note, "img_size": img_size, "threads": args.threads, "results": [asdict(r) for r in results]})
+        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
