@@ -139,6 +139,9 @@ def fine_tune(parent: XrayClassifier, features: torch.Tensor, targets: np.ndarra
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     num_classes = model.head.out_features
     weights = class_weights(targets[train_idx], num_classes)
+    # A class without training images (a site that has no COVID) would get the largest weight, and label smoothing
+    # would spend it pulling every image towards that class: it gets none.
+    weights[np.bincount(targets[train_idx], minlength=num_classes) == 0] = 0.0
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=settings.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss(weight=weights)
     generator = np.random.default_rng(seed)
