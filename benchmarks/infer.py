@@ -105,7 +105,7 @@ def preparation_rate(files: list[Path], repeats: int) -> float:
     from cxrscreen.inference.predictor import DEFAULT_MODEL
     from cxrscreen.models.checkpoint import load_checkpoint
 
-    from cxrscreen.training.threads import configure_threads
+    from cxrscreen.threads import configure_threads
 
     configure_threads()  # as `train` does before it builds its cache
     pp = load_checkpoint(DEFAULT_MODEL)[1].preprocessing
@@ -135,8 +135,8 @@ def stage_breakdown(model: Path | None, files: list[Path], repeats: int) -> dict
     from cxrscreen.data.lungs import apply_lung_mode, typical_lung_mask
     from cxrscreen.data.transforms import equalize, resize
     from cxrscreen.inference.predictor import load_predictor
-    from cxrscreen.models.guard_net import guard_thumbnail
-    from cxrscreen.models.segmenter import load_segmenter, probabilities_to_segmentation
+    from cxrscreen.guard.network import guard_thumbnail
+    from cxrscreen.lungs.segmenter import load_segmenter, probabilities_to_segmentation
 
     batch = files[:BATCH]
     predictor = load_predictor(model, backend="onnx", threads=1)
@@ -178,7 +178,7 @@ def classifier_throughput(model: Path | None, files: list[Path], repeats: int) -
     threads each backend chooses by default; rounds interleaved so that a busy CPU hurts both alike."""
     from cxrscreen.data.transforms import prepare_from_source
     from cxrscreen.inference.predictor import load_predictor
-    from cxrscreen.models.segmenter import lung_finder
+    from cxrscreen.lungs.segmenter import lung_finder
 
     predictors = {name: load_predictor(model, backend=name) for name in ("torch", "onnx")}
     pp = predictors["torch"].meta.preprocessing

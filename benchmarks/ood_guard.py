@@ -26,7 +26,7 @@ def first(paths: list[Path], n: int) -> list[Path]:
 
 
 def real_sets(model: str | None, root: Path, n: int) -> dict[str, list[Path]]:
-    from cxrscreen.evaluation.ood_check import ieee_views
+    from cxrscreen.guard.check import ieee_views
 
     split = Path(model) / "split.csv" if model and Path(model).is_dir() else None
     if split and split.is_file():
@@ -51,7 +51,7 @@ def main() -> None:
 
     from scipy.stats import binomtest
 
-    from cxrscreen.evaluation.ood_check import flagged_rate, lateral_halves, non_xray_samples
+    from cxrscreen.guard.check import flagged_rate, lateral_halves, non_xray_samples
     from cxrscreen.inference.predictor import load_predictor
 
     predictor = load_predictor(args.model)

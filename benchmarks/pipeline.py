@@ -41,7 +41,7 @@ from cxrscreen.inference.predictor import load_predictor
 from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from cxrscreen.models.registry import XrayClassifier, create_model
 from cxrscreen.training.augment import BatchAugment
-from cxrscreen.training.threads import configure_threads
+from cxrscreen.threads import configure_threads
 from cxrscreen.training.trainer import to_input
 
 SHARED = Path(os.environ.get("CXRSCREEN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -17,16 +17,16 @@ import numpy as np
 import torch
 
 from cxrscreen.data.imageio import load_xray
-from cxrscreen.models.segmenter import (
+from cxrscreen.lungs.segmenter import (
     DEFAULT_WEIGHTS,
     LungSegmenter,
     build_network,
-    evaluate_segmenter,
     load_segmenter,
     onnx_model_bytes,
     onnx_predictor,
-    segmentation_pairs,
 )
+from cxrscreen.lungs.metrics import evaluate_segmenter
+from cxrscreen.lungs.pairs import segmentation_pairs
 
 JSRT = Path(os.environ.get("CXRSCREEN_SHARED_DATA", "../shared/data")) / "lung_segmentation" / "jsrt"
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cxrscreen.cli import main
-from cxrscreen.evaluation.metrics import weighted_auroc
+from cxrscreen.metrics.classification import weighted_auroc
 from cxrscreen.models.checkpoint import load_checkpoint
 
 

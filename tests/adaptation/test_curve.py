@@ -7,7 +7,7 @@ import pytest
 
 from cxrscreen.adaptation.curve import curve_entry
 from cxrscreen.adaptation.scores import operating_threshold
-from cxrscreen.evaluation.metrics import Interval
+from cxrscreen.metrics.classification import Interval
 
 
 def test_curve_entry_averages_repeats_and_pools_their_resamples():

@@ -22,7 +22,8 @@ from cxrscreen.data.cache import (
 )
 from cxrscreen.data.transforms import Preprocessing, prepare_from_source
 from cxrscreen.errors import ConfigError, DatasetLayoutError, ImageDecodeError, ModelError
-from cxrscreen.models import segmenter
+from cxrscreen.lungs import segmenter
+from cxrscreen.lungs.finder import segmenter_lungs
 
 PP = Preprocessing(img_size=64)
 
@@ -110,9 +111,9 @@ def test_lung_variant_depends_on_segmenter_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(segmenter, "DEFAULT_WEIGHTS", weights)
     lungs = Preprocessing(img_size=64, lung_mode="crop")
     weights.write_bytes(b"weights one")
-    first = PreparedCache(lungs, tmp_path).variant
+    first = PreparedCache(lungs, tmp_path, segmenter_lungs()).variant
     weights.write_bytes(b"weights two, retrained")
-    second = PreparedCache(lungs, tmp_path).variant
+    second = PreparedCache(lungs, tmp_path, segmenter_lungs()).variant
     assert first != second
     # Without lungs the segmenter does not matter.
     assert PreparedCache(PP, tmp_path).variant == PreparedCache(PP, tmp_path / "other").variant
@@ -141,7 +142,17 @@ def test_bad_files_are_reported_or_raise(tmp_path, real_images):
 def test_missing_segmenter_raises_once_instead_of_failing_every_file(tmp_path, real_images, monkeypatch):
     monkeypatch.setattr(segmenter, "DEFAULT_WEIGHTS", tmp_path / "absent.pt")
     with pytest.raises(ModelError, match="absent.pt"):
+        load_prepared(real_images, Preprocessing(img_size=64, lung_mode="crop"), cache_dir=tmp_path, progress=False,
+                      lungs=segmenter_lungs())
+
+
+def test_lung_focused_preparation_needs_a_lung_finder(tmp_path, real_images):
+    # data imports no segmenter: without one passed in, lung-focused preparation is refused before any file is read.
+    with pytest.raises(ConfigError, match="lung finder"):
         load_prepared(real_images, Preprocessing(img_size=64, lung_mode="crop"), cache_dir=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="lung finder"):
+        load_prepared(real_images, PP, cache_dir=tmp_path, progress=False, use_cache=False,
+                      also=[Preprocessing(img_size=64, lung_mode="mask")])
 
 
 def test_damaged_entry_is_rebuilt(tmp_path, real_images):

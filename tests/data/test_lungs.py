@@ -8,7 +8,8 @@ import pytest
 from cxrscreen.data.lungs import apply_lung_mode, dilate, hide_lungs, keep_only_lungs, lung_box
 from cxrscreen.data.imageio import load_xray
 from cxrscreen.data.transforms import Preprocessing, prepare_image, resize
-from cxrscreen.models.segmenter import lung_finder, read_lung_mask
+from cxrscreen.lungs.pairs import read_lung_mask
+from cxrscreen.lungs.segmenter import lung_finder
 
 
 @pytest.fixture

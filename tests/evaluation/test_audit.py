@@ -32,7 +32,7 @@ from cxrscreen.evaluation.audit import (
 from cxrscreen.inference.predictor import Predictor, TorchBackend
 from cxrscreen.models.checkpoint import ModelMeta, save_checkpoint
 from cxrscreen.models.registry import create_model
-from cxrscreen.models.segmenter import LungSegmenter
+from cxrscreen.lungs.segmenter import LungSegmenter
 
 HEIGHT, WIDTH, SIDE = 64, 96, 64
 

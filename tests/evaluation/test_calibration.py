@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from cxrscreen.evaluation.calibration import (
+from cxrscreen.metrics.calibration import (
     MIN_CALIBRATION_IMAGES,
     TEMPERATURE_RANGE,
     brier_score,

@@ -21,7 +21,7 @@ from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.sources import load_dataset, scan_paths
 from cxrscreen.data.splits import make_split, save_split
 from cxrscreen.evaluation.evaluate import evaluate_model
-from cxrscreen.evaluation.metrics import bootstrap_weights
+from cxrscreen.metrics.classification import bootstrap_weights
 
 CLASSES = ["covid", "normal", "viral"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

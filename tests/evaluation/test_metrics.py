@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
-from cxrscreen.evaluation.metrics import (
+from cxrscreen.metrics.classification import (
     Interval,
     binary_metrics,
     bootstrap_weights,

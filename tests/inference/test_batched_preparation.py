@@ -21,7 +21,7 @@ from cxrscreen.data.imageio import load_xray
 from cxrscreen.data.lungs import dilate
 from cxrscreen.data.transforms import Preprocessing, resize
 from cxrscreen.inference.predictor import PredictionFailure
-from cxrscreen.models.segmenter import batch_lung_finder, clean_mask, load_segmenter, lung_finder
+from cxrscreen.lungs.segmenter import batch_lung_finder, clean_mask, load_segmenter, lung_finder
 
 BUNDLED_PP = Preprocessing(img_size=160, lung_mode="crop_mask", crop_margin=0.10, mask_dilation=0.04, equalize="clahe")
 
@@ -111,7 +111,7 @@ def test_predict_batch_on_workers_matches_predict_alone(xrays, bundled_predictor
 def test_traced_torch_segmenter_gives_the_eager_networks_probabilities(xrays, tmp_path, monkeypatch):
     import torch
 
-    from cxrscreen.models.segmenter import DEFAULT_WEIGHTS, LungProbabilityNet, build_network, traced_segmenter
+    from cxrscreen.lungs.segmenter import DEFAULT_WEIGHTS, LungProbabilityNet, build_network, traced_segmenter
 
     monkeypatch.setenv("CXRSCREEN_CACHE", str(tmp_path))
     segmenter = load_segmenter(backend="torch")
@@ -125,12 +125,15 @@ def test_traced_torch_segmenter_gives_the_eager_networks_probabilities(xrays, tm
 
 
 def test_training_cache_prepares_batches_as_files_alone(xrays, tmp_path):
-    from cxrscreen.data.cache import load_prepared, to_uint8
+    from cxrscreen.data.cache import load_prepared
+    from cxrscreen.data.imageio import to_uint8
+    from cxrscreen.lungs.finder import segmenter_lungs
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     files = [*xrays, bad, *xrays]  # 27 files: above the thread pool's threshold, so batches go to 2 workers
-    prepared = load_prepared(files, BUNDLED_PP, cache_dir=tmp_path / "cache", progress=False, workers=2)
+    prepared = load_prepared(files, BUNDLED_PP, cache_dir=tmp_path / "cache", progress=False, workers=2,
+                             lungs=segmenter_lungs())
     assert [path for path, _ in prepared.errors] == [str(bad)]
     finder = lung_finder(load_segmenter())
     expected = [to_uint8(BUNDLED_PP.prepare(load_xray(p), finder).input) for p in xrays]

@@ -126,8 +126,8 @@ def test_ood_guard_relabels_rejected_images(
     (format version 1, before the guard features existed) still work."""
     from skimage import data as skimage_data
 
-    from cxrscreen.inference.ood import fit_ood_guard
-    from cxrscreen.models.guard_net import GUARD_NETWORK, guard_thumbnails, torch_guard_features
+    from cxrscreen.guard.ppca import fit_ood_guard
+    from cxrscreen.guard.network import GUARD_NETWORK, guard_thumbnails, torch_guard_features
 
     files = sorted((radiography_root / "Normal" / "images").glob("*.jpg"))
     plain = load_predictor(tiny_checkpoint)
@@ -257,7 +257,7 @@ class BoxSegmenter:
         self.box = box
 
     def segment(self, image: np.ndarray):
-        from cxrscreen.models.segmenter import LungSegmentation
+        from cxrscreen.lungs.segmenter import LungSegmentation
 
         h, w = image.shape
         top, bottom, left, right = self.box

@@ -104,7 +104,7 @@ def test_onnx_backend_runs_on_the_cpu_only(tiny_checkpoint):
 
 
 def test_default_threads_do_not_oversubscribe_busy_cpus(tiny_checkpoint, monkeypatch):
-    from cxrscreen.training import threads
+    from cxrscreen import threads
 
     monkeypatch.setattr(threads, "available_cpus", lambda: 16)
     monkeypatch.setattr(threads, "idle_cpus", lambda cpus: 1)

@@ -12,20 +12,18 @@ from PIL import Image
 from cxrscreen.cli import main
 from cxrscreen.data.imageio import load_xray
 from cxrscreen.errors import ModelError
-from cxrscreen.models.segmenter import (
+from cxrscreen.lungs.segmenter import (
     DEFAULT_WEIGHTS,
     PlausibilityLimits,
     check_plausibility,
     clean_mask,
-    dice_iou,
-    evaluate_segmenter,
     load_segmenter,
-    read_lung_mask,
     read_segmenter_file,
     segment_lungs,
     segment_lungs_batch,
-    segmentation_pairs,
 )
+from cxrscreen.lungs.metrics import dice_iou, evaluate_segmenter
+from cxrscreen.lungs.pairs import read_lung_mask, segmentation_pairs
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +118,7 @@ def test_onnx_runtime_masks_match_torch(jsrt_pairs, shared_data):
 
 
 def test_exported_onnx_file_loads(tmp_path, jsrt_pairs):
-    from cxrscreen.models.segmenter import export_segmenter_onnx
+    from cxrscreen.lungs.segmenter import export_segmenter_onnx
 
     path = export_segmenter_onnx(tmp_path / "lungs.onnx")
     image = load_xray(jsrt_pairs[0][0])

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cxrscreen.errors import ConfigError
-from cxrscreen.training import threads
-from cxrscreen.training.threads import available_cpus, choose_thread_settings, configure_threads
+from cxrscreen import threads
+from cxrscreen.threads import available_cpus, choose_thread_settings, configure_threads
 
 
 def test_settings_follow_cpu_affinity_and_load(monkeypatch):

@@ -88,7 +88,7 @@ def test_checkpoint_is_self_describing(trained_run: Path) -> None:
 
 
 def test_too_few_validation_images_keep_temperature_one_and_say_why(trained_run: Path) -> None:
-    from cxrscreen.evaluation.calibration import MIN_CALIBRATION_IMAGES
+    from cxrscreen.metrics.calibration import MIN_CALIBRATION_IMAGES
 
     summary = json.loads((trained_run / "summary.json").read_text())
     n_val = sum(summary["data"]["images_per_split"]["val"].values())

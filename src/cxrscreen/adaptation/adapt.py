@@ -35,13 +35,13 @@ from cxrscreen.adaptation.scores import by_source, interval_fields, operating_th
 from cxrscreen.adaptation.site import SiteData, load_site, site_evaluator
 from cxrscreen.adaptation.tail import TuneSettings, cut_index, fine_tune, frozen_features, predict_features
 from cxrscreen.errors import RunDirError
-from cxrscreen.evaluation.calibration import choose_temperature
-from cxrscreen.evaluation.metrics import binary_metrics
+from cxrscreen.metrics.calibration import choose_temperature
+from cxrscreen.metrics.classification import binary_metrics
 from cxrscreen.inference.predictor import softmax
 from cxrscreen.io_utils import atomic_write, write_json
 from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from cxrscreen.models.efficientnet_lite import file_sha256
-from cxrscreen.training.threads import configure_threads
+from cxrscreen.threads import configure_threads
 
 CONFIG_FILE, ADAPT_FILE, BEST_FILE = "config.json", "adapt.json", "best.pt"
 PREDICTIONS_FILE, CURVE_FILE = "predictions.csv", "learning_curve.png"
@@ -201,7 +201,7 @@ class Adaptation:
 
     def save_final(self, epochs: int, temperature: float, threshold: float, report: dict[str, Any]) -> None:
         """Fine-tune on every site image and write ``best.pt`` (with guard, lineage, temperature and threshold)."""
-        from cxrscreen.training.trainer import fit_guard
+        from cxrscreen.guard.fit import fit_guard
 
         cfg, site = self.cfg, self.site
         self.log(f"final model: fine-tuning on all {len(site.records)} images for {epochs} epoch(s)")

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cxrscreen.adaptation.scores import interval_fields
-from cxrscreen.evaluation.metrics import Interval, percentile_interval
+from cxrscreen.metrics.classification import Interval, percentile_interval
 
 
 def curve_entry(size: int, drawn: Sequence[dict[str, int]], aurocs: Sequence[Interval]) -> dict[str, Any]:

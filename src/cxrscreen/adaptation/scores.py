@@ -1,6 +1,6 @@
 """The figures adapt reports, before and after, on the same images: the positive class against the rest (AUROC,
 and the sensitivity and specificity of a decision) and the multiclass accuracy and macro-F1, all with 95% bootstrap
-CIs that resample patients (:mod:`cxrscreen.evaluation.metrics`); and the operating threshold."""
+CIs that resample patients (:mod:`cxrscreen.metrics.classification`); and the operating threshold."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cxrscreen.evaluation.metrics import Interval, binary_metrics, multiclass_metrics
+from cxrscreen.metrics.classification import Interval, binary_metrics, multiclass_metrics
 
 
 def interval_fields(name: str, interval: Interval) -> dict[str, Any]:

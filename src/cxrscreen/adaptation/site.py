@@ -22,7 +22,8 @@ from cxrscreen.data.sources import load_dataset, task_class
 from cxrscreen.data.splits import record_groups
 from cxrscreen.errors import ConfigError, DatasetLayoutError
 from cxrscreen.evaluation.evaluate import EvaluationConfig, Evaluator
-from cxrscreen.models.guard_net import guard_preprocessing
+from cxrscreen.guard.network import guard_preprocessing
+from cxrscreen.lungs.finder import segmenter_lungs
 
 
 @dataclass
@@ -117,7 +118,7 @@ def load_site(cfg: AdaptConfig, evaluator: Evaluator, log: Callable[[str], None]
     notes = list(selection.notes) + check_classes(where, {c: int((targets == i).sum()) for i, c in enumerate(classes)},
                                                   cfg.positive)
     prepared = load_prepared([r.path for r in records], evaluator.meta.preprocessing, progress=cfg.progress,
-                             also=[guard_preprocessing()], on_bad_image="fail")
+                             also=[guard_preprocessing()], on_bad_image="fail", lungs=segmenter_lungs())
     hashes = hash_files([r.path for r in records], progress=cfg.progress).hashes
     if not any(r.patient_id for r in records):
         notes.append(f"{where}: no patient column, so folds are drawn by near-duplicate group only")

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from cxrscreen.cli.batch import batch_exit_code, image_files
 from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
 from cxrscreen.data.labels import LabelSet, parse_label_map
+
+if TYPE_CHECKING:
+    from cxrscreen.data.transforms import LungFinder, Preprocessing
 
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,12 +89,21 @@ def run_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def lung_finder(pp: Preprocessing) -> LungFinder | None:
+    """The bundled segmenter when ``pp`` is lung-focused; imported only then (it loads torch)."""
+    if not pp.needs_lungs:
+        return None
+    from cxrscreen.lungs.finder import segmenter_lungs
+
+    return segmenter_lungs()
+
+
 def run_cache(args: argparse.Namespace) -> int:
     from cxrscreen.data.cache import build_cache
     from cxrscreen.data.transforms import Preprocessing
 
     pp = Preprocessing(img_size=args.img_size, lung_mode=args.lung_mode, equalize=args.equalize)
-    report = build_cache(image_files(args.paths), pp, progress=sys.stderr.isatty())
+    report = build_cache(image_files(args.paths), pp, progress=sys.stderr.isatty(), lungs=lung_finder(pp))
     for path, reason in report.failed:
         print(f"{path}: {reason}", file=sys.stderr)
     if report.cached or report.built:

@@ -146,7 +146,7 @@ def run_export(args: argparse.Namespace) -> int:
     print(out)
     if read_onnx_meta(out).preprocessing.needs_lungs:
         # The model's inputs depend on the lung segmenter: ship it beside the classifier.
-        from cxrscreen.models.segmenter import export_segmenter_onnx
+        from cxrscreen.lungs.segmenter import export_segmenter_onnx
 
         print(export_segmenter_onnx(out.with_name(f"{out.stem}_lungs.onnx")))
     return 0

@@ -15,7 +15,6 @@ file + rename), so processes building the same cache at once (DDP ranks) never r
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -26,10 +25,11 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from cxrscreen.data.imageio import iter_image_files, load_xray, read_image_file
-from cxrscreen.data.transforms import FindLungs, FindLungsBatch, Preprocessing
+from cxrscreen.data.imageio import iter_image_files, load_xray, read_image_file, to_uint8
+from cxrscreen.data.transforms import FindLungsBatch, LungFinder, Preprocessing
 from cxrscreen.errors import ConfigError, CxrError, DatasetLayoutError, ImageDecodeError, ModelError
 from cxrscreen.io_utils import atomic_write, write_json
+from cxrscreen.threads import choose_thread_settings
 
 ON_BAD_IMAGE = ("skip", "fail")
 # Below this many cache misses a thread pool costs more than it saves.
@@ -70,11 +70,6 @@ class CacheReport:
         }
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """float32 [0, 1] -> uint8 [0, 255] (rounded)."""
-    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def cache_root() -> Path:
     """cxrscreen's cache folder: ``$CXRSCREEN_CACHE``, else ``$XDG_CACHE_HOME/cxrscreen``, else ``~/.cache/cxrscreen``."""
     if os.environ.get("CXRSCREEN_CACHE"):
@@ -86,42 +81,19 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-@functools.lru_cache(maxsize=8)
-def _file_digest(path: Path, mtime_ns: int, size: int) -> str:
-    return content_hash(path.read_bytes())
-
-
-def bundled_lung_finder() -> FindLungs:
-    """The bundled lung segmenter as :meth:`Preprocessing.prepare`'s lung finder (the one :func:`segmenter_digest`
-    keys the cache on)."""
-    from cxrscreen.models.segmenter import lung_finder
-
-    return lung_finder()
-
-
-def bundled_batch_lung_finder() -> FindLungsBatch:
-    """:func:`bundled_lung_finder` for batches; the segmenter is loaded here, once, before workers share it."""
-    from cxrscreen.models.segmenter import batch_lung_finder, load_segmenter
-
-    return batch_lung_finder(load_segmenter())
-
-
-def segmenter_digest() -> str:
-    """Digest of the bundled lung segmenter's weight file (``missing`` when absent: preparing fails anyway)."""
-    from cxrscreen.models.segmenter import DEFAULT_WEIGHTS as weights
-
-    if not weights.is_file():
-        return "missing"
-    stat = weights.stat()
-    return _file_digest(weights, stat.st_mtime_ns, stat.st_size)
+def check_lungs(pps: Sequence[Preprocessing], lungs: LungFinder | None) -> None:
+    """Refuse lung-focused preprocessing without a lung finder (``data`` has no segmenter of its own)."""
+    if lungs is None and any(pp.needs_lungs for pp in pps):
+        raise ConfigError("lung-focused preprocessing needs a lung finder (cxrscreen.lungs.finder.segmenter_lungs())")
 
 
 class PreparedCache:
-    """The on-disk entries of one preprocessing variant."""
+    """The on-disk entries of one preprocessing variant (``lungs``: the finder its lung-focused images came from)."""
 
-    def __init__(self, pp: Preprocessing, cache_dir: Path | None = None):
+    def __init__(self, pp: Preprocessing, cache_dir: Path | None = None, lungs: LungFinder | None = None):
+        check_lungs([pp], lungs)
         self.pp = pp
-        key = f"prep-v{PREPARATION_VERSION}|{pp.cache_key()}" + (f"|lungs={segmenter_digest()}" if pp.needs_lungs else "")
+        key = f"prep-v{PREPARATION_VERSION}|{pp.cache_key()}" + (f"|lungs={lungs.digest}" if lungs and pp.needs_lungs else "")
         self.variant = content_hash(key.encode())
         self.root = Path(cache_dir or cache_root()) / "prepared" / self.variant
         self._key = key
@@ -194,9 +166,10 @@ def _lookup(index: int, path: str, variants: Sequence[_Variant]) -> _Outcome:
     return _Outcome(index, images=images, cached=all(image is not None for image in images))
 
 
-def _complete(found: _Outcome, path: str, variants: Sequence[_Variant]) -> _Outcome:
+def _complete(found: _Outcome, path: str, variants: Sequence[_Variant], find_lungs: FindLungsBatch | None) -> _Outcome:
     """Decode one file once and prepare the variants the cache did not hold (storing them); a failure of the file
     becomes a reason."""
+    find_one = (lambda image: find_lungs([image])[0]) if find_lungs is not None else None
     try:
         data = _read_bytes(path)
         decoded = load_xray(data, path)
@@ -204,7 +177,7 @@ def _complete(found: _Outcome, path: str, variants: Sequence[_Variant]) -> _Outc
         images = list(found.images or [None] * len(variants))
         for i, variant in enumerate(variants):
             if images[i] is None:
-                images[i] = to_uint8(variant.pp.prepare(decoded, bundled_lung_finder()).input)
+                images[i] = to_uint8(variant.pp.prepare(decoded, find_one).input)
                 if variant.cache is not None:
                     variant.cache.put(digest, images[i])
         return _Outcome(found.index, images=images)
@@ -241,12 +214,14 @@ def _complete_batch(
     except (ModelError, ConfigError):
         raise
     except Exception:  # noqa: BLE001 - redone file by file below
-        return [_complete(found, paths[found.index], variants) for found in batch]
+        return [_complete(found, paths[found.index], variants, find_lungs) for found in batch]
     outcomes.update({index: _Outcome(index, images=done) for index, done in images.items()})
     return [outcomes[found.index] for found in batch]
 
 
-def _prepare_each(paths: list[str], variants: Sequence[_Variant], workers: int, progress: bool) -> Iterator[_Outcome]:
+def _prepare_each(
+    paths: list[str], variants: Sequence[_Variant], workers: int, progress: bool, lungs: LungFinder | None
+) -> Iterator[_Outcome]:
     """Outcomes of every file: complete cache hits and failures first (in order), then the decoded rest (in order)."""
     pending: list[_Outcome] = []
     with tqdm(total=len(paths), desc="preparing images", unit="img", disable=not progress, leave=False) as bar:
@@ -260,7 +235,8 @@ def _prepare_each(paths: list[str], variants: Sequence[_Variant], workers: int, 
         parallel = len(pending) >= MIN_PARALLEL_MISSES and workers > 1
         size = max(1, min(PREPARE_BATCH, -(-len(pending) // (workers if parallel else 1))))
         batches = [pending[i : i + size] for i in range(0, len(pending), size)]
-        finder = bundled_batch_lung_finder() if pending and any(v.pp.needs_lungs for v in variants) else None
+        # Loaded here, once, before the workers share it.
+        finder = lungs.load() if lungs is not None and pending and any(v.pp.needs_lungs for v in variants) else None
 
         def complete(batch: list[_Outcome]) -> list[_Outcome]:
             return _complete_batch(batch, paths, variants, finder)
@@ -280,8 +256,6 @@ def _prepare_each(paths: list[str], variants: Sequence[_Variant], workers: int, 
 
 
 def _default_workers() -> int:
-    from cxrscreen.training.threads import choose_thread_settings
-
     return choose_thread_settings().decode_workers
 
 
@@ -294,24 +268,29 @@ def load_prepared(
     use_cache: bool = True,
     workers: int | None = None,
     also: Sequence[Preprocessing] = (),
+    lungs: LungFinder | None = None,
 ) -> PreparedImages:
     """Prepare every file (see :func:`cxrscreen.data.transforms.prepare_from_source`) through the disk cache.
 
     Returns ``images`` uint8 (len(ok), img_size, img_size) in the order of ``paths`` (bad files left out).
     Bad files are reported in ``errors`` as (path, reason), or raise :class:`ImageDecodeError` with
     ``on_bad_image="fail"``. ``use_cache=False`` decodes everything and writes nothing. ``workers``: decode
-    threads for cache misses (default: from :func:`cxrscreen.training.threads.choose_thread_settings`).
+    threads for cache misses (default: from :func:`cxrscreen.threads.choose_thread_settings`).
     ``also``: other preprocessings of the same files (e.g. the OOD guard's thumbnail), returned in
     ``PreparedImages.also`` and cached alike; each file is read once and decoded at most once for all of them.
+    ``lungs``: the lung finder, required when a preprocessing is lung-focused (``data`` imports no model: the caller
+    passes e.g. :func:`cxrscreen.lungs.finder.segmenter_lungs`). Images stay uint8, 4x smaller than the float32
+    convention; :func:`cxrscreen.data.imageio.to_float` converts a slice when it is used.
     """
     if on_bad_image not in ON_BAD_IMAGE:
         raise ConfigError(f"--on-bad-image must be skip or fail, got {on_bad_image!r}")
     names = [str(p) for p in paths]
-    variants = [_Variant(one, PreparedCache(one, cache_dir) if use_cache else None) for one in (pp, *also)]
+    check_lungs([pp, *also], lungs)
+    variants = [_Variant(one, PreparedCache(one, cache_dir, lungs) if use_cache else None) for one in (pp, *also)]
     arrays = [np.empty((len(names), v.pp.img_size, v.pp.img_size), dtype=np.uint8) for v in variants]
     good = np.zeros(len(names), dtype=bool)
     reasons: dict[int, str] = {}
-    for outcome in _prepare_each(names, variants, workers or _default_workers(), progress):
+    for outcome in _prepare_each(names, variants, workers or _default_workers(), progress, lungs):
         if outcome.images is None:
             if on_bad_image == "fail":
                 raise ImageDecodeError(f"{names[outcome.index]}: {outcome.reason}")
@@ -332,6 +311,7 @@ def build_cache(
     progress: bool = True,
     cache_dir: Path | None = None,
     workers: int | None = None,
+    lungs: LungFinder | None = None,
 ) -> CacheReport:
     """Fill the cache for every image file under ``paths`` (files or folders, recursed), without keeping them.
 
@@ -340,9 +320,9 @@ def build_cache(
     files = [str(p) for p in iter_image_files(list(paths))]
     if not files:
         raise DatasetLayoutError(f"{', '.join(map(str, paths))}: no PNG, JPEG or DICOM files found")
-    cache = PreparedCache(pp, cache_dir)
+    cache = PreparedCache(pp, cache_dir, lungs)
     report = CacheReport(cache_dir=cache.root)
-    for outcome in _prepare_each(files, [_Variant(pp, cache)], workers or _default_workers(), progress):
+    for outcome in _prepare_each(files, [_Variant(pp, cache)], workers or _default_workers(), progress, lungs):
         if outcome.images is None:
             report.failed.append((files[outcome.index], outcome.reason or "unknown error"))
         elif outcome.cached:

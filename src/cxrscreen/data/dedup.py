@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cxrscreen.data.cache import cache_root
-from cxrscreen.data.imageio import load_xray
+from cxrscreen.data.imageio import load_xray, to_uint8
 from cxrscreen.data.records import Record
 from cxrscreen.errors import ConfigError, CxrError
 
@@ -44,7 +44,7 @@ def image_phash(image: np.ndarray) -> str:
     """256-bit pHash of a decoded X-ray (float32 (H, W) in [0, 1]) as 64 hex digits."""
     import imagehash  # imported here, like scipy below, so that `cxrscreen --help` starts fast
 
-    pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    pixels = to_uint8(image)
     return str(imagehash.phash(Image.fromarray(pixels, mode="L"), hash_size=PHASH_SIZE))
 
 

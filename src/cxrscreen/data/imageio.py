@@ -42,6 +42,18 @@ PILLOW_OPENERS = {"png": PngImagePlugin.PngImageFile, "jpeg": JpegImagePlugin.jp
 # What Pillow's openers raise on a header they cannot parse (``Image.open`` turns these into UnidentifiedImageError).
 HEADER_ERRORS = (SyntaxError, IndexError, TypeError, struct.error)
 
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """The convention (float32 [0, 1]) -> uint8 [0, 255], rounded: how prepared images are stored (4x smaller) and
+    written as PNG. The one float -> uint8 conversion; :func:`to_float` is its inverse."""
+    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def to_float(image: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] (a stored prepared image, any shape) -> the convention, float32 [0, 1]."""
+    return np.asarray(image, dtype=np.float32) / np.float32(255.0)
+
+
 # Formats recognised only to say clearly that they are not accepted.
 FOREIGN_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"GIF87a", "GIF"),

@@ -1,7 +1,7 @@
 """Lung-focused preprocessing and the lung edits of the shortcut audit.
 
 All functions take an X-ray in the one image convention (float32 (H, W) in [0, 1]) and a lung mask (bool (H, W),
-True = lung, e.g. from :func:`cxrscreen.models.segmenter.segment_lungs`) and return float32 in [0, 1]. Pixels that
+True = lung, e.g. from :func:`cxrscreen.lungs.segmenter.segment_lungs`) and return float32 in [0, 1]. Pixels that
 are removed are set to the image's mean rather than to black, so the edit adds no strong new edges.
 An empty mask means no lungs to focus on: the image is returned as it is.
 """

@@ -27,11 +27,22 @@ EQUALIZE_MODES = ("none", "hist", "clahe")
 # (top, bottom, left, right) of a box in an image, bottom/right exclusive.
 Frame = tuple[int, int, int, int]
 # Decoded X-ray float32 (H, W) in [0, 1] -> its lung mask bool (H, W), or None when no plausible lungs were found
-# (e.g. :func:`cxrscreen.models.segmenter.lung_finder`). Passed in, so that ``data`` needs no model code.
+# (e.g. :func:`cxrscreen.lungs.segmenter.lung_finder`). Passed in, so that ``data`` needs no model code.
 FindLungs = Callable[[np.ndarray], "np.ndarray | None"]
 # The same for many X-rays at once, one mask (or None) per image, in order (e.g.
-# :func:`cxrscreen.models.segmenter.batch_lung_finder`, which runs the network on the batch).
+# :func:`cxrscreen.lungs.segmenter.batch_lung_finder`, which runs the network on the batch).
 FindLungsBatch = Callable[[Sequence[np.ndarray]], "list[np.ndarray | None]"]
+
+
+@dataclass(frozen=True)
+class LungFinder:
+    """A lung segmenter as the prepared-image cache is given it (it lives in :mod:`cxrscreen.lungs`, above ``data``;
+    e.g. :func:`cxrscreen.lungs.finder.segmenter_lungs`): ``digest`` names its weights (entries are kept per digest)
+    and ``load()`` returns its :data:`FindLungsBatch`, called only when an image is actually prepared, so that a warm
+    cache never loads the network."""
+
+    digest: str
+    load: Callable[[], FindLungsBatch]
 
 
 @dataclass(frozen=True)

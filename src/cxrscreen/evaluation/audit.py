@@ -21,13 +21,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cxrscreen import SCREENING_NOTICE
-from cxrscreen.data.cache import to_uint8
+from cxrscreen.data.imageio import to_float, to_uint8
 from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.lungs import dilate, hide_lungs, keep_only_lungs
 from cxrscreen.data.records import Record
 from cxrscreen.data.transforms import Preprocessing
 from cxrscreen.errors import ConfigError, CxrError, DatasetLayoutError
-from cxrscreen.evaluation.metrics import BinaryMetrics, MulticlassMetrics, class_vs_rest, multiclass_metrics
+from cxrscreen.metrics.classification import BinaryMetrics, MulticlassMetrics, class_vs_rest, multiclass_metrics
 from cxrscreen.evaluation.probe import ProbeResult, source_probe
 from cxrscreen.evaluation.tables import format_interval, format_table
 from cxrscreen.io_utils import write_json
@@ -318,7 +318,7 @@ def predict_uint8(predictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """Probabilities (N, C) and features (N, F) of prepared uint8 images (N, S, S), in chunks."""
     probs, feats = [], []
     for start in range(0, len(images), PREDICT_CHUNK):
-        outputs = predictor.predict_prepared(images[start : start + PREDICT_CHUNK].astype(np.float32) / 255.0)
+        outputs = predictor.predict_prepared(to_float(images[start : start + PREDICT_CHUNK]))
         probs.append(outputs.probs)
         feats.append(outputs.features)
     return np.concatenate(probs), np.concatenate(feats)
@@ -333,7 +333,7 @@ def gradcam_by_class(
     if chosen.size == 0:
         return {}, {}
     share = np.concatenate([
-        gradcam_lung_shares(predictor.torch_model, inputs[batch].astype(np.float32) / 255.0, frames[batch], predicted[batch])
+        gradcam_lung_shares(predictor.torch_model, to_float(inputs[batch]), frames[batch], predicted[batch])
         for batch in np.array_split(chosen, max(1, int(np.ceil(len(chosen) / 32))))
     ])
     out, counts = {}, {}
@@ -366,12 +366,12 @@ def load_images(records: list[Record]) -> tuple[list[Record], list[np.ndarray], 
 def audit_model(cfg: AuditConfig | None = None, log: Callable[[str], None] = print, segmenter=None, **kwargs: Any) -> AuditResult:
     """Audit a model as ``cfg`` (or the keyword arguments of :class:`AuditConfig`) says; writes ``audit.json``.
 
-    ``segmenter``: a :class:`cxrscreen.models.segmenter.LungSegmenter` to use instead of ``cfg.segmenter``'s file.
+    ``segmenter``: a :class:`cxrscreen.lungs.segmenter.LungSegmenter` to use instead of ``cfg.segmenter``'s file.
 
     Example (notebook): ``audit_model(model="runs/r1", data=["data/covid-chestxray-dataset"]).verdict``.
     """
     from cxrscreen.evaluation.evaluate import EvaluationConfig, Evaluator
-    from cxrscreen.models.segmenter import load_segmenter, segment_lungs_batch
+    from cxrscreen.lungs.segmenter import load_segmenter, segment_lungs_batch
 
     if cfg is None:
         cfg = AuditConfig(**kwargs)

@@ -26,7 +26,7 @@ from cxrscreen import SCREENING_NOTICE
 from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.records import Record
 from cxrscreen.errors import ConfigError, CxrError
-from cxrscreen.evaluation.metrics import BinaryMetrics, Interval
+from cxrscreen.metrics.classification import BinaryMetrics, Interval
 from cxrscreen.evaluation.tables import format_interval, format_table
 from cxrscreen.io_utils import atomic_write, write_json
 from cxrscreen.training.config import TrainConfig

@@ -30,6 +30,7 @@ import numpy as np
 
 from cxrscreen import SCREENING_NOTICE
 from cxrscreen.data.cache import load_prepared
+from cxrscreen.data.imageio import to_float
 from cxrscreen.data.dedup import hash_files, leave_out_near_duplicates
 from cxrscreen.data.labels import CLASS_GROUPS, OTHER, LabelSet
 from cxrscreen.data.records import Record
@@ -38,13 +39,13 @@ from cxrscreen.data.sources.base import read_csv_rows
 from cxrscreen.data.splits import load_split
 from cxrscreen.errors import ConfigError, DatasetLayoutError
 from cxrscreen.evaluation import plots
-from cxrscreen.evaluation.calibration import (
+from cxrscreen.metrics.calibration import (
     ReliabilityDiagram,
     brier_score,
     reliability_diagram,
     rescale_temperature,
 )
-from cxrscreen.evaluation.metrics import (
+from cxrscreen.metrics.classification import (
     BinaryMetrics,
     Interval,
     MulticlassMetrics,
@@ -53,7 +54,8 @@ from cxrscreen.evaluation.metrics import (
     multiclass_metrics,
 )
 from cxrscreen.inference.predictor import load_predictor
-from cxrscreen.models.guard_net import guard_preprocessing
+from cxrscreen.lungs.finder import segmenter_lungs
+from cxrscreen.guard.network import guard_preprocessing
 from cxrscreen.io_utils import atomic_write, write_json
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
@@ -440,11 +442,12 @@ class Evaluator:
         number flagged out of distribution or None without a guard)."""
         guard_pp = [guard_preprocessing()] if self.predictor.guard_reads_whole_image else []
         # The guard's thumbnails come from the same pass as the classifier's inputs: each file read once.
-        prepared = load_prepared(paths, self.meta.preprocessing, progress=self.cfg.progress, also=guard_pp)
-        thumbnails = prepared.also[0].astype(np.float32) / 255.0 if guard_pp else None
+        prepared = load_prepared(paths, self.meta.preprocessing, progress=self.cfg.progress, also=guard_pp,
+                                 lungs=segmenter_lungs())
+        thumbnails = to_float(prepared.also[0]) if guard_pp else None
         probs, flagged = [], 0
         for start in range(0, len(prepared.images), PREDICT_CHUNK):
-            chunk = prepared.images[start : start + PREDICT_CHUNK].astype(np.float32) / 255.0
+            chunk = to_float(prepared.images[start : start + PREDICT_CHUNK])
             thumbs = None if thumbnails is None else thumbnails[start : start + PREDICT_CHUNK]
             outputs = self.predictor.predict_prepared(chunk, thumbs)
             probs.append(outputs.probs)

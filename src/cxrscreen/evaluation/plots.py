@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
-from cxrscreen.evaluation.calibration import ReliabilityDiagram
+from cxrscreen.metrics.calibration import ReliabilityDiagram
 from cxrscreen.io_utils import atomic_write
 
 

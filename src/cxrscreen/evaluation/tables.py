@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from cxrscreen.evaluation.metrics import PER_CLASS_METRICS, Interval
+from cxrscreen.metrics.classification import PER_CLASS_METRICS, Interval
 
 if TYPE_CHECKING:
     from cxrscreen.evaluation.evaluate import CollectionResult, EvaluationResult

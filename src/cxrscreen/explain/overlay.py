@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
+from cxrscreen.data.imageio import to_uint8
 from cxrscreen.data.transforms import resize
 from cxrscreen.io_utils import atomic_write
 
@@ -28,7 +29,7 @@ def overlay_rgb(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, cmap
     colour = colormaps[cmap](heat)[..., :3].astype(np.float32)
     weight = (alpha * np.sqrt(heat))[..., None]
     blended = (1.0 - weight) * grey[..., None] + weight * colour
-    return np.round(np.clip(blended, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return to_uint8(blended)
 
 
 def overlay_png(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, cmap: str = "jet") -> bytes:

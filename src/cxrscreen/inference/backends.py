@@ -23,7 +23,7 @@ class InferenceBackend(Protocol):
 class NetOutputs(NamedTuple):
     """The answer for a batch: ``probs`` (N, C) temperature-scaled, ``features`` (N, F) the classifier's
     penultimate features, ``guard_features`` (N, G) the whole-image features of
-    :mod:`cxrscreen.models.guard_net`, or None when the guard does not read them or no thumbnails were given."""
+    :mod:`cxrscreen.guard.network`, or None when the guard does not read them or no thumbnails were given."""
 
     probs: np.ndarray
     features: np.ndarray

@@ -5,7 +5,7 @@ The exported graph takes ``image`` float32 (N, 1, S, S) in [0, 1] (batch size fr
 :class:`ModelMeta` is stored as JSON in the file's ``metadata_props`` (key ``cxrscreen_meta``), so an ``.onnx``
 file is self-describing. Temperature scaling and softmax stay outside the graph, shared with the torch path.
 
-The out-of-distribution guard's network (:class:`cxrscreen.models.guard_net.GuardNet`, the same for every model)
+The out-of-distribution guard's network (:class:`cxrscreen.guard.network.GuardNet`, the same for every model)
 is exported once into the cache too (:func:`cached_guard_export`) and run by :class:`OnnxGuardRunner`.
 """
 
@@ -145,7 +145,7 @@ def cached_guard_export() -> Path:
     """The out-of-distribution guard's network as ONNX (``image`` (N, 1, 64, 64) -> ``guard_features`` (N, 1536)),
     exported once into :func:`cache_dir`, keyed by its weights' checksum."""
     from cxrscreen.models.efficientnet_lite import WEIGHT_SHA256
-    from cxrscreen.models.guard_net import GUARD_SIZE, guard_net
+    from cxrscreen.guard.network import GUARD_SIZE, guard_net
 
     digest = WEIGHT_SHA256["efficientnet-lite0"][:16]
     target = cache_dir() / f"guard-{digest}-taps-opset{OPSET}-torch{torch.__version__.split('+')[0]}.onnx"

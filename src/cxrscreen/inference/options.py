@@ -98,7 +98,7 @@ def default_threads() -> int:
     load average counted here lags a new load by a minute. Workers never wait for each other. At most 4,
     because a server runs several requests side by side.
     """
-    from cxrscreen.training.threads import available_cpus, idle_cpus
+    from cxrscreen.threads import available_cpus, idle_cpus
 
     return min(4, idle_cpus(available_cpus()))
 

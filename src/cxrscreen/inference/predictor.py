@@ -3,7 +3,7 @@
 :func:`load_predictor` turns a model file (checkpoint ``.pt``, run directory, or exported ``.onnx``) into a
 :class:`Predictor`. Every path - one image, a batch, already-prepared arrays - ends in the same post-processing:
 logits / ``meta.temperature`` -> softmax, and the out-of-distribution guard when the model carries one
-(``meta.ood``: on the whole image seen through :mod:`cxrscreen.models.guard_net`, or, for models from before it, on
+(``meta.ood``: on the whole image seen through :mod:`cxrscreen.guard.network`, or, for models from before it, on
 the classifier's penultimate features). A screening aid, not a diagnosis: every result carries
 :data:`cxrscreen.SCREENING_NOTICE`.
 """
@@ -108,7 +108,7 @@ class Predictor:
     @property
     def guard_reads_whole_image(self) -> bool:
         """Whether the OOD guard needs the whole image (``thumbnails`` of :meth:`predict_prepared`)."""
-        from cxrscreen.inference.ood import reads_whole_image
+        from cxrscreen.guard.ppca import reads_whole_image
 
         return reads_whole_image(self.meta.ood)
 
@@ -127,7 +127,7 @@ class Predictor:
 
     def find_lungs_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
         """The lung mask of each decoded X-ray (None where no plausible lungs are found), one segmenter pass."""
-        from cxrscreen.models.segmenter import batch_lung_finder, load_segmenter
+        from cxrscreen.lungs.segmenter import batch_lung_finder, load_segmenter
 
         if self.segmenter is None:
             with self._first_use:
@@ -150,7 +150,7 @@ class Predictor:
         """Prepared inputs float32 (N, S, S) in [0, 1] -> :class:`NetOutputs` (probabilities temperature-scaled).
 
         ``thumbnails``: the guard's whole-image inputs (N, 64, 64) in [0, 1]
-        (:func:`cxrscreen.models.guard_net.guard_thumbnail`), needed by :meth:`ood_check` when
+        (:func:`cxrscreen.guard.network.guard_thumbnail`), needed by :meth:`ood_check` when
         :attr:`guard_reads_whole_image`. Runs in chunks of ``batch_size``, shared by the workers. uint8 images
         must be divided by 255 first.
         """
@@ -187,7 +187,7 @@ class Predictor:
                 try:
                     self._guard_runner = OnnxGuardRunner(1)
                 except OSError:
-                    from cxrscreen.models.guard_net import torch_guard_features
+                    from cxrscreen.guard.network import torch_guard_features
 
                     self._guard_runner = torch_guard_features
         return self._guard_runner
@@ -196,7 +196,7 @@ class Predictor:
         """(in_distribution bool (N,), scores (N,) or None) from the model's OOD guard; all True without a guard."""
         if not self.meta.ood:
             return np.ones(len(outputs.probs), dtype=bool), None
-        from cxrscreen.inference.ood import accepts, ood_scores
+        from cxrscreen.guard.ppca import accepts, ood_scores
 
         if self.guard_reads_whole_image:
             if outputs.guard_features is None:
@@ -389,7 +389,7 @@ def load_predictor(
     runner = OnnxRuntimeBackend(onnx_path, threads=1, optimization=onnx_optimization)
     segmenter = None
     if meta.preprocessing.needs_lungs:
-        from cxrscreen.models.segmenter import load_segmenter
+        from cxrscreen.lungs.segmenter import load_segmenter
 
         segmenter = load_segmenter(backend="onnx", threads=1)
     return Predictor(meta, runner, "onnx", model_path, None, batch_size, segmenter, threads, thresholds=thresholds)
@@ -398,7 +398,7 @@ def load_predictor(
 def check_ood_guard(meta: ModelMeta, path: Path) -> None:
     """Refuse, at load time, a model whose OOD guard this version cannot use."""
     if meta.ood:
-        from cxrscreen.inference.ood import check_guard
+        from cxrscreen.guard.ppca import check_guard
 
         try:
             check_guard(meta.ood)

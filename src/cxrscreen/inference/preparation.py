@@ -94,7 +94,7 @@ def prepare_batch(
     prepared = pp.prepare_batch(images, find_lungs)
     thumbnails = None
     if with_thumbnails and images:
-        from cxrscreen.models.guard_net import guard_thumbnail
+        from cxrscreen.guard.network import guard_thumbnail
 
         thumbnails = np.stack([guard_thumbnail(image) for image in images])
     return PreparedBatch(positions, prepared, thumbnails, failures)

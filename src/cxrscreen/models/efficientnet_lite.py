@@ -98,7 +98,7 @@ class EfficientNetLiteBackbone(Backbone):
 
 def guard_blocks(net: EfficientNet) -> frozenset[int]:
     """Indices of the blocks of the second-to-last stage (192 channels in Lite0, at 1/32 of the input side), whose
-    outputs :class:`cxrscreen.models.guard_net.GuardNet` reads."""
+    outputs :class:`cxrscreen.guard.network.GuardNet` reads."""
     widths = [block._project_conv.out_channels for block in net._blocks]
     stage = sorted(set(widths))[-2]
     return frozenset(i for i, w in enumerate(widths) if w == stage)

@@ -42,7 +42,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 from cxrscreen import SCREENING_NOTICE, __version__
-from cxrscreen.data.imageio import load_xray, sniff_format
+from cxrscreen.data.imageio import load_xray, sniff_format, to_uint8
 from cxrscreen.errors import ConfigError, CxrError, ImageDecodeError
 from cxrscreen.serve.settings import ServeSettings
 from cxrscreen.serve.upload import FILE_FIELD, Upload, read_upload
@@ -284,7 +284,7 @@ def model_card(predictor: Any) -> dict[str, Any]:
 
 def xray_to_png(xray: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> bytes:
     """8-bit grey PNG of a float32 (H, W) [0, 1] X-ray, its longest side at most ``max_side``."""
-    pil = Image.fromarray(np.round(np.clip(xray, 0.0, 1.0) * 255.0).astype(np.uint8), mode="L")
+    pil = Image.fromarray(to_uint8(xray), mode="L")
     pil.thumbnail((max_side, max_side), Image.LANCZOS)
     buffer = io.BytesIO()
     pil.save(buffer, format="PNG")

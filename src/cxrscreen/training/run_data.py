@@ -15,11 +15,12 @@ from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.records import Record
 from cxrscreen.data.sources import Dataset
 from cxrscreen.errors import DatasetLayoutError
-from cxrscreen.models.guard_net import guard_preprocessing
+from cxrscreen.guard.fit import GUARD_SIDES
+from cxrscreen.guard.network import guard_preprocessing
+from cxrscreen.lungs.finder import segmenter_lungs
 from cxrscreen.training.config import TrainConfig
 
 SIDES = ("train", "val", "test")
-GUARD_SIDES = ("train", "val")  # the sides the OOD guard is fitted on
 
 
 @dataclass
@@ -117,7 +118,7 @@ def prepare_run_data(
         # from the same decode.
         guard_pp = [guard_preprocessing()] if side in GUARD_SIDES else []
         prepared = load_prepared(part.paths, cfg.preprocessing, progress=progress, on_bad_image=cfg.on_bad_image,
-                                 also=guard_pp)
+                                 also=guard_pp, lungs=segmenter_lungs())
         kept = [part.records[i] for i in prepared.ok]
         data.records[side] = kept
         data.images[side] = prepared.images

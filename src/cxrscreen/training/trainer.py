@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from tqdm import tqdm
 from cxrscreen.data.records import Record
 from cxrscreen.errors import RunDirError
 from cxrscreen.io_utils import atomic_write, write_json
+from cxrscreen.guard.fit import GUARD_SIDES, fit_guard
 from cxrscreen.models.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
 from cxrscreen.models.registry import XrayClassifier, create_model
 from cxrscreen.training.config import TrainConfig
@@ -40,8 +41,8 @@ from cxrscreen.training.distributed import (
     shutdown_distributed,
     wrap_model,
 )
-from cxrscreen.training.run_data import GUARD_SIDES, RunData, prepare_run_data, run_dataset
-from cxrscreen.training.threads import available_cpus, configure_threads
+from cxrscreen.training.run_data import RunData, prepare_run_data, run_dataset
+from cxrscreen.threads import available_cpus, configure_threads
 
 CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.json", "split.csv", "metrics.csv"
 LAST_FILE, BEST_FILE, SUMMARY_FILE = "last.pt", "best.pt", "summary.json"
@@ -130,30 +131,9 @@ def predict_logits(model: XrayClassifier, images: np.ndarray, device: torch.devi
     return np.concatenate(logits) if logits else np.zeros((0, model.head.out_features), np.float32)
 
 
-def fit_guard(records: list[Record], hashes: Mapping[str, str], max_distance: float, progress: bool = False,
-              thumbnails: np.ndarray | None = None) -> dict[str, Any]:
-    """A run's out-of-distribution guard (:mod:`cxrscreen.inference.ood`), fitted on the whole-image features
-    (:mod:`cxrscreen.models.guard_net`) of ``records`` (its training and validation images), with the threshold
-    set on out-of-fold scores, folds drawn by patient and near-duplicate group (``hashes``: path -> pHash; within
-    ``max_distance`` bits per 64). ``thumbnails``: the guard's inputs of ``records``, uint8 (N, 64, 64), when the
-    caller has them; otherwise they are read (through the cache), and files that do not decode are left out, as
-    training left them out."""
-    from cxrscreen.data.splits import record_groups
-    from cxrscreen.inference.ood import fit_ood_guard
-    from cxrscreen.models.guard_net import GUARD_ACCEPT_RATE, GUARD_NETWORK, guard_thumbnails, torch_guard_features
-
-    groups = record_groups(records, hashes, max_distance)
-    if thumbnails is None:
-        inputs, ok = guard_thumbnails([r.path for r in records], progress, on_bad_image="skip")
-    else:
-        inputs, ok = thumbnails.astype(np.float32) / 255.0, list(range(len(records)))
-    return fit_ood_guard(torch_guard_features(inputs), groups[ok], accept_rate=GUARD_ACCEPT_RATE,
-                         features="whole_image", network=GUARD_NETWORK)
-
-
 def validation_scores(logits: np.ndarray, targets: np.ndarray, num_classes: int) -> dict[str, float]:
     """Point estimates used to pick the best epoch (no bootstrap: that is for the final report)."""
-    from cxrscreen.evaluation.metrics import point_metrics
+    from cxrscreen.metrics.classification import point_metrics
 
     probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     return point_metrics(targets, probs, num_classes)
@@ -367,7 +347,7 @@ class Trainer:
     # -- after training ---------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         """Calibrate, fit the OOD guard, store training hashes and test metrics in ``best.pt``; write the summary."""
-        from cxrscreen.evaluation.calibration import choose_temperature
+        from cxrscreen.metrics.calibration import choose_temperature
 
         payload = read_checkpoint(self.run_dir / BEST_FILE)
         self.model.load_state_dict(payload["state_dict"])
@@ -404,7 +384,7 @@ class Trainer:
 
 def held_out_report(logits: np.ndarray, targets: np.ndarray, classes: list[str], seed: int) -> dict[str, Any]:
     """Test-split metrics with bootstrap CIs, as stored in the checkpoint and the run summary."""
-    from cxrscreen.evaluation.metrics import classification_report
+    from cxrscreen.metrics.classification import classification_report
 
     probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     report = classification_report(targets, probs, classes, n_resamples=1000, seed=seed)

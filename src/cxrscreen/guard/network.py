@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrscreen.data.cache import load_prepared
+from cxrscreen.data.imageio import to_float
 from cxrscreen.data.transforms import Preprocessing, prepare_image
 
 GUARD_SIZE = 64
@@ -95,7 +97,5 @@ def guard_thumbnails(
     """The guard's inputs of image files (through the prepared-image cache), float32 (M, 64, 64), and the indices in
     ``paths`` of the M files that decoded. A file that does not decode raises
     :class:`cxrscreen.errors.ImageDecodeError`, or with ``on_bad_image="skip"`` is left out."""
-    from cxrscreen.data.cache import load_prepared
-
     prepared = load_prepared(list(paths), guard_preprocessing(), progress=progress, on_bad_image=on_bad_image)
-    return prepared.images.astype(np.float32) / 255.0, prepared.ok
+    return to_float(prepared.images), prepared.ok

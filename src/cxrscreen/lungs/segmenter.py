@@ -8,7 +8,7 @@ The network runs on CPU in torch or in ONNX Runtime (:func:`export_segmenter_onn
 post-processing here, so they give the same mask. The weight file is self-describing (architecture, input size,
 training summary, test Dice) and the bundled one, ``weights/lung_unet.pt``, is loaded once per process.
 
-Training and evaluation (``cxrscreen segment train``) live in :mod:`cxrscreen.models.segmenter_training`.
+Training and evaluation (``cxrscreen segment train``) live in :mod:`cxrscreen.lungs.training`.
 """
 
 from __future__ import annotations
@@ -26,11 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrscreen.data.cache import cache_root, content_hash
 from cxrscreen.data.transforms import resize
 from cxrscreen.errors import ConfigError, ModelError
 from cxrscreen.io_utils import atomic_write
+from cxrscreen.models.checkpoint import read_weight_file
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "lung_unet.pt"
+# Shipped beside the classifier's weights (the package data of cxrscreen.models).
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights" / "lung_unet.pt"
 FILE_FORMAT = "cxrscreen-lung-segmenter"
 LUNG_MASK_VALUES = (150, 200, 255)
 BACKENDS = ("torch", "onnx")
@@ -235,8 +238,6 @@ class LungSegmenter:
 
 def read_segmenter_file(path: str | os.PathLike) -> dict[str, Any]:
     """The raw weight file dict, validated; raises :class:`ModelError` naming the path and the cause."""
-    from cxrscreen.models.checkpoint import read_weight_file
-
     return read_weight_file(path, FILE_FORMAT, "lung segmenter")
 
 
@@ -336,8 +337,6 @@ def exported_segmenter(weights: Path) -> tuple[bytes, dict[str, Any]]:
     """The ONNX export of a segmenter weight file and its ``info``, made once and kept in cxrscreen's cache folder
     (``onnx/``, keyed by the file's content): exporting takes seconds, which every ONNX Runtime process paid at
     start-up. Exported in memory when the cache folder cannot be written."""
-    from cxrscreen.data.cache import cache_root, content_hash
-
     version = torch.__version__.split("+")[0]
     target = cache_root() / "onnx" / f"lungs-{content_hash(weights.read_bytes())}-opset17-torch{version}.onnx"
     if target.is_file():
@@ -357,8 +356,6 @@ def traced_segmenter(weights: Path) -> torch.jit.ScriptModule:
     folder (``torchscript/``, keyed by the file's content). Loading the trace needs no MONAI, whose import took
     2.7 s and loads matplotlib; the traced graph runs the same operators. Traced in memory when the cache
     folder cannot be written."""
-    from cxrscreen.data.cache import cache_root, content_hash
-
     version = torch.__version__.split("+")[0]
     target = cache_root() / "torchscript" / f"lungs-{content_hash(weights.read_bytes())}-torch{version}.pt"
     if target.is_file():
@@ -432,16 +429,3 @@ def lung_finder(segmenter: LungSegmenter | None = None) -> Callable[[np.ndarray]
 def segment_lungs_batch(images: Sequence[np.ndarray], segmenter: LungSegmenter | None = None) -> list[LungSegmentation]:
     """:func:`segment_lungs` for many images at once (faster: the network runs on batches)."""
     return (segmenter or load_segmenter()).segment_batch(images)
-
-
-# Training and evaluation moved to their own module; these names still resolve here (imported on first use, so
-# that inference never loads the training code).
-TRAINING_NAMES = frozenset({"read_lung_mask", "segmentation_pairs", "load_pairs", "dice_iou", "evaluate_segmenter", "SegmenterTrainConfig", "augment_pairs", "save_segmenter", "mean_dice", "train_segmenter"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in TRAINING_NAMES:
-        from cxrscreen.models import segmenter_training
-
-        return getattr(segmenter_training, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

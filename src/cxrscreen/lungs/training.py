@@ -1,8 +1,5 @@
-"""Training and evaluating the lung segmenter (``cxrscreen segment train``): image/mask pairs, Dice/IoU, training.
-
-Pairs are laid out as ``images/<stem>.jpg`` + ``masks/<stem>.png``; a mask pixel is lung when it is 255 (binary
-masks, Montgomery and Shenzhen) or 150/200 (JSRT's right/left lung; 250 there is the heart). Inference lives in
-:mod:`cxrscreen.models.segmenter`.
+"""Training the lung segmenter (``cxrscreen segment train``) on image/mask pairs (:mod:`cxrscreen.lungs.pairs`),
+scored by Dice (:mod:`cxrscreen.lungs.metrics`). Inference lives in :mod:`cxrscreen.lungs.segmenter`.
 """
 
 from __future__ import annotations
@@ -14,95 +11,33 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from cxrscreen.data.imageio import load_xray
-from cxrscreen.data.transforms import resize
-from cxrscreen.errors import ConfigError, DatasetLayoutError, ImageDecodeError
+from cxrscreen.errors import ConfigError
 from cxrscreen.io_utils import atomic_write
-from cxrscreen.models.segmenter import (
+from cxrscreen.lungs.defaults import TEST_DATA, TRAIN_DATA
+from cxrscreen.lungs.metrics import evaluate_segmenter, mean_dice
+from cxrscreen.lungs.pairs import load_pairs, segmentation_pairs
+from cxrscreen.lungs.segmenter import (
     DEFAULT_WEIGHTS,
     FILE_FORMAT,
     IMG_SIZES,
-    LUNG_MASK_VALUES,
     LungSegmenter,
     LungUNet,
     SegmenterArch,
     torch_predictor,
 )
 
-# ----------------------------------------------------------------------------------------------------------------
-# Data and metrics
-
-
-def read_lung_mask(path: str | os.PathLike) -> np.ndarray:
-    """A published lung mask PNG -> bool (H, W): 255 (binary masks) or 150/200 (JSRT lungs) are lung."""
-    try:
-        with Image.open(path) as image:
-            values = np.asarray(image.convert("L"))
-    except (OSError, ValueError) as exc:
-        raise ImageDecodeError(f"{path}: not a readable mask ({exc})") from None
-    return np.isin(values, LUNG_MASK_VALUES)
-
-
-def segmentation_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """(image, mask) paths of a folder with ``images/<stem>.*`` and ``masks/<stem>.png``, sorted by stem."""
-    root = Path(root)
-    masks = {p.stem: p for p in (root / "masks").glob("*.png")}
-    pairs = [(p, masks[p.stem]) for p in sorted((root / "images").iterdir()) if p.stem in masks] if masks else []
-    if not pairs:
-        raise DatasetLayoutError(f"{root}: no images/<stem>.jpg + masks/<stem>.png pairs found")
-    return pairs
-
-
-def load_pairs(pairs: Sequence[tuple[Path, Path]], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images float32 (N, S, S) in [0, 1] and masks float32 (N, S, S) in {0, 1} at side ``size``."""
-    images = np.stack([resize(load_xray(image), size) for image, _ in pairs])
-    masks = np.stack([resize(read_lung_mask(mask).astype(np.float32), size) >= 0.5 for _, mask in pairs])
-    return images.astype(np.float32), masks.astype(np.float32)
-
-
-def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """Dice and IoU of two bool masks of the same shape (1.0 when both are empty)."""
-    inter = float(np.logical_and(pred, truth).sum())
-    total = float(pred.sum() + truth.sum())
-    union = total - inter
-    return (2 * inter / total if total else 1.0), (inter / union if union else 1.0)
-
-
-def evaluate_segmenter(segmenter: LungSegmenter, pairs: Sequence[tuple[Path, Path]]) -> dict[str, Any]:
-    """Dice/IoU at each image's own size: mean, median, min, and the share of masks judged plausible."""
-    images = [load_xray(image) for image, _ in pairs]
-    truths = [read_lung_mask(mask) for _, mask in pairs]
-    results = segmenter.segment_batch(images)
-    scores = np.array([dice_iou(r.mask, t) for r, t in zip(results, truths)])
-    return {
-        "images": len(pairs),
-        "dice_mean": float(scores[:, 0].mean()),
-        "dice_median": float(np.median(scores[:, 0])),
-        "dice_min": float(scores[:, 0].min()),
-        "iou_mean": float(scores[:, 1].mean()),
-        "iou_median": float(np.median(scores[:, 1])),
-        "iou_min": float(scores[:, 1].min()),
-        "plausible_fraction": float(np.mean([r.plausible for r in results])),
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Training
-
-
 @dataclass
 class SegmenterTrainConfig:
     """``cxrscreen segment train``: data, input size, schedule. ``test_data`` is only evaluated, at the end."""
 
-    data: str = "../shared/data/lung_segmentation/montgomery_shenzhen"
-    test_data: str | None = "../shared/data/lung_segmentation/jsrt"
+    data: str = str(TRAIN_DATA)
+    test_data: str | None = str(TEST_DATA)
     out: str = str(DEFAULT_WEIGHTS)
     img_size: int = 128
     epochs: int = 30
@@ -158,16 +93,6 @@ def save_segmenter(path: str | os.PathLike, net: LungUNet, info: dict[str, Any])
     torch.save(payload, buffer)
     with atomic_write(path, "wb") as fh:
         fh.write(buffer.getvalue())
-
-
-def mean_dice(net: LungUNet, images: np.ndarray, masks: np.ndarray) -> float:
-    """Mean Dice at the network's size of thresholded outputs for (N, S, S) images and masks."""
-    with torch.inference_mode():
-        pred = net.eval()(torch.from_numpy(images[:, None])) > 0
-    truth = torch.from_numpy(masks[:, None]) > 0.5
-    inter = (pred & truth).sum(dim=(1, 2, 3)).float()
-    total = (pred.sum(dim=(1, 2, 3)) + truth.sum(dim=(1, 2, 3))).float()
-    return float((2 * inter / total.clamp(min=1)).mean())
 
 
 def train_segmenter(cfg: SegmenterTrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:

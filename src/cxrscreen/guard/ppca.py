@@ -14,7 +14,7 @@ X-rays it was fitted on (:func:`fit_ood_guard`), so about ``1 - accept_rate`` of
 data are flagged.
 
 What the guard reads is recorded in it (``"features"``): ``"whole_image"``, the statistics of the whole image
-seen through a frozen ImageNet network (:mod:`cxrscreen.models.guard_net`; guards fitted by this version), or
+seen through a frozen ImageNet network (:mod:`cxrscreen.guard.network`; guards fitted by this version), or
 ``"penultimate"``, the classifier's own penultimate features (format version 1, still read). The penultimate
 features flagged 28 of 44 lateral chest views with the bundled model; the whole-image statistics flag them all
 (MODEL_CARD.md).
@@ -62,7 +62,7 @@ def fit_ood_guard(
     images themselves, which flags more real X-rays than ``1 - accept_rate``; the dict records which
     (``calibration``). ``features`` names what the rows are (one of
     ``GUARD_INPUTS``), so that :func:`reads_whole_image` later tells the predictor which kind to hand the guard;
-    ``network`` names the network that made whole-image features (:data:`cxrscreen.models.guard_net.GUARD_NETWORK`).
+    ``network`` names the network that made whole-image features (:data:`cxrscreen.guard.network.GUARD_NETWORK`).
     """
     real = _as_features(real_features, "real X-ray")
     if not np.isfinite(real).all():
@@ -169,7 +169,7 @@ def ood_scores(features: np.ndarray, guard: dict[str, Any]) -> np.ndarray:
 
 
 def reads_whole_image(guard: dict[str, Any] | None) -> bool:
-    """True when ``guard`` was fitted on whole-image features (:mod:`cxrscreen.models.guard_net`), False when on the
+    """True when ``guard`` was fitted on whole-image features (:mod:`cxrscreen.guard.network`), False when on the
     classifier's penultimate features (or there is no guard)."""
     return bool(guard) and guard.get("features", "penultimate") == "whole_image"
 
@@ -194,7 +194,7 @@ def check_guard(guard: dict[str, Any]) -> None:
     if guard.get("features", "penultimate") not in GUARD_INPUTS:
         raise ModelError(f"OOD guard: unknown input {guard['features']!r}")
     if reads_whole_image(guard):
-        from cxrscreen.models.guard_net import GUARD_NETWORK
+        from cxrscreen.guard.network import GUARD_NETWORK
 
         if guard.get("network") != GUARD_NETWORK:
             raise ModelError(f"OOD guard: fitted through {guard.get('network')!r}, not {GUARD_NETWORK!r}; "

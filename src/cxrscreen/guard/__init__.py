@@ -1,0 +1,1 @@
+"""The out-of-distribution guard, in one place: its network (network), its detector fitted and scored (ppca), fitting it on a run's images (fit), its ONNX runner (onnx) and the non-X-ray check set (check). Sits at the models level: training, evaluation and inference ask it."""

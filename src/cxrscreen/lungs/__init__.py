@@ -1,0 +1,1 @@
+"""The lungs, in one place: the segmenter network and its inference (segmenter), the finder preprocessing is given (finder), training (training), Dice/IoU (metrics), overlays (overlay). At the models level: it imports data; data is handed a LungFinder and never imports it."""
