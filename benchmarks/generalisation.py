@@ -44,7 +44,8 @@ from cxrscreen.errors import ConfigError
 from cxrscreen.inference.predictor import load_predictor
 from cxrscreen.io_utils import write_json
 from cxrscreen.training.config import TrainConfig
-from cxrscreen.training.trainer import SPLIT_FILE, SUMMARY_FILE, train
+from cxrscreen.run_dir import RunDir
+from cxrscreen.training.trainer import train
 
 SHARED = Path(os.environ.get("CXRSCREEN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DEFAULT_DATA = [SHARED / "COVID-19_Radiography_Dataset"]
@@ -93,7 +94,7 @@ def ensure_run(cfg: TrainConfig, given: Path | None, split: Path | None) -> Path
             raise ConfigError(f"{given}: not a finished run (no best.pt)")
         return given
     run = Path(cfg.out)
-    if not (run / SUMMARY_FILE).is_file():
+    if not RunDir(run).summary.is_file():
         print(f"training {run} ({cfg.lung_mode=}, {cfg.equalize=}) ...", file=sys.stderr)
         train(dataclasses.replace(cfg, split=str(split) if split else None), overwrite=True, progress=False,
               log=lambda line: print(line, file=sys.stderr))
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = train_configs(args)
     plain_run = ensure_run(configs["plain"], args.plain_run, None)
     # The lung recipe trains on the plain run's split, so both see the very same images.
-    lung_run = ensure_run(configs["lung"], args.lung_run, plain_run / SPLIT_FILE)
+    lung_run = ensure_run(configs["lung"], args.lung_run, RunDir(plain_run).split)
     results = {"plain": measure(plain_run, args), "lung": measure(lung_run, args)}
     print(table(results, args))
     write_json(args.json or args.out / "generalisation.json", {"args": vars(args), "results": results})

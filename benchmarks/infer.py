@@ -135,7 +135,7 @@ def stage_breakdown(model: Path | None, files: list[Path], repeats: int) -> dict
     from cxrscreen.data.lungs import apply_lung_mode, typical_lung_mask
     from cxrscreen.data.transforms import equalize, resize
     from cxrscreen.inference.predictor import load_predictor
-    from cxrscreen.guard.network import guard_thumbnail
+    from cxrscreen.guard.inputs import guard_thumbnail
     from cxrscreen.lungs.segmenter import load_segmenter, probabilities_to_segmentation
 
     batch = files[:BATCH]

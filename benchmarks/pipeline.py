@@ -42,7 +42,7 @@ from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint, save_checkpo
 from cxrscreen.models.registry import XrayClassifier, create_model
 from cxrscreen.training.augment import BatchAugment
 from cxrscreen.threads import configure_threads
-from cxrscreen.training.trainer import to_input
+from cxrscreen.training.steps import to_input
 
 SHARED = Path(os.environ.get("CXRSCREEN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DEFAULT_DATA = [SHARED / "COVID-19_Radiography_Dataset", SHARED / "covid-chestxray-dataset" / "images"]

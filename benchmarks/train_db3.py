@@ -39,12 +39,13 @@ def fmt(interval: dict | None) -> str:
 def run_task(task: str, args: argparse.Namespace) -> dict:
     from cxrscreen.evaluation.evaluate import EvaluationConfig, evaluate_model
     from cxrscreen.training.config import TrainConfig
-    from cxrscreen.training.trainer import SUMMARY_FILE, train
+    from cxrscreen.run_dir import RunDir
+    from cxrscreen.training.trainer import train
 
     classes, folders = TASKS[task]
     run_dir = Path(args.out) / task
     seconds = None
-    if not (run_dir / SUMMARY_FILE).exists():
+    if not RunDir(run_dir).summary.exists():
         cfg = TrainConfig(
             data=[str(args.data_root / f) for f in folders], out=str(run_dir), classes=classes, img_size=args.img_size,
             epochs=args.epochs, batch_size=args.batch_size, limit_per_class=args.limit_per_class, seed=args.seed,
@@ -56,7 +57,7 @@ def run_task(task: str, args: argparse.Namespace) -> dict:
         (run_dir / "wall_seconds.txt").write_text(f"{seconds:.1f}\n")
     elif (run_dir / "wall_seconds.txt").exists():
         seconds = float((run_dir / "wall_seconds.txt").read_text())
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    summary = json.loads(RunDir(run_dir).summary.read_text())
     external = evaluate_model(EvaluationConfig(model=str(run_dir), data=[str(args.data_root / "covid-chestxray-dataset")],
                                                split="all", out=str(run_dir / "eval_ieee8023"), progress=False))
     ext = external.primary

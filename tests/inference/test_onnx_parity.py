@@ -49,7 +49,8 @@ def test_onnx_runtime_matches_torch_on_real_xrays(
 
 def test_guard_network_gives_the_same_features_in_onnx_runtime(real_xrays: list[Path], tmp_path, monkeypatch) -> None:
     from cxrscreen.inference.onnx_export import OnnxGuardRunner
-    from cxrscreen.guard.network import guard_thumbnails, torch_guard_features
+    from cxrscreen.guard.inputs import guard_thumbnails
+    from cxrscreen.guard.network import torch_guard_features
 
     monkeypatch.setenv("CXRSCREEN_CACHE", str(tmp_path))
     thumbnails, _ = guard_thumbnails(real_xrays)

@@ -125,7 +125,8 @@ def frontal_xrays(shared: Path, start: int, per_folder: int) -> list[Path]:
 @pytest.fixture(scope="module")
 def real_features(shared_data: Path) -> dict[str, np.ndarray]:
     """Whole-image guard features (:mod:`cxrscreen.guard.network`, what guards fitted by this version read)."""
-    from cxrscreen.guard.network import guard_thumbnail, torch_guard_features
+    from cxrscreen.guard.inputs import guard_thumbnail
+    from cxrscreen.guard.network import torch_guard_features
 
     torch.set_num_threads(1)
     ieee = shared_data / "covid-chestxray-dataset"
@@ -145,7 +146,7 @@ def test_real_xrays_pass_and_non_xrays_are_flagged(real_features: dict[str, np.n
     """A guard fitted as training fits it (whole-image features, the shipped acceptance rate) on 90 frontal X-rays of
     six collections. When this test was written its own sets gave: held-out frontal 1/30 flagged, ieee8023 frontal
     1/30, lateral 44/44, photos 19/19, noise 10/10, text 10/10; the bounds leave a little room for platforms."""
-    from cxrscreen.guard.network import GUARD_ACCEPT_RATE, GUARD_NETWORK
+    from cxrscreen.guard.inputs import GUARD_ACCEPT_RATE, GUARD_NETWORK
 
     guard = fit_ood_guard(np.concatenate([real_features["fit"], real_features["val"]]), features="whole_image",
                           network=GUARD_NETWORK, accept_rate=GUARD_ACCEPT_RATE)

@@ -127,7 +127,8 @@ def test_ood_guard_relabels_rejected_images(
     from skimage import data as skimage_data
 
     from cxrscreen.guard.ppca import fit_ood_guard
-    from cxrscreen.guard.network import GUARD_NETWORK, guard_thumbnails, torch_guard_features
+    from cxrscreen.guard.inputs import GUARD_NETWORK, guard_thumbnails
+    from cxrscreen.guard.network import torch_guard_features
 
     files = sorted((radiography_root / "Normal" / "images").glob("*.jpg"))
     plain = load_predictor(tiny_checkpoint)

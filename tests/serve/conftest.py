@@ -41,7 +41,8 @@ KNOWN_LIMIT = "Lateral views were not in the training data."
 def guarded_predictor(tmp_path_factory: pytest.TempPathFactory, checkpoint_factory, radiography_root: Path) -> Predictor:
     """The small model with a whole-image OOD guard fitted on 40 real X-rays, and one known limit."""
     from cxrscreen.guard.ppca import fit_ood_guard
-    from cxrscreen.guard.network import GUARD_NETWORK, guard_thumbnails, torch_guard_features
+    from cxrscreen.guard.inputs import GUARD_NETWORK, guard_thumbnails
+    from cxrscreen.guard.network import torch_guard_features
 
     files = sorted((radiography_root / "Normal" / "images").glob("*.jpg"))[:40]
     guard = fit_ood_guard(torch_guard_features(guard_thumbnails(files)[0]), features="whole_image", network=GUARD_NETWORK)

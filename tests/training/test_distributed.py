@@ -56,7 +56,7 @@ def global_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 def train_steps(rank: int, world_size: int) -> dict[str, torch.Tensor]:
     """cxrscreen's model wrapping and training step on this rank's half of each global batch; the weights after."""
     from cxrscreen.training.distributed import init_distributed, wrap_model
-    from cxrscreen.training.trainer import train_step
+    from cxrscreen.training.steps import train_step
 
     ctx = init_distributed("cpu")
     model = tiny_net()

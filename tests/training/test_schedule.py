@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrscreen.training.trainer import class_weights, lr_at, rank_indices
+from cxrscreen.training.steps import class_weights, lr_at, rank_indices
 
 
 def test_class_weights_balance_the_classes() -> None:

@@ -22,7 +22,7 @@ from cxrscreen.data.sources import load_dataset, task_class
 from cxrscreen.data.splits import record_groups
 from cxrscreen.errors import ConfigError, DatasetLayoutError
 from cxrscreen.evaluation.evaluate import EvaluationConfig, Evaluator
-from cxrscreen.guard.network import guard_preprocessing
+from cxrscreen.guard.inputs import guard_preprocessing
 from cxrscreen.lungs.finder import segmenter_lungs
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from cxrscreen.errors import ConfigError
 from cxrscreen.models.registry import XrayClassifier
 from cxrscreen.training.augment import BatchAugment, augment_config
-from cxrscreen.training.trainer import class_weights, to_input
+from cxrscreen.training.steps import class_weights, to_input
 
 FEATURE_BATCH = 64
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cxrscreen.run_dir import RunDir
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -53,7 +55,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_model(cfg)
     print(evaluation_report(result))
     run_dir = find_run_dir(args.model)
-    if run_dir is not None and result.out_dir == run_dir / "eval":
+    if run_dir is not None and result.out_dir == RunDir(run_dir).eval_dir:
         # A run evaluated into its own folder gets its HTML report refreshed.
         from cxrscreen.evaluation.report import write_report
 

@@ -21,16 +21,20 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cxrscreen import SCREENING_NOTICE
-from cxrscreen.data.imageio import to_float, to_uint8
+from cxrscreen.data.imageio import load_xray, to_float, to_uint8
 from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.lungs import dilate, hide_lungs, keep_only_lungs
 from cxrscreen.data.records import Record
+from cxrscreen.data.sources import task_class
 from cxrscreen.data.transforms import Preprocessing
 from cxrscreen.errors import ConfigError, CxrError, DatasetLayoutError
-from cxrscreen.metrics.classification import BinaryMetrics, MulticlassMetrics, class_vs_rest, multiclass_metrics
+from cxrscreen.evaluation.evaluate import EvaluationConfig, Evaluator, all_findings_label_set
 from cxrscreen.evaluation.probe import ProbeResult, source_probe
 from cxrscreen.evaluation.tables import format_interval, format_table
+from cxrscreen.explain.gradcam import GradCam
 from cxrscreen.io_utils import write_json
+from cxrscreen.lungs.segmenter import load_segmenter, segment_lungs_batch
+from cxrscreen.metrics.classification import BinaryMetrics, MulticlassMetrics, class_vs_rest, multiclass_metrics
 
 VARIANTS = ("original", "lungs_hidden", "lungs_only")
 VARIANT_TITLES = {"original": "as they are", "lungs_hidden": "lungs hidden", "lungs_only": "only lungs kept"}
@@ -170,8 +174,6 @@ def gradcam_lung_shares(model, inputs: np.ndarray, masks: np.ndarray, class_inde
     in the same frame, ``class_index`` (N,) the class explained. NaN where the map is empty (no positive evidence)."""
     import torch
 
-    from cxrscreen.explain.gradcam import GradCam
-
     if len(inputs) == 0:
         return np.zeros(0)
     heatmaps, _ = GradCam(model)(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))[:, None], list(class_index))
@@ -254,9 +256,6 @@ def audit_arrays(
     ``records`` give each image's finding, source and patient. Lung-focused preprocessing of the model uses the
     lung mask of the unedited image, so every variant goes through the same crop.
     """
-    from cxrscreen.data.sources import task_class
-    from cxrscreen.evaluation.evaluate import all_findings_label_set
-
     if not records:
         raise DatasetLayoutError("no image left to audit")
     meta = predictor.meta
@@ -351,8 +350,6 @@ def gradcam_by_class(
 
 def load_images(records: list[Record]) -> tuple[list[Record], list[np.ndarray], list[tuple[str, str]]]:
     """Decode every record's image; unreadable ones are returned as (path, reason) instead."""
-    from cxrscreen.data.imageio import load_xray
-
     kept, images, unreadable = [], [], []
     for record in records:
         try:
@@ -370,9 +367,6 @@ def audit_model(cfg: AuditConfig | None = None, log: Callable[[str], None] = pri
 
     Example (notebook): ``audit_model(model="runs/r1", data=["data/covid-chestxray-dataset"]).verdict``.
     """
-    from cxrscreen.evaluation.evaluate import EvaluationConfig, Evaluator
-    from cxrscreen.lungs.segmenter import load_segmenter, segment_lungs_batch
-
     if cfg is None:
         cfg = AuditConfig(**kwargs)
     elif kwargs:

@@ -25,14 +25,18 @@ from typing import Any, Callable
 from cxrscreen import SCREENING_NOTICE
 from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.records import Record
+from cxrscreen.data.sources import load_dataset
 from cxrscreen.errors import ConfigError, CxrError
-from cxrscreen.metrics.classification import BinaryMetrics, Interval
+from cxrscreen.evaluation.evaluate import EvaluationConfig, evaluate_model
 from cxrscreen.evaluation.tables import format_interval, format_table
 from cxrscreen.io_utils import atomic_write, write_json
+from cxrscreen.metrics.classification import BinaryMetrics, Interval
+from cxrscreen.run_dir import RunDir
 from cxrscreen.training.config import TrainConfig
+from cxrscreen.training.run_data import limit_per_class
+from cxrscreen.training.trainer import train
 
 LEAVE_OUT_LEVELS = ("source", "collection")
-CROSSVAL_FILE = "crossval.json"
 
 
 @dataclass
@@ -143,11 +147,6 @@ def leave_one_source_out(
     and ``cfg.split`` are replaced per fold. Sources with no image of a class are still folds: their training side
     must hold every class, else the fold reports the trainer's error.
     """
-    from cxrscreen.data.sources import load_dataset
-    from cxrscreen.evaluation.evaluate import EvaluationConfig, evaluate_model
-    from cxrscreen.training.run_data import limit_per_class
-    from cxrscreen.training.trainer import SUMMARY_FILE, train
-
     if level not in LEAVE_OUT_LEVELS:
         raise ConfigError(f"--leave-out must be one of {', '.join(LEAVE_OUT_LEVELS)}, got {level!r}")
     label_set = LabelSet.parse(cfg.classes, cfg.label_map)
@@ -171,18 +170,18 @@ def leave_one_source_out(
         test_csv = write_manifest(test_records, label_set, folder / "test.csv")
         fold_cfg = dataclasses.replace(cfg, data=[str(train_csv)], out=str(fold.run_dir), split=None, limit_per_class=None)
         try:
-            if not (fold.run_dir / SUMMARY_FILE).is_file():
+            if not RunDir(fold.run_dir).summary.is_file():
                 train(fold_cfg, overwrite=True, progress=progress, log=log)
             evaluation = evaluate_model(EvaluationConfig(
                 data=[str(test_csv)], model=str(fold.run_dir), split="all", n_resamples=n_resamples, seed=cfg.seed,
-                dedup_distance=cfg.dedup_distance, out=str(fold.run_dir / "eval"), progress=progress))
+                dedup_distance=cfg.dedup_distance, out=str(RunDir(fold.run_dir).eval_dir), progress=progress))
             fold_scores(fold, evaluation)
         except CxrError as exc:
             fold.error = str(exc)
             log(f"fold {source}: {exc}")
         folds.append(fold)
     result = CrossvalResult(level, list(label_set.classes), folds, out_dir, cfg.to_dict())
-    write_json(out_dir / CROSSVAL_FILE, result.to_dict())
+    write_json(RunDir(out_dir).crossval, result.to_dict())
     return result
 
 
@@ -203,4 +202,4 @@ def crossval_report(result: CrossvalResult) -> str:
     headers = [f"{result.level} left out", "train n", "test n", "covid", "AUROC covid-vs-rest", "sensitivity",
                "specificity", "accuracy", "macro-F1", "note"]
     return (f"leave-one-{result.level}-out, classes {', '.join(result.classes)} (scores on the left-out {result.level}, "
-            f"95% bootstrap CIs)\n" + format_table(headers, rows) + f"\n\nwrote {result.out_dir / CROSSVAL_FILE}")
+            f"95% bootstrap CIs)\n" + format_table(headers, rows) + f"\n\nwrote {RunDir(result.out_dir).crossval}")

@@ -29,8 +29,9 @@ from cxrscreen import SCREENING_NOTICE
 from cxrscreen.errors import CxrError, RunDirError
 from cxrscreen.evaluation import report_template as html
 from cxrscreen.io_utils import write_text
+from cxrscreen.models.checkpoint import ModelMeta, read_checkpoint
+from cxrscreen.run_dir import RunDir
 
-REPORT_FILE = "report.html"
 AUDIT_PATHS = ("audit/audit.json", "audit.json")
 METRIC_ROWS = (("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("macro-F1", "macro_f1"),
                ("macro-AUROC", "macro_auroc"))
@@ -323,15 +324,14 @@ def gradcam_section(run_dir: Path, eval_dir: Path, per_class: int, log: Callable
 
 def build_report(run_dir: str | Path, gradcam_per_class: int = 3, log: Callable[[str], None] = print) -> str:
     """The report of ``run_dir`` as an HTML string (see the module docstring for what it reads)."""
-    from cxrscreen.models.checkpoint import ModelMeta, read_checkpoint
-
     run_dir = Path(run_dir)
-    if not (run_dir / "best.pt").is_file():
-        raise RunDirError(f"{run_dir}: not a run directory (no best.pt)")
-    meta = ModelMeta.from_dict(read_checkpoint(run_dir / "best.pt")["meta"])
-    summary = read_json(run_dir / "summary.json")
-    config = read_json(run_dir / "config.json") or meta.config or {}
-    eval_dir = run_dir / "eval"
+    files = RunDir(run_dir)
+    if not files.is_run():
+        raise RunDirError(f"{run_dir}: not a run directory (no {files.best.name})")
+    meta = ModelMeta.from_dict(read_checkpoint(files.best)["meta"])
+    summary = read_json(files.summary)
+    config = read_json(files.config) or meta.config or {}
+    eval_dir = files.eval_dir
     audit = next((a for a in (read_json(run_dir / p) for p in AUDIT_PATHS) if a is not None), None)
     body = "\n".join([
         f"<h1>cxrscreen report: {html.escape(meta.name)}</h1>",
@@ -339,7 +339,7 @@ def build_report(run_dir: str | Path, gradcam_per_class: int = 3, log: Callable[
         html.paragraph(SCREENING_NOTICE, "notice"),
         overview_section(meta, summary),
         data_section(meta.train_summary or (summary or {}).get("data", {}), config),
-        curves_section(read_csv(run_dir / "metrics.csv")),
+        curves_section(read_csv(files.metrics)),
         adaptation_section(read_json(run_dir / "adapt.json"), run_dir),
         evaluation_section(read_json(eval_dir / "metrics.json"), eval_dir,
                            (summary or {}).get("test") or meta.metrics.get("test")),
@@ -352,7 +352,7 @@ def build_report(run_dir: str | Path, gradcam_per_class: int = 3, log: Callable[
 def write_report(run_dir: str | Path, out: str | Path | None = None, gradcam_per_class: int = 3,
                  log: Callable[[str], None] = print) -> Path:
     """Write the run's report (default ``RUN_DIR/report.html``) atomically and return its path."""
-    path = Path(out) if out else Path(run_dir) / REPORT_FILE
+    path = Path(out) if out else RunDir(run_dir).report
     write_text(path, build_report(run_dir, gradcam_per_class, log))
     return path
 

@@ -9,7 +9,7 @@ import numpy as np
 from cxrscreen.metrics.classification import PER_CLASS_METRICS, Interval
 
 if TYPE_CHECKING:
-    from cxrscreen.evaluation.evaluate import CollectionResult, EvaluationResult
+    from cxrscreen.evaluation.results import CollectionResult, EvaluationResult
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

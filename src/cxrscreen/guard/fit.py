@@ -10,7 +10,8 @@ import numpy as np
 from cxrscreen.data.imageio import to_float
 from cxrscreen.data.records import Record
 from cxrscreen.data.splits import record_groups
-from cxrscreen.guard.network import GUARD_ACCEPT_RATE, GUARD_NETWORK, guard_thumbnails, torch_guard_features
+from cxrscreen.guard.inputs import GUARD_ACCEPT_RATE, GUARD_NETWORK, guard_thumbnails
+from cxrscreen.guard.network import torch_guard_features
 from cxrscreen.guard.ppca import fit_ood_guard
 
 GUARD_SIDES = ("train", "val")  # the sides of a run's split the guard is fitted on

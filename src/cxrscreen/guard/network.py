@@ -17,32 +17,10 @@ image or on the classifier's crop (benchmarks/ood_guard.py prints the other half
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-
-from cxrscreen.data.cache import load_prepared
-from cxrscreen.data.imageio import to_float
-from cxrscreen.data.transforms import Preprocessing, prepare_image
-
-GUARD_SIZE = 64
-GUARD_NETWORK = "efficientnet_lite0-imagenet/stage6-mean-std/64px-whole-image"
-# Share of the run's training and validation images (scored out of fold) the threshold accepts: the goal is that at
-# most 1% of held-out real X-rays are flagged, and the scores of held-out images vary more than the fitted ones'
-# (MODEL_CARD.md).
-GUARD_ACCEPT_RATE = 0.995
-
-
-def guard_preprocessing() -> Preprocessing:
-    """How a decoded X-ray becomes the guard's input: the whole image resized to 64 x 64, nothing else."""
-    return Preprocessing(img_size=GUARD_SIZE)
-
-
-def guard_thumbnail(image: np.ndarray) -> np.ndarray:
-    """Decoded X-ray float32 (H, W) in [0, 1] -> the guard's input, float32 (64, 64) in [0, 1]."""
-    return prepare_image(image, guard_preprocessing())
 
 
 def pooled_statistics(maps: list[torch.Tensor]) -> torch.Tensor:
@@ -89,13 +67,3 @@ def torch_guard_features(thumbnails: np.ndarray, batch_size: int = 256) -> np.nd
             batch = torch.from_numpy(np.ascontiguousarray(thumbnails[start : start + batch_size], dtype=np.float32))
             out.append(net(batch[:, None]).numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
-
-
-def guard_thumbnails(
-    paths: list[str] | list[Path], progress: bool = False, on_bad_image: str = "fail"
-) -> tuple[np.ndarray, list[int]]:
-    """The guard's inputs of image files (through the prepared-image cache), float32 (M, 64, 64), and the indices in
-    ``paths`` of the M files that decoded. A file that does not decode raises
-    :class:`cxrscreen.errors.ImageDecodeError`, or with ``on_bad_image="skip"`` is left out."""
-    prepared = load_prepared(list(paths), guard_preprocessing(), progress=progress, on_bad_image=on_bad_image)
-    return to_float(prepared.images), prepared.ok

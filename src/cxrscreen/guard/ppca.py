@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from cxrscreen.errors import ModelError
+from cxrscreen.guard.inputs import GUARD_NETWORK
 
 METHOD = "ppca-mahalanobis"
 FORMAT_VERSION = 2
@@ -194,8 +195,6 @@ def check_guard(guard: dict[str, Any]) -> None:
     if guard.get("features", "penultimate") not in GUARD_INPUTS:
         raise ModelError(f"OOD guard: unknown input {guard['features']!r}")
     if reads_whole_image(guard):
-        from cxrscreen.guard.network import GUARD_NETWORK
-
         if guard.get("network") != GUARD_NETWORK:
             raise ModelError(f"OOD guard: fitted through {guard.get('network')!r}, not {GUARD_NETWORK!r}; "
                              "refit it with `cxrscreen refit-guard`")

@@ -145,7 +145,8 @@ def cached_guard_export() -> Path:
     """The out-of-distribution guard's network as ONNX (``image`` (N, 1, 64, 64) -> ``guard_features`` (N, 1536)),
     exported once into :func:`cache_dir`, keyed by its weights' checksum."""
     from cxrscreen.models.efficientnet_lite import WEIGHT_SHA256
-    from cxrscreen.guard.network import GUARD_SIZE, guard_net
+    from cxrscreen.guard.inputs import GUARD_SIZE
+    from cxrscreen.guard.network import guard_net
 
     digest = WEIGHT_SHA256["efficientnet-lite0"][:16]
     target = cache_dir() / f"guard-{digest}-taps-opset{OPSET}-torch{torch.__version__.split('+')[0]}.onnx"

@@ -21,6 +21,7 @@ import numpy as np
 from cxrscreen.data import transforms
 from cxrscreen.data.imageio import ImageSource, load_xray
 from cxrscreen.errors import ConfigError, ModelError
+from cxrscreen.guard.ppca import accepts, check_guard, ood_scores, reads_whole_image
 from cxrscreen.inference.options import (  # noqa: F401 - re-exported: the CLI and notebooks import them from here
     BACKENDS,
     DEFAULT_BATCH_SIZE,
@@ -36,6 +37,11 @@ from cxrscreen.inference.options import (  # noqa: F401 - re-exported: the CLI a
 from cxrscreen.inference.backends import InferenceBackend, NetOutputs, TorchBackend, softmax  # noqa: F401
 from cxrscreen.inference.preparation import PreparedBatch, failure_reason, prepare_batch, source_name
 from cxrscreen.inference.results import Explanation, Prediction, PredictionFailure
+from cxrscreen.run_dir import RunDir
+
+# torch, ONNX Runtime, the lung segmenter, the guard's network and Grad-CAM are imported where first used, for
+# start-up time: loading a model, or the ONNX backend, must not pay for what it does not run, and the exporter is
+# never loaded to predict (tests/inference/test_startup.py).
 
 if TYPE_CHECKING:  # torch is imported only where a network runs in it
     from cxrscreen.models.checkpoint import ModelMeta
@@ -108,8 +114,6 @@ class Predictor:
     @property
     def guard_reads_whole_image(self) -> bool:
         """Whether the OOD guard needs the whole image (``thumbnails`` of :meth:`predict_prepared`)."""
-        from cxrscreen.guard.ppca import reads_whole_image
-
         return reads_whole_image(self.meta.ood)
 
     @property
@@ -196,8 +200,6 @@ class Predictor:
         """(in_distribution bool (N,), scores (N,) or None) from the model's OOD guard; all True without a guard."""
         if not self.meta.ood:
             return np.ones(len(outputs.probs), dtype=bool), None
-        from cxrscreen.guard.ppca import accepts, ood_scores
-
         if self.guard_reads_whole_image:
             if outputs.guard_features is None:
                 raise ConfigError("this model's OOD guard reads the whole images: pass thumbnails to predict_prepared")
@@ -327,9 +329,9 @@ def resolve_model_path(path: str | os.PathLike | None) -> Path:
         return DEFAULT_MODEL
     model_path = Path(path)
     if model_path.is_dir():
-        best = model_path / "best.pt"
+        best = RunDir(model_path).best
         if not best.is_file():
-            raise ModelError(f"{model_path}: run directory holds no best.pt")
+            raise ModelError(f"{model_path}: run directory holds no {best.name}")
         return best
     if not model_path.exists():
         raise ModelError(f"{model_path}: model file not found")
@@ -398,8 +400,6 @@ def load_predictor(
 def check_ood_guard(meta: ModelMeta, path: Path) -> None:
     """Refuse, at load time, a model whose OOD guard this version cannot use."""
     if meta.ood:
-        from cxrscreen.guard.ppca import check_guard
-
         try:
             check_guard(meta.ood)
         except ModelError as exc:

@@ -18,6 +18,7 @@ import numpy as np
 from cxrscreen.data.imageio import ImageSource, load_xray
 from cxrscreen.data.transforms import FindLungsBatch, Prepared, Preprocessing
 from cxrscreen.errors import CxrError
+from cxrscreen.guard.inputs import guard_thumbnail
 
 
 @dataclass
@@ -94,7 +95,5 @@ def prepare_batch(
     prepared = pp.prepare_batch(images, find_lungs)
     thumbnails = None
     if with_thumbnails and images:
-        from cxrscreen.guard.network import guard_thumbnail
-
         thumbnails = np.stack([guard_thumbnail(image) for image in images])
     return PreparedBatch(positions, prepared, thumbnails, failures)

@@ -10,13 +10,14 @@ from typing import Any, Callable
 import numpy as np
 
 from cxrscreen.data.cache import load_prepared
-from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
+from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE, hash_files
 from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.records import Record
-from cxrscreen.data.sources import Dataset
+from cxrscreen.data.sources import load_dataset, Dataset
+from cxrscreen.data.splits import load_split, make_split, save_split
 from cxrscreen.errors import DatasetLayoutError
 from cxrscreen.guard.fit import GUARD_SIDES
-from cxrscreen.guard.network import guard_preprocessing
+from cxrscreen.guard.inputs import guard_preprocessing
 from cxrscreen.lungs.finder import segmenter_lungs
 from cxrscreen.training.config import TrainConfig
 
@@ -81,8 +82,6 @@ def limit_per_class(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
 def run_dataset(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[LabelSet, Dataset, Dataset]:
     """The run's label set, every image of its collections in its classes, and the images it uses
     (``--limit-per-class``); what the loaders noted and dropped is logged."""
-    from cxrscreen.data.sources import load_dataset
-
     label_set = LabelSet.parse(cfg.classes, cfg.label_map)
     full = load_dataset(cfg.data, label_set, frontal_only=cfg.frontal_only)
     for note in full.notes:
@@ -100,9 +99,6 @@ def prepare_run_data(
     progress: bool,
 ) -> RunData:
     """Load the collections, split them (or read a saved split), and prepare every image once."""
-    from cxrscreen.data.dedup import hash_files
-    from cxrscreen.data.splits import load_split, make_split, save_split
-
     label_set, full, dataset = run_dataset(cfg, log)
     hashes = hash_files(dataset.paths, progress=progress).hashes
     if split_file is not None:

@@ -8,7 +8,6 @@ resumes from its last completed epoch.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -22,15 +21,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from cxrscreen.data.records import Record
+from cxrscreen.data.splits import load_split
 from cxrscreen.errors import RunDirError
-from cxrscreen.io_utils import atomic_write, write_json
 from cxrscreen.guard.fit import GUARD_SIDES, fit_guard
-from cxrscreen.models.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
-from cxrscreen.models.registry import XrayClassifier, create_model
+from cxrscreen.io_utils import atomic_write, write_json
+from cxrscreen.metrics.classification import classification_report
+from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint, read_checkpoint, save_checkpoint
+from cxrscreen.models.registry import create_model
+from cxrscreen.run_dir import RunDir
 from cxrscreen.training.config import TrainConfig
 from cxrscreen.training.distributed import (
     DistContext,
@@ -41,11 +41,12 @@ from cxrscreen.training.distributed import (
     shutdown_distributed,
     wrap_model,
 )
-from cxrscreen.training.run_data import RunData, prepare_run_data, run_dataset
+from cxrscreen.metrics.calibration import choose_temperature
 from cxrscreen.threads import available_cpus, configure_threads
+from cxrscreen.training.augment import BatchAugment, augment_config
+from cxrscreen.training.run_data import RunData, prepare_run_data, run_dataset
+from cxrscreen.training.steps import class_weights, lr_at, predict_logits, rank_indices, to_input, train_step, validation_scores
 
-CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.json", "split.csv", "metrics.csv"
-LAST_FILE, BEST_FILE, SUMMARY_FILE = "last.pt", "best.pt", "summary.json"
 
 
 @dataclass
@@ -61,7 +62,7 @@ class TrainResult:
 
     @property
     def checkpoint(self) -> Path:
-        return self.run_dir / BEST_FILE
+        return RunDir(self.run_dir).best
 
 
 @dataclass
@@ -78,12 +79,12 @@ class TrainState:
 def load_run_config(run_dir: str | Path) -> TrainConfig:
     """The saved config of a run, for ``--resume`` and ``refit-guard``: the same data, split, model and schedule."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise RunDirError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+    if not RunDir(run_dir).config.is_file():
+        raise RunDirError(f"{run_dir}: not a run directory (no {RunDir(run_dir).config.name})")
     try:
-        cfg = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
+        cfg = TrainConfig.from_dict(json.loads(RunDir(run_dir).config.read_text()))
     except (ValueError, TypeError) as exc:
-        raise RunDirError(f"{run_dir / CONFIG_FILE}: unreadable run config ({exc})") from None
+        raise RunDirError(f"{RunDir(run_dir).config}: unreadable run config ({exc})") from None
     cfg.out = str(run_dir)
     return cfg
 
@@ -92,69 +93,13 @@ def check_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
     """Refuse to overwrite a run by accident, and to resume what cannot be resumed."""
     run_dir = cfg.run_dir
     if resume:
-        if (run_dir / SUMMARY_FILE).exists():
+        if RunDir(run_dir).summary.exists():
             raise RunDirError(f"{run_dir}: this run has already finished; nothing to resume")
         return
-    if (run_dir / SUMMARY_FILE).exists() and not overwrite:
+    if RunDir(run_dir).summary.exists() and not overwrite:
         raise RunDirError(f"{run_dir}: holds a finished run; use --overwrite to replace it or --out for a new one")
-    if (run_dir / LAST_FILE).exists() and not overwrite:
+    if RunDir(run_dir).last.exists() and not overwrite:
         raise RunDirError(f"{run_dir}: holds an unfinished run; use --resume to continue it or --overwrite")
-
-
-def class_weights(targets: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights (mean 1) so that a rare class counts as much as a common one."""
-    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
-    weights = counts.sum() / (num_classes * np.maximum(counts, 1.0))
-    return torch.tensor(weights, dtype=torch.float32)
-
-
-def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
-    """Linear warm-up, then cosine decay to 1% of the base rate."""
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return base_lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
-
-
-def to_input(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (N, S, S) -> float (N, 1, S, S) in [0, 1], channels-last, on ``device``."""
-    x = images_uint8.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last)
-
-
-@torch.inference_mode()
-def predict_logits(model: XrayClassifier, images: np.ndarray, device: torch.device, batch_size: int = 64) -> np.ndarray:
-    """Logits (N, C) of uint8 images (N, S, S), in eval mode."""
-    model.eval()
-    logits = [model(to_input(torch.from_numpy(images[start : start + batch_size]), device)).float().cpu().numpy()
-              for start in range(0, len(images), batch_size)]
-    return np.concatenate(logits) if logits else np.zeros((0, model.head.out_features), np.float32)
-
-
-def validation_scores(logits: np.ndarray, targets: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Point estimates used to pick the best epoch (no bootstrap: that is for the final report)."""
-    from cxrscreen.metrics.classification import point_metrics
-
-    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-    return point_metrics(targets, probs, num_classes)
-
-
-def rank_indices(n_images: int, epoch: int, seed: int, rank: int, world_size: int) -> np.ndarray:
-    """A rank's share of the epoch's seeded shuffle (disjoint across ranks; the same on resume)."""
-    sampler = DistributedSampler(range(n_images), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    sampler.set_epoch(epoch)
-    return np.fromiter(iter(sampler), dtype=np.int64)
-
-
-def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
-               autocast: Callable[[], Any] = contextlib.nullcontext) -> float:
-    """One optimisation step on a batch (under DDP: this rank's share of it); returns the batch's loss."""
-    with autocast():
-        loss = loss_fn(net(x), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
@@ -191,19 +136,20 @@ class Trainer:
         self.progress = progress and ctx.is_main
         self.log = log if ctx.is_main else (lambda _msg: None)
         self.run_dir = cfg.run_dir
+        self.files = RunDir(cfg.run_dir)
 
     # -- set-up -----------------------------------------------------------------------------------------------
     def setup(self, resume: bool) -> None:
         cfg, ctx = self.cfg, self.ctx
         torch.manual_seed(cfg.seed)
-        has_last = resume and (self.run_dir / LAST_FILE).is_file()
+        has_last = resume and self.files.last.is_file()
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not resume:
-                for stale in (SUMMARY_FILE, LAST_FILE, BEST_FILE, METRICS_FILE):
-                    (self.run_dir / stale).unlink(missing_ok=True)
-            write_json(self.run_dir / CONFIG_FILE, cfg.to_dict())
-        self.load_data(self.run_dir / SPLIT_FILE if resume else (Path(cfg.split) if cfg.split else None))
+                for stale in (self.files.summary, self.files.last, self.files.best, self.files.metrics):
+                    stale.unlink(missing_ok=True)
+            write_json(self.files.config, cfg.to_dict())
+        self.load_data(self.files.split if resume else (Path(cfg.split) if cfg.split else None))
         num_classes = len(self.data.label_set.classes)
         self.build_model(pretrained=cfg.pretrained and not has_last)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -213,8 +159,6 @@ class Trainer:
         if has_last:
             self.load_last()
         self.net = wrap_model(self.model, ctx)
-        from cxrscreen.training.augment import BatchAugment, augment_config
-
         self.augment = BatchAugment(augment_config(cfg.augment), seed=cfg.seed)
 
     def load_data(self, split_file: Path | None) -> None:
@@ -222,17 +166,17 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         # Rank 0 builds the split (and any cache) first; the other ranks then read the same files.
         if ctx.is_main:
-            self.data = prepare_run_data(cfg, split_file, self.run_dir / SPLIT_FILE, self.log, self.progress)
+            self.data = prepare_run_data(cfg, split_file, self.files.split, self.log, self.progress)
         barrier(ctx)
         if not ctx.is_main:
-            self.data = prepare_run_data(cfg, self.run_dir / SPLIT_FILE, None, self.log, False)
+            self.data = prepare_run_data(cfg, self.files.split, None, self.log, False)
 
     def build_model(self, pretrained: bool) -> None:
         self.model = create_model(self.cfg.model, len(self.data.label_set.classes), pretrained=pretrained)
         self.model.to(self.ctx.device).to(memory_format=torch.channels_last)
 
     def load_last(self) -> None:
-        payload = read_checkpoint(self.run_dir / LAST_FILE)
+        payload = read_checkpointself.files.last
         self.model.load_state_dict(payload["state_dict"])
         extra = payload.get("extra", {})
         self.optimizer.load_state_dict(extra["optimizer"])
@@ -252,7 +196,7 @@ class Trainer:
                 val = self.validate()
             except KeyboardInterrupt:
                 if self.ctx.is_main:
-                    print(f"interrupted in epoch {epoch}; epoch {self.state.epoch} is saved in {self.run_dir / LAST_FILE}; "
+                    print(f"interrupted in epoch {epoch}; epoch {self.state.epoch} is saved in {self.files.last}; "
                           f"continue with: cxrscreen train --resume {self.run_dir}", file=sys.stderr)
                 raise
             self.record_epoch(epoch, train_stats, val)
@@ -338,18 +282,16 @@ class Trainer:
             # best, then last (the resume point), then the log: a kill between two writes loses nothing.
             meta = build_meta(cfg, self.data, {"validation": val, "epoch": epoch})
             if improved:
-                save_checkpoint(self.run_dir / BEST_FILE, self.model, meta)
+                save_checkpoint(self.files.best, self.model, meta)
             extra = {"optimizer": self.optimizer.state_dict(), "state": state.__dict__}
-            save_checkpoint(self.run_dir / LAST_FILE, self.model, meta, extra=extra)
-            write_metrics_csv(self.run_dir / METRICS_FILE, state.history)
+            save_checkpoint(self.files.last, self.model, meta, extra=extra)
+            write_metrics_csv(self.files.metrics, state.history)
         barrier(self.ctx)
 
     # -- after training ---------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         """Calibrate, fit the OOD guard, store training hashes and test metrics in ``best.pt``; write the summary."""
-        from cxrscreen.metrics.calibration import choose_temperature
-
-        payload = read_checkpoint(self.run_dir / BEST_FILE)
+        payload = read_checkpointself.files.best
         self.model.load_state_dict(payload["state_dict"])
         meta = ModelMeta.from_dict(payload["meta"])
         device = self.ctx.device
@@ -366,7 +308,7 @@ class Trainer:
         test = held_out_report(test_logits / meta.temperature, self.data.test_targets, meta.classes, self.cfg.seed)
         meta.metrics = {"validation": validation_scores(val_logits, self.data.val_targets, len(meta.classes)),
                         "test": test, "best_epoch": self.state.best_epoch, "calibration": calibration.to_dict()}
-        save_checkpoint(self.run_dir / BEST_FILE, self.model, meta)
+        save_checkpoint(self.files.best, self.model, meta)
         summary = {
             "run_dir": str(self.run_dir),
             "best_epoch": self.state.best_epoch,
@@ -378,14 +320,12 @@ class Trainer:
             "data": meta.train_summary,
             "test": test,
         }
-        write_json(self.run_dir / SUMMARY_FILE, summary)
+        write_json(self.files.summary, summary)
         return test
 
 
 def held_out_report(logits: np.ndarray, targets: np.ndarray, classes: list[str], seed: int) -> dict[str, Any]:
     """Test-split metrics with bootstrap CIs, as stored in the checkpoint and the run summary."""
-    from cxrscreen.metrics.classification import classification_report
-
     probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     report = classification_report(targets, probs, classes, n_resamples=1000, seed=seed)
     covid = report.covid_vs_rest
@@ -434,15 +374,15 @@ def finish_run(run_dir: str | Path, device: str = "auto", num_threads: int | Non
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     cfg.device, cfg.num_threads = device, num_threads
-    if (run_dir / SUMMARY_FILE).exists():
+    if RunDir(run_dir).summary.exists():
         raise RunDirError(f"{run_dir}: this run has already finished")
-    if not (run_dir / BEST_FILE).is_file() or not (run_dir / SPLIT_FILE).is_file():
-        raise RunDirError(f"{run_dir}: needs {BEST_FILE} and {SPLIT_FILE} to be finished")
-    state = state_from_metrics(run_dir / METRICS_FILE, cfg.monitor)
+    if not RunDir(run_dir).best.is_file() or not RunDir(run_dir).split.is_file():
+        raise RunDirError(f"{run_dir}: needs {RunDir(run_dir).best.name} and {RunDir(run_dir).split.name} to be finished")
+    state = state_from_metrics(RunDir(run_dir).metrics, cfg.monitor)
     ctx = DistContext(0, 1, 0, resolve_device(cfg.device))
     configure_threads(cfg.num_threads)
     trainer = Trainer(cfg, ctx, progress, log)
-    trainer.load_data(run_dir / SPLIT_FILE)  # the saved split; config.json is left as the run wrote it
+    trainer.load_dataRunDir(run_dir).split  # the saved split; config.json is left as the run wrote it
     trainer.build_model(pretrained=False)  # finish() loads best.pt's weights into it
     trainer.state = state
     log(f"finishing {run_dir} after epoch {state.epoch} (best epoch {state.best_epoch})")
@@ -459,17 +399,14 @@ def refit_ood_guard(
     For checkpoints from an older cxrscreen, whose guard read the penultimate features, or a copy of a run's model
     (the bundled one). Only the guard changes; weights, temperature and metrics stay. Returns the guard.
     """
-    from cxrscreen.data.splits import load_split
-    from cxrscreen.models.checkpoint import load_checkpoint
-
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    target = Path(checkpoint) if checkpoint is not None else run_dir / BEST_FILE
+    target = Path(checkpoint) if checkpoint is not None else RunDir(run_dir).best
     model, meta = load_checkpoint(target)
     if meta.preprocessing != cfg.preprocessing or meta.arch != cfg.model:
         raise RunDirError(f"{target}: not a model of the run in {run_dir} (architecture or preprocessing differ)")
     configure_threads(cfg.num_threads)
-    split = load_split(run_dir / SPLIT_FILE, run_dataset(cfg, log)[2])
+    split = load_split(RunDir(run_dir).split, run_dataset(cfg, log)[2])
     records = [r for side in GUARD_SIDES for r in split.part(side).records]
     meta.ood = fit_guard(records, split.hashes, cfg.dedup_distance, progress)
     save_checkpoint(target, model, meta)

@@ -1,0 +1,74 @@
+"""The folder of a training run and the name of every file in it.
+
+Training writes a run, evaluation, the report, cross-validation, prediction and the CLI read it: all of them ask
+:class:`RunDir` for a file instead of spelling its name, so that renaming one is a one-line change here. Top
+level (beside ``errors``), so that every layer can ask it without importing another.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """``RunDir("runs/r1").best`` -> ``runs/r1/best.pt``. A plain name: nothing is checked or created."""
+
+    path: Path
+
+    def __init__(self, path: str | os.PathLike):
+        object.__setattr__(self, "path", Path(path))
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config(self) -> Path:
+        """The resolved :class:`cxrscreen.training.config.TrainConfig` (``--resume``, ``refit-guard``)."""
+        return self.path / "config.json"
+
+    @property
+    def split(self) -> Path:
+        """The train/val/test split by patient and near-duplicate group, with each image's pHash."""
+        return self.path / "split.csv"
+
+    @property
+    def metrics(self) -> Path:
+        """One row per epoch (training curves)."""
+        return self.path / "metrics.csv"
+
+    @property
+    def last(self) -> Path:
+        """The latest epoch's weights and training state (``--resume``)."""
+        return self.path / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        """The self-describing model of the best epoch: what evaluation and prediction load."""
+        return self.path / "best.pt"
+
+    @property
+    def summary(self) -> Path:
+        """Written last: a run with a summary has finished."""
+        return self.path / "summary.json"
+
+    @property
+    def eval_dir(self) -> Path:
+        """Where ``cxrscreen evaluate RUN`` writes (``metrics.json``, figures, ``predictions.csv``)."""
+        return self.path / "eval"
+
+    @property
+    def report(self) -> Path:
+        """The one-page HTML report of the run."""
+        return self.path / "report.html"
+
+    @property
+    def crossval(self) -> Path:
+        """The cross-validation summary, when the folder holds a cross-validation (one run per fold)."""
+        return self.path / "crossval.json"
+
+    def is_run(self) -> bool:
+        """Whether the folder holds a trained model (``best.pt``)."""
+        return self.best.is_file()
