@@ -79,12 +79,13 @@ class TrainState:
 def load_run_config(run_dir: str | Path) -> TrainConfig:
     """The saved config of a run, for ``--resume`` and ``refit-guard``: the same data, split, model and schedule."""
     run_dir = Path(run_dir)
-    if not RunDir(run_dir).config.is_file():
-        raise RunDirError(f"{run_dir}: not a run directory (no {RunDir(run_dir).config.name})")
+    files = RunDir(run_dir)
+    if not files.config.is_file():
+        raise RunDirError(f"{run_dir}: not a run directory (no {files.config.name})")
     try:
-        cfg = TrainConfig.from_dict(json.loads(RunDir(run_dir).config.read_text()))
+        cfg = TrainConfig.from_dict(json.loads(files.config.read_text()))
     except (ValueError, TypeError) as exc:
-        raise RunDirError(f"{RunDir(run_dir).config}: unreadable run config ({exc})") from None
+        raise RunDirError(f"{files.config}: unreadable run config ({exc})") from None
     cfg.out = str(run_dir)
     return cfg
 
@@ -92,13 +93,14 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
 def check_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
     """Refuse to overwrite a run by accident, and to resume what cannot be resumed."""
     run_dir = cfg.run_dir
+    files = RunDir(run_dir)
     if resume:
-        if RunDir(run_dir).summary.exists():
+        if files.summary.exists():
             raise RunDirError(f"{run_dir}: this run has already finished; nothing to resume")
         return
-    if RunDir(run_dir).summary.exists() and not overwrite:
+    if files.summary.exists() and not overwrite:
         raise RunDirError(f"{run_dir}: holds a finished run; use --overwrite to replace it or --out for a new one")
-    if RunDir(run_dir).last.exists() and not overwrite:
+    if files.last.exists() and not overwrite:
         raise RunDirError(f"{run_dir}: holds an unfinished run; use --resume to continue it or --overwrite")
 
 
@@ -176,7 +178,7 @@ class Trainer:
         self.model.to(self.ctx.device).to(memory_format=torch.channels_last)
 
     def load_last(self) -> None:
-        payload = read_checkpointself.files.last
+        payload = read_checkpoint(self.files.last)
         self.model.load_state_dict(payload["state_dict"])
         extra = payload.get("extra", {})
         self.optimizer.load_state_dict(extra["optimizer"])
@@ -291,7 +293,7 @@ class Trainer:
     # -- after training ---------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         """Calibrate, fit the OOD guard, store training hashes and test metrics in ``best.pt``; write the summary."""
-        payload = read_checkpointself.files.best
+        payload = read_checkpoint(self.files.best)
         self.model.load_state_dict(payload["state_dict"])
         meta = ModelMeta.from_dict(payload["meta"])
         device = self.ctx.device
@@ -372,17 +374,18 @@ def finish_run(run_dir: str | Path, device: str = "auto", num_threads: int | Non
     ``num_threads`` are this machine's (the run may have trained on another)."""
     start = time.time()
     run_dir = Path(run_dir)
+    files = RunDir(run_dir)
     cfg = load_run_config(run_dir)
     cfg.device, cfg.num_threads = device, num_threads
-    if RunDir(run_dir).summary.exists():
+    if files.summary.exists():
         raise RunDirError(f"{run_dir}: this run has already finished")
-    if not RunDir(run_dir).best.is_file() or not RunDir(run_dir).split.is_file():
-        raise RunDirError(f"{run_dir}: needs {RunDir(run_dir).best.name} and {RunDir(run_dir).split.name} to be finished")
-    state = state_from_metrics(RunDir(run_dir).metrics, cfg.monitor)
+    if not files.best.is_file() or not files.split.is_file():
+        raise RunDirError(f"{run_dir}: needs {files.best.name} and {files.split.name} to be finished")
+    state = state_from_metrics(files.metrics, cfg.monitor)
     ctx = DistContext(0, 1, 0, resolve_device(cfg.device))
     configure_threads(cfg.num_threads)
     trainer = Trainer(cfg, ctx, progress, log)
-    trainer.load_dataRunDir(run_dir).split  # the saved split; config.json is left as the run wrote it
+    trainer.load_data(files.split)  # the saved split; config.json is left as the run wrote it
     trainer.build_model(pretrained=False)  # finish() loads best.pt's weights into it
     trainer.state = state
     log(f"finishing {run_dir} after epoch {state.epoch} (best epoch {state.best_epoch})")
@@ -400,13 +403,14 @@ def refit_ood_guard(
     (the bundled one). Only the guard changes; weights, temperature and metrics stay. Returns the guard.
     """
     run_dir = Path(run_dir)
+    files = RunDir(run_dir)
     cfg = load_run_config(run_dir)
-    target = Path(checkpoint) if checkpoint is not None else RunDir(run_dir).best
+    target = Path(checkpoint) if checkpoint is not None else files.best
     model, meta = load_checkpoint(target)
     if meta.preprocessing != cfg.preprocessing or meta.arch != cfg.model:
         raise RunDirError(f"{target}: not a model of the run in {run_dir} (architecture or preprocessing differ)")
     configure_threads(cfg.num_threads)
-    split = load_split(RunDir(run_dir).split, run_dataset(cfg, log)[2])
+    split = load_split(files.split, run_dataset(cfg, log)[2])
     records = [r for side in GUARD_SIDES for r in split.part(side).records]
     meta.ood = fit_guard(records, split.hashes, cfg.dedup_distance, progress)
     save_checkpoint(target, model, meta)
