@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from cxrscreen.cli.batch import batch_exit_code, image_files
 from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
 from cxrscreen.data.labels import LabelSet, parse_label_map
+from cxrscreen.data.transforms import DEFAULT_IMG_SIZE
 
 if TYPE_CHECKING:
     from cxrscreen.data.transforms import LungFinder, Preprocessing
@@ -54,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     cache = commands.add_parser("cache", help="decode and preprocess images once into the on-disk cache")
     cache.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursed)")
-    cache.add_argument("--img-size", type=int, default=224, metavar="PX", help="side of the square prepared image in pixels")
+    cache.add_argument("--img-size", type=int, default=DEFAULT_IMG_SIZE, metavar="PX", help="side of the square prepared image in pixels")
     cache.add_argument("--lung-mode", default="none", choices=["none", "crop", "mask", "crop_mask"], help="lung-focused preprocessing")
     cache.add_argument("--equalize", default="none", choices=["none", "hist", "clahe"], help="per-image intensity normalisation")
     cache.set_defaults(func=run_cache)

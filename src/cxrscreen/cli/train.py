@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="extra label mapping onto a class (repeatable; default: the built-in label table only)")
     p.add_argument("--model", default="efficientnet_lite0", help="architecture (see `cxrscreen models`)")
     p.add_argument("--no-pretrained", action="store_true", help="random initialisation instead of ImageNet weights")
-    p.add_argument("--img-size", type=int, default=224, metavar="PX", help="side of the square network input in pixels")
+    p.add_argument("--img-size", type=int, metavar="PX", help="side of the square network input in pixels (default: the architecture's, see `cxrscreen models`)")
     p.add_argument("--lung-mode", default="none", choices=["none", "crop", "mask", "crop_mask"], help="lung-focused preprocessing")
     p.add_argument("--equalize", default="none", choices=["none", "hist", "clahe"], help="per-image intensity normalisation")
     p.add_argument("--epochs", type=int, default=10, metavar="N", help="most training epochs (early stopping may end sooner)")

@@ -21,6 +21,9 @@ from cxrscreen.data.imageio import load_xray
 from cxrscreen.data.lungs import apply_lung_mode, lung_frame, typical_lung_mask
 from cxrscreen.errors import ConfigError
 
+# Side of the square network input when nothing else says: the ``default_img_size`` every registered architecture
+# declares (a training run takes its architecture's own, :class:`cxrscreen.training.config.TrainConfig`).
+DEFAULT_IMG_SIZE = 224
 LUNG_MODES = ("none", "crop", "mask", "crop_mask")
 EQUALIZE_MODES = ("none", "hist", "clahe")
 
@@ -88,7 +91,7 @@ class Preprocessing:
     - ``equalize``: per-image intensity normalisation: ``none``, ``hist`` (histogram equalisation) or ``clahe``.
     """
 
-    img_size: int = 224
+    img_size: int = DEFAULT_IMG_SIZE
     lung_mode: str = "none"
     crop_margin: float = 0.10
     mask_dilation: float = 0.04

@@ -11,6 +11,7 @@ from typing import Any
 from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
 from cxrscreen.data.transforms import Preprocessing
 from cxrscreen.errors import ConfigError
+from cxrscreen.models.registry import get_spec
 
 MONITORS = ("macro_f1", "auc")
 DEVICES = ("auto", "cpu", "cuda")
@@ -26,7 +27,7 @@ class TrainConfig:
     label_map: dict[str, str] = field(default_factory=dict)
     model: str = "efficientnet_lite0"
     pretrained: bool = True
-    img_size: int = 224
+    img_size: int | None = None  # None: the architecture's default_img_size
     lung_mode: str = "none"
     equalize: str = "none"
     epochs: int = 10
@@ -70,6 +71,8 @@ class TrainConfig:
         self.fractions = tuple(float(f) for f in self.fractions)  # type: ignore[assignment]
         if len(self.fractions) != 3 or any(f <= 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
             raise ConfigError(f"split fractions must be three positive numbers summing to 1, got {self.fractions}")
+        if self.img_size is None:
+            self.img_size = get_spec(self.model).default_img_size
         self.preprocessing  # validates img_size, lung_mode, equalize
 
     @property
