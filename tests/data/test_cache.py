@@ -146,11 +146,12 @@ def test_missing_segmenter_raises_once_instead_of_failing_every_file(tmp_path, r
                       lungs=segmenter_lungs())
 
 
-def test_lung_focused_preparation_needs_a_lung_finder(tmp_path, real_images):
+def test_lung_focused_preparation_needs_a_lung_finder(tmp_path, real_images, monkeypatch):
     # data imports no segmenter: without one passed in, lung-focused preparation is refused before any file is read.
-    with pytest.raises(ConfigError, match="lung finder"):
+    forbid_decoding(monkeypatch)
+    with pytest.raises(ConfigError, match="segmenter_lungs"):
         load_prepared(real_images, Preprocessing(img_size=64, lung_mode="crop"), cache_dir=tmp_path, progress=False)
-    with pytest.raises(ConfigError, match="lung finder"):
+    with pytest.raises(ConfigError, match="segmenter_lungs"):
         load_prepared(real_images, PP, cache_dir=tmp_path, progress=False, use_cache=False,
                       also=[Preprocessing(img_size=64, lung_mode="mask")])
 
