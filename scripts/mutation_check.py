@@ -35,7 +35,7 @@ class Mutation:
 MUTATIONS = [
     Mutation(
         "no-op optimiser step",
-        "src/cxrscreen/training/trainer.py",
+        "src/cxrscreen/training/steps.py",
         "    optimizer.step()\n",
         "    pass  # optimizer.step()\n",
         ("tests/training/test_learning.py::test_training_learns_the_task_and_changes_the_weights",),
@@ -64,8 +64,8 @@ MUTATIONS = [
     Mutation(
         "best.pt follows the last epoch",
         "src/cxrscreen/training/trainer.py",
-        "            if improved:\n                save_checkpoint(self.run_dir / BEST_FILE",
-        "            if True:\n                save_checkpoint(self.run_dir / BEST_FILE",
+        "            if improved:\n                save_checkpoint(self.files.best",
+        "            if True:\n                save_checkpoint(self.files.best",
         ("tests/training/test_learning.py::test_early_stopping_stops_on_time_and_keeps_the_best_epoch",),
     ),
     Mutation(
@@ -84,7 +84,7 @@ MUTATIONS = [
     ),
     Mutation(
         "temperature fitted on too few images",
-        "src/cxrscreen/evaluation/calibration.py",
+        "src/cxrscreen/metrics/calibration.py",
         "    if n < min_images:\n",
         "    if n < 0:\n",
         ("tests/evaluation/test_calibration.py::test_choose_temperature_keeps_one_below_the_minimum_number_of_images",
@@ -92,7 +92,7 @@ MUTATIONS = [
     ),
     Mutation(
         "temperature search bounds ignored at the edge",
-        "src/cxrscreen/evaluation/calibration.py",
+        "src/cxrscreen/metrics/calibration.py",
         "    if fitted <= lo * 1.001 or fitted >= hi / 1.001:\n",
         "    if False:\n",
         ("tests/evaluation/test_calibration.py::test_choose_temperature_keeps_one_when_the_fit_stops_at_a_bound",),
@@ -104,6 +104,34 @@ MUTATIONS = [
         "    if False:\n",
         ("tests/training/test_train_cli.py::test_report_written_by_train_shows_the_test_metrics_it_measured",
          "tests/evaluation/test_report.py::test_report_before_evaluate_shows_the_test_split_train_measured"),
+    ),
+    Mutation(
+        "ONNX Runtime sees another input than torch (the preprocessing drifts between backends)",
+        "src/cxrscreen/inference/onnx_export.py",
+        "{INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}",
+        "{INPUT_NAME: np.ascontiguousarray(batch * 0.95, dtype=np.float32)}",
+        ("tests/inference/test_onnx_parity.py::test_bundled_model_gives_the_same_answers_in_torch_and_onnx_runtime",),
+    ),
+    Mutation(
+        "CLAHE clip limit drifts",
+        "src/cxrscreen/data/transforms.py",
+        "    return equalize_adapthist(np.clip(image, 0, 1), clip_limit=0.01)\n",
+        "    return equalize_adapthist(np.clip(image, 0, 1), clip_limit=0.02)\n",
+        ("tests/data/test_equalise.py",),
+    ),
+    Mutation(
+        "Grad-CAM explains the raw image, not the input that was scored",
+        "src/cxrscreen/inference/predictor.py",
+        "torch.from_numpy(prepared.input)[None, None]",
+        "torch.from_numpy(np.ascontiguousarray(prepared.to_input(original)))[None, None]",
+        ("tests/inference/test_prepared_input.py::test_explain_runs_on_exactly_the_input_predict_scored",),
+    ),
+    Mutation(
+        "predictions.csv rounds probabilities",
+        "src/cxrscreen/evaluation/results.py",
+        "repr(float(p)) for p in",
+        "f'{p:.2f}' for p in",
+        ("tests/evaluation/test_evaluate.py::test_internal_test_split_from_run_directory",),
     ),
 ]
 

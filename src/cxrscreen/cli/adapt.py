@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -28,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--by", choices=["source"], help="also print the figures per source (default: pooled only)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples for the CIs")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds, draws and fine-tuning")
-    p.add_argument("--dedup-distance", type=int, default=6, metavar="BITS",
+    p.add_argument("--dedup-distance", type=int, default=DEFAULT_MAX_DISTANCE, metavar="BITS",
                    help="pHash distance at or below which an image counts as a near-duplicate")
     p.add_argument("--name", help="name of the adapted model (default: <parent name>-adapted)")
     p.add_argument("--out", default="runs/adapt", metavar="DIR", help="output folder: best.pt, adapt.json, predictions.csv, learning_curve.png")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
 from cxrscreen.run_dir import RunDir
 
 
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/eval)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples for the CIs")
     p.add_argument("--seed", type=int, default=0, help="random seed of the bootstrap resamples")
-    p.add_argument("--dedup-distance", type=int, default=6, metavar="BITS",
+    p.add_argument("--dedup-distance", type=int, default=DEFAULT_MAX_DISTANCE, metavar="BITS",
                    help="pHash Hamming distance at or below which an image counts as a training near-duplicate")
     p.add_argument("--label-map", action="append", metavar="FROM=TO",
                    help="map a collection's label onto one of the model's classes (repeatable; default: the built-in label table only)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
 from cxrscreen.errors import ConfigError
 
 # Flags of `cxrscreen train` that make no sense for cross-validation, whose folds make their own splits and runs.
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--out", metavar="DIR", help="folder for audit.json (default: RUN_DIR/audit)")
     a.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples for the CIs")
     a.add_argument("--seed", type=int, default=0, help="random seed of the sample and the bootstrap resamples")
-    a.add_argument("--dedup-distance", type=int, default=6, metavar="BITS",
+    a.add_argument("--dedup-distance", type=int, default=DEFAULT_MAX_DISTANCE, metavar="BITS",
                    help="pHash Hamming distance at or below which an image counts as a training near-duplicate")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.set_defaults(func=run_audit)

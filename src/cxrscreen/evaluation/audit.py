@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cxrscreen import SCREENING_NOTICE
+from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
 from cxrscreen.data.imageio import load_xray, to_float, to_uint8
 from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.lungs import dilate, hide_lungs, keep_only_lungs
@@ -70,7 +71,7 @@ class AuditConfig:
     probe_folds: int = 5
     n_resamples: int = 1000
     seed: int = 0
-    dedup_distance: int = 6
+    dedup_distance: int = DEFAULT_MAX_DISTANCE
     segmenter: str | None = None
     out: str | None = None
     progress: bool = True

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cxrscreen.data.cache import load_prepared
-from cxrscreen.data.dedup import hash_files, leave_out_near_duplicates
+from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE, hash_files, leave_out_near_duplicates
 from cxrscreen.data.imageio import to_float
 from cxrscreen.data.labels import CLASS_GROUPS, OTHER, LabelSet
 from cxrscreen.data.records import Record
@@ -72,7 +72,7 @@ class EvaluationConfig:
     out: str | None = None
     n_resamples: int = 1000
     seed: int = 0
-    dedup_distance: int = 6
+    dedup_distance: int = DEFAULT_MAX_DISTANCE
     progress: bool = True
     label_map: dict[str, str] = field(default_factory=dict)
 
