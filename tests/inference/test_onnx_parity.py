@@ -10,7 +10,8 @@ import pytest
 
 from cxrscreen.data.transforms import prepare_from_source
 from cxrscreen.errors import ModelError
-from cxrscreen.inference.onnx_export import OnnxRuntimeBackend, cache_dir, export_onnx, read_onnx_meta
+from cxrscreen.inference.onnx_export import OnnxRuntimeBackend, export_onnx, read_onnx_meta
+from cxrscreen.models.onnx import cache_dir
 from cxrscreen.inference.predictor import load_predictor
 from cxrscreen.models.checkpoint import load_checkpoint
 
@@ -48,7 +49,7 @@ def test_onnx_runtime_matches_torch_on_real_xrays(
 
 
 def test_guard_network_gives_the_same_features_in_onnx_runtime(real_xrays: list[Path], tmp_path, monkeypatch) -> None:
-    from cxrscreen.inference.onnx_export import OnnxGuardRunner
+    from cxrscreen.guard.onnx import OnnxGuardRunner
     from cxrscreen.guard.inputs import guard_thumbnails
     from cxrscreen.guard.network import torch_guard_features
 

@@ -186,7 +186,7 @@ class Predictor:
         cache folder for its one-time export cannot be written. Single-threaded, like the classifier."""
         with self._first_use:
             if self._guard_runner is None:
-                from cxrscreen.inference.onnx_export import OnnxGuardRunner
+                from cxrscreen.guard.onnx import OnnxGuardRunner
 
                 try:
                     self._guard_runner = OnnxGuardRunner(1)

@@ -17,7 +17,6 @@ import functools
 import io
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,6 +30,8 @@ from cxrscreen.data.transforms import resize
 from cxrscreen.errors import ConfigError, ModelError
 from cxrscreen.io_utils import atomic_write
 from cxrscreen.models.checkpoint import read_weight_file
+from cxrscreen.models.onnx import INPUT_NAME, OPSET, cpu_session, torch_tag, traced_onnx
+from cxrscreen.models.onnx import cache_dir as onnx_cache_dir
 
 # Shipped beside the classifier's weights (the package data of cxrscreen.models).
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights" / "lung_unet.pt"
@@ -270,23 +271,8 @@ def onnx_model_bytes(net: LungUNet, info: dict[str, Any]) -> bytes:
     import onnx
 
     size = info["arch"]["img_size"]
-    example = torch.rand(2, 1, size, size)
-    buffer = io.BytesIO()
-    # The TorchScript exporter (deprecated since torch 2.9, torch is pinned): much faster to export than the
-    # torch.export-based one, same graph for ONNX Runtime; as in cxrscreen.inference.onnx_export.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            LungProbabilityNet(net).eval(),
-            (example,),
-            buffer,
-            input_names=["image"],
-            output_names=["lung_probability"],
-            dynamic_axes={"image": {0: "batch"}, "lung_probability": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    model = onnx.load_from_string(buffer.getvalue())
+    exported = traced_onnx(LungProbabilityNet(net), torch.rand(2, 1, size, size), ("lung_probability",))
+    model = onnx.load_from_string(exported)
     entry = model.metadata_props.add()
     entry.key, entry.value = "cxrscreen_lung_segmenter", json.dumps(info)
     return model.SerializeToString()
@@ -295,16 +281,10 @@ def onnx_model_bytes(net: LungUNet, info: dict[str, Any]) -> bytes:
 def onnx_predictor(model_bytes: bytes, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """An ONNX Runtime session over the exported network; ``threads``: intra-op threads (None: ONNX Runtime's
     default, one per core)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model_bytes, threads)
 
     def predict(batch: np.ndarray) -> np.ndarray:
-        return session.run(None, {"image": batch})[0]
+        return session.run(None, {INPUT_NAME: batch})[0]
 
     return predict
 
@@ -337,8 +317,7 @@ def exported_segmenter(weights: Path) -> tuple[bytes, dict[str, Any]]:
     """The ONNX export of a segmenter weight file and its ``info``, made once and kept in cxrscreen's cache folder
     (``onnx/``, keyed by the file's content): exporting takes seconds, which every ONNX Runtime process paid at
     start-up. Exported in memory when the cache folder cannot be written."""
-    version = torch.__version__.split("+")[0]
-    target = cache_root() / "onnx" / f"lungs-{content_hash(weights.read_bytes())}-opset17-torch{version}.onnx"
+    target = onnx_cache_dir() / f"lungs-{content_hash(weights.read_bytes())}-opset{OPSET}-torch{torch_tag()}.onnx"
     if target.is_file():
         return read_onnx_segmenter(target)
     net, info = build_network(weights)
@@ -356,8 +335,7 @@ def traced_segmenter(weights: Path) -> torch.jit.ScriptModule:
     folder (``torchscript/``, keyed by the file's content). Loading the trace needs no MONAI, whose import took
     2.7 s and loads matplotlib; the traced graph runs the same operators. Traced in memory when the cache
     folder cannot be written."""
-    version = torch.__version__.split("+")[0]
-    target = cache_root() / "torchscript" / f"lungs-{content_hash(weights.read_bytes())}-torch{version}.pt"
+    target = cache_root() / "torchscript" / f"lungs-{content_hash(weights.read_bytes())}-torch{torch_tag()}.pt"
     if target.is_file():
         return torch.jit.load(str(target), map_location="cpu").eval()
     net, info = build_network(weights)
