@@ -89,7 +89,7 @@ def test_serve_command_runs_on_loopback(tiny_checkpoint: Path, covid_jpeg: Path,
 
 def test_serve_flags_reach_the_predictor(monkeypatch: pytest.MonkeyPatch, tiny_checkpoint: Path) -> None:
     """--device, --threads and repeated --threshold go to load_predictor under the Python API's names."""
-    from cxrscreen.inference import predictor as predictor_module
+    from cxrscreen.serve import app as app_module
 
     seen: dict = {}
 
@@ -97,7 +97,7 @@ def test_serve_flags_reach_the_predictor(monkeypatch: pytest.MonkeyPatch, tiny_c
         seen.update(options, path=path)
         raise SystemExit(0)  # stop before serving
 
-    monkeypatch.setattr(predictor_module, "load_predictor", fake_load)
+    monkeypatch.setattr(app_module, "load_predictor", fake_load)
     with pytest.raises(SystemExit):
         main(["serve", "--model", str(tiny_checkpoint), "--device", "cpu", "--threads", "3",
               "--threshold", "covid=0.3", "--threshold", "viral=0.9", "--backend", "onnx"])

@@ -34,7 +34,8 @@ from cxrscreen.adaptation.head import merged_head
 from cxrscreen.adaptation.scores import by_source, interval_fields, operating_threshold, site_scores
 from cxrscreen.adaptation.site import SiteData, load_site, site_evaluator
 from cxrscreen.adaptation.tail import TuneSettings, cut_index, fine_tune, frozen_features, predict_features
-from cxrscreen.errors import RunDirError
+from cxrscreen.errors import ConfigError, RunDirError
+from cxrscreen.guard.fit import fit_guard
 from cxrscreen.metrics.calibration import choose_temperature
 from cxrscreen.metrics.classification import binary_metrics
 from cxrscreen.inference.predictor import softmax
@@ -201,8 +202,6 @@ class Adaptation:
 
     def save_final(self, epochs: int, temperature: float, threshold: float, report: dict[str, Any]) -> None:
         """Fine-tune on every site image and write ``best.pt`` (with guard, lineage, temperature and threshold)."""
-        from cxrscreen.guard.fit import fit_guard
-
         cfg, site = self.cfg, self.site
         self.log(f"final model: fine-tuning on all {len(site.records)} images for {epochs} epoch(s)")
         tuned = fine_tune(self.parent, self.features, site.targets, np.arange(len(site.records)), None, self.cut,
@@ -254,7 +253,5 @@ def adapt(cfg: AdaptConfig | None = None, log: Callable[[str], None] = print, **
     if cfg is None:
         cfg = AdaptConfig(**kwargs)
     elif kwargs:
-        from cxrscreen.errors import ConfigError
-
         raise ConfigError("pass either an AdaptConfig or keyword arguments, not both")
     return Adaptation(cfg, log).run()

@@ -37,6 +37,7 @@ def curve_entry(size: int, drawn: Sequence[dict[str, int]], aurocs: Sequence[Int
 def plot_learning_curve(curve: list[dict[str, Any]], before: dict[str, Any], after: dict[str, Any], positive: str,
                         path: Path) -> Path:
     """AUROC (with its CI) against labelled images per class, beside the parent's and the full adaptation's."""
+    # Plotting libraries load only when a curve is drawn (start-up time of every other command).
     from matplotlib.figure import Figure
 
     from cxrscreen.evaluation.plots import save_figure

@@ -135,7 +135,7 @@ def decode_bytes(data: bytes, name: str) -> np.ndarray:
         raise ImageDecodeError(f"{name}: empty file")
     kind = sniff_format(data[:132])
     if kind == "dicom":
-        from cxrscreen.data.dicom import decode_dicom
+        from cxrscreen.data.dicom import decode_dicom  # pydicom loads only for DICOM input (start-up time)
 
         return decode_dicom(data, name)
     if kind is None:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from cxrscreen.data.clahe import equalize_adapthist
 from cxrscreen.data.imageio import load_xray
 from cxrscreen.data.lungs import apply_lung_mode, lung_frame, typical_lung_mask
 from cxrscreen.errors import ConfigError
@@ -182,11 +183,9 @@ def equalize(image: np.ndarray, mode: str) -> np.ndarray:
     if mode == "none":
         return image
     if mode == "hist":
-        from skimage import exposure
+        from skimage import exposure  # scikit-image takes about a second to import: only when used
 
         return exposure.equalize_hist(image, nbins=256).astype(np.float32)
-    from cxrscreen.data.clahe import equalize_adapthist
-
     return equalize_adapthist(np.clip(image, 0, 1), clip_limit=0.01)
 
 

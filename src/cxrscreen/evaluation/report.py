@@ -28,6 +28,7 @@ import numpy as np
 from cxrscreen import SCREENING_NOTICE
 from cxrscreen.errors import CxrError, RunDirError
 from cxrscreen.evaluation import report_template as html
+from cxrscreen.inference.predictor import load_predictor
 from cxrscreen.io_utils import write_text
 from cxrscreen.models.checkpoint import ModelMeta, read_checkpoint
 from cxrscreen.run_dir import RunDir
@@ -299,8 +300,6 @@ def gradcam_section(run_dir: Path, eval_dir: Path, per_class: int, log: Callable
     if not rows or per_class == 0:
         hint = "No predictions to explain: run `cxrscreen evaluate --model RUN_DIR` first."
         return html.section("gradcam", "Grad-CAM examples", html.paragraph(hint, "muted"))
-    from cxrscreen.inference.predictor import load_predictor
-
     predictor = load_predictor(run_dir)
     parts = [html.paragraph("Where the evidence for the predicted class lies (Grad-CAM), on the most confident correct "
                             "and wrong predictions of each class of the first evaluated collection (eval/predictions.csv); "

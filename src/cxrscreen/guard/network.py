@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrscreen.models.efficientnet_lite import LITE_MEAN, LITE_STD, EfficientNetLiteBackbone
+
 
 def pooled_statistics(maps: list[torch.Tensor]) -> torch.Tensor:
     """Mean and standard deviation over space of each map (N, C_i, h, w), each map's pair scaled to unit length:
@@ -38,8 +40,6 @@ class GuardNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from cxrscreen.models.efficientnet_lite import LITE_MEAN, LITE_STD, EfficientNetLiteBackbone
-
         self.backbone = EfficientNetLiteBackbone("lite0", pretrained=True)
         self.mean, self.std = LITE_MEAN, LITE_STD
         self.requires_grad_(False)

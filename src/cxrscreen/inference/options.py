@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from cxrscreen.errors import ConfigError
+from cxrscreen.threads import available_cpus, idle_cpus
 
 BACKENDS = ("torch", "onnx")
 DEVICES = ("auto", "cpu", "cuda")
@@ -98,8 +99,6 @@ def default_threads() -> int:
     load average counted here lags a new load by a minute. Workers never wait for each other. At most 4,
     because a server runs several requests side by side.
     """
-    from cxrscreen.threads import available_cpus, idle_cpus
-
     return min(4, idle_cpus(available_cpus()))
 
 

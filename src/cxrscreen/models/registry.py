@@ -88,7 +88,7 @@ def register_model(
 
 
 def _ensure_builtin() -> None:
-    # Importing the modules runs their @register_model decorators.
+    # Importing the modules runs their @register_model decorators; they import this module, so not at its top.
     from cxrscreen.models import efficientnet_lite, monai_nets  # noqa: F401
 
 

@@ -44,6 +44,7 @@ from starlette.exceptions import HTTPException
 from cxrscreen import SCREENING_NOTICE, __version__
 from cxrscreen.data.imageio import load_xray, sniff_format, to_uint8
 from cxrscreen.errors import ConfigError, CxrError, ImageDecodeError
+from cxrscreen.inference.predictor import load_predictor
 from cxrscreen.serve.settings import ServeSettings
 from cxrscreen.serve.upload import FILE_FIELD, Upload, read_upload
 
@@ -360,8 +361,6 @@ def serve(
     """Load the model (the bundled default when ``model`` is None; ``backend``, ``device``, ``threads`` and
     ``thresholds`` as in :func:`cxrscreen.inference.predictor.load_predictor`) and serve it with uvicorn until
     stopped. Prints ``serving on http://HOST:PORT`` once the port is bound (``port=0`` picks a free one)."""
-    from cxrscreen.inference.predictor import load_predictor
-
     predictor = load_predictor(model, backend=backend, device=device, threads=threads, thresholds=thresholds)
     if settings.api_key is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s without an API key: anyone who can reach it can use it", settings.host)
