@@ -104,16 +104,16 @@ def test_onnx_backend_runs_on_the_cpu_only(tiny_checkpoint):
 
 
 def test_default_threads_do_not_oversubscribe_busy_cpus(tiny_checkpoint, monkeypatch):
-    from cxrscreen import threads
+    from cxrscreen.inference import options
 
-    monkeypatch.setattr(threads, "available_cpus", lambda: 16)
-    monkeypatch.setattr(threads, "idle_cpus", lambda cpus: 1)
+    monkeypatch.setattr(options, "available_cpus", lambda: 16)
+    monkeypatch.setattr(options, "idle_cpus", lambda cpus: 1)
     assert default_threads() == 1
     previous = torch.get_num_threads()
     try:
         assert load_predictor(tiny_checkpoint, device="cpu").threads == 1
         assert torch.get_num_threads() == 1
-        monkeypatch.setattr(threads, "idle_cpus", lambda cpus: 12)
+        monkeypatch.setattr(options, "idle_cpus", lambda cpus: 12)
         assert default_threads() == 4
         assert load_predictor(tiny_checkpoint, device="cpu", threads=2).threads == 2
     finally:
