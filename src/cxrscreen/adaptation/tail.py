@@ -20,7 +20,7 @@ from torch import nn
 from cxrscreen.errors import ConfigError
 from cxrscreen.models.registry import XrayClassifier
 from cxrscreen.training.augment import BatchAugment, augment_config
-from cxrscreen.training.steps import class_weights, to_input
+from cxrscreen.training.steps import class_weights, to_input, train_step
 
 FEATURE_BATCH = 64
 
@@ -162,10 +162,7 @@ def fine_tune(parent: XrayClassifier, features: torch.Tensor, targets: np.ndarra
                 if len(batch) < 2:
                     continue
                 view = generator.integers(0, features.shape[0], len(batch))
-                loss = loss_fn(tail_logits(model, features[view, batch], cut), target_t[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                train_step(lambda x: tail_logits(model, x, cut), optimizer, loss_fn, features[view, batch], target_t[batch])
         if val_idx is None or len(val_idx) == 0:
             best.best_epoch = epoch
             continue

@@ -60,9 +60,10 @@ def rank_indices(n_images: int, epoch: int, seed: int, rank: int, world_size: in
     return np.fromiter(iter(sampler), dtype=np.int64)
 
 
-def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
-               autocast: Callable[[], Any] = contextlib.nullcontext) -> float:
-    """One optimisation step on a batch (under DDP: this rank's share of it); returns the batch's loss."""
+def train_step(net: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+               x: torch.Tensor, y: torch.Tensor, autocast: Callable[[], Any] = contextlib.nullcontext) -> float:
+    """One optimisation step on a batch (under DDP: this rank's share of it); returns the batch's loss. ``net`` is
+    the network, or any function of the batch to logits (adaptation trains a tail on stored features)."""
     with autocast():
         loss = loss_fn(net(x), y)
     optimizer.zero_grad(set_to_none=True)
