@@ -226,7 +226,7 @@ class Adaptation:
             ood=guard,
             # Near-duplicates of every image this model has learned from, the parent's included, are left out later.
             train_hashes=list(dict.fromkeys([*parent.train_hashes, *site_hashes])),
-            config={**cfg.to_dict(), "frontal_only": cfg.frontal_only, "parent": report["parent"]["name"]},
+            config={**cfg.to_dict(), "parent": report["parent"]["name"]},
             thresholds={cfg.positive: float(threshold)},
         )
 

@@ -13,19 +13,17 @@ from cxrscreen.metrics.classification import Interval, binary_metrics, multiclas
 
 def interval_fields(name: str, interval: Interval) -> dict[str, Any]:
     """``{name: value, name_ci: [low, high]}`` (None where undefined), as adapt.json stores a metric."""
-    def clean(x: float) -> float | None:
-        return None if not np.isfinite(x) else round(float(x), 6)
-
-    return {name: clean(interval.value), f"{name}_ci": [clean(interval.low), clean(interval.high)]}
+    stored = interval.to_dict()
+    return {name: stored["value"], f"{name}_ci": [stored["ci_low"], stored["ci_high"]]}
 
 
 def site_scores(probs: np.ndarray, targets: np.ndarray, classes: Sequence[str], positive: str, groups: Sequence,
-                n_resamples: int, seed: int, decision: np.ndarray | None = None) -> dict[str, Any]:
+                n_resamples: int, seed: int) -> dict[str, Any]:
     """Figures of ``probs`` (N, C) against ``targets`` (N,): positive-vs-rest AUROC, sensitivity and specificity of
-    ``decision`` (N, bool; default: the positive class is the most probable), accuracy and macro-F1."""
+    the decision "the positive class is the most probable", accuracy and macro-F1."""
     index = list(classes).index(positive)
     is_positive = targets == index
-    predicted = probs.argmax(axis=1) == index if decision is None else decision
+    predicted = probs.argmax(axis=1) == index
     binary = binary_metrics(is_positive, probs[:, index], predicted, positive, n_resamples, seed, groups)
     multi = multiclass_metrics(targets, probs, classes, n_resamples, seed, groups)
     out: dict[str, Any] = {"n": int(len(targets)), "n_positive": int(is_positive.sum())}

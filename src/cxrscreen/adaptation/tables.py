@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cxrscreen.evaluation.tables import ADAPT_FIGURE_ROWS as FIGURE_ROWS
 from cxrscreen.evaluation.tables import format_table
-
-FIGURE_ROWS = (("AUROC {positive}-vs-rest", "auroc"), ("sensitivity (argmax)", "sensitivity"),
-               ("specificity (argmax)", "specificity"), ("accuracy", "accuracy"), ("macro-F1", "macro_f1"))
 
 
 def format_figure(figures: dict[str, Any] | None, name: str) -> str:

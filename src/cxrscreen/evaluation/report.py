@@ -28,6 +28,7 @@ import numpy as np
 from cxrscreen import SCREENING_NOTICE
 from cxrscreen.errors import CxrError, RunDirError
 from cxrscreen.evaluation import report_template as html
+from cxrscreen.evaluation.tables import ADAPT_FIGURE_ROWS
 from cxrscreen.inference.predictor import load_predictor
 from cxrscreen.io_utils import write_text
 from cxrscreen.models.checkpoint import ModelMeta, read_checkpoint
@@ -228,14 +229,13 @@ def adaptation_section(adapt: dict | None, run_dir: Path) -> str:
         return fmt({"value": (figures or {}).get(key), "ci_low": low, "ci_high": high})
 
     positive, images, threshold = adapt["positive_class"], adapt["images"], adapt["threshold"]
-    keys = (("auroc", f"AUROC {positive}-vs-rest"), ("sensitivity", "sensitivity (argmax)"),
-            ("specificity", "specificity (argmax)"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"))
     parts = [html.paragraph(f"Parent {adapt['parent']['name']} v{adapt['parent']['version']} adapted to "
                             f"{', '.join(adapt['data'])}: {images['used']} images, {adapt['folds']['k']} folds by "
                             f"{adapt['folds']['grouped_by']}; {images.get('left_out_near_duplicates') or 0} near-duplicate(s) "
                             "of the parent's training images left out."),
              html.table(["metric", "before (parent)", "after (out of fold)"],
-                        [[label, cell(adapt["before"], key), cell(adapt["after"], key)] for key, label in keys]),
+                        [[label.format(positive=positive), cell(adapt["before"], key), cell(adapt["after"], key)]
+                         for label, key in ADAPT_FIGURE_ROWS]),
              html.paragraph(f"Operating threshold p({positive}) >= {threshold['value']:.3f}: sensitivity "
                             f"{cell(threshold, 'sensitivity')}, specificity {cell(threshold, 'specificity')} (out of fold).")]
     if adapt.get("learning_curve"):

@@ -12,6 +12,11 @@ if TYPE_CHECKING:
     from cxrscreen.evaluation.results import CollectionResult, EvaluationResult
 
 
+# adapt.json's before/after figures as rows (label, key), for the printed table and the HTML report alike.
+ADAPT_FIGURE_ROWS = (("AUROC {positive}-vs-rest", "auroc"), ("sensitivity (argmax)", "sensitivity"),
+                     ("specificity (argmax)", "specificity"), ("accuracy", "accuracy"), ("macro-F1", "macro_f1"))
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Columns padded to their widest cell; the first column left-aligned, the others right-aligned."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
