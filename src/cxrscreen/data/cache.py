@@ -199,18 +199,20 @@ def _complete_batch(
         path = paths[found.index]
         try:
             data = _read_bytes(path)
-            decoded.append((found, data, load_xray(data, path)))
+            # Hashed once here, not once per variant; the bytes themselves are not kept.
+            digest = content_hash(data) if variants[0].cache is not None else ""
+            decoded.append((found, digest, load_xray(data, path)))
         except Exception as exc:  # noqa: BLE001 - as in _complete
             outcomes[found.index] = _Outcome(found.index, reason=_reason(exc, path))
     images = {found.index: list(found.images or [None] * len(variants)) for found, _, _ in decoded}
     try:
         for i, variant in enumerate(variants):
-            todo = [(found, data, image) for found, data, image in decoded if images[found.index][i] is None]
+            todo = [(found, digest, image) for found, digest, image in decoded if images[found.index][i] is None]
             prepared = variant.pp.prepare_batch([image for _, _, image in todo], find_lungs)
-            for (found, data, _), result in zip(todo, prepared):
+            for (found, digest, _), result in zip(todo, prepared):
                 images[found.index][i] = to_uint8(result.input)
                 if variant.cache is not None:
-                    variant.cache.put(content_hash(data), images[found.index][i])
+                    variant.cache.put(digest, images[found.index][i])
     except (ModelError, ConfigError):
         raise
     except Exception:  # noqa: BLE001 - redone file by file below

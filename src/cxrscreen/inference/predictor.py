@@ -138,10 +138,6 @@ class Predictor:
                 self.segmenter = self.segmenter or load_segmenter()
         return batch_lung_finder(self.segmenter)(images)
 
-    def find_lungs(self, image: np.ndarray) -> np.ndarray | None:
-        """The lung mask of one decoded X-ray, None when no plausible lungs are found (this predictor's segmenter)."""
-        return self.find_lungs_batch([image])[0]
-
     def prepare_input(self, image: np.ndarray) -> transforms.Prepared:
         """A decoded X-ray -> the network input with its frame: the one preparation predict and explain share."""
         return self.meta.preprocessing.prepare_batch([image], self.find_lungs_batch)[0]

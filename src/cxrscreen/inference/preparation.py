@@ -1,15 +1,13 @@
 """Many inputs made ready for the classifier, a batch at a time: the preparation predict, evaluate and serve share.
 
-For a batch of sources: decode them (in parallel when a thread pool is given: PIL and pydicom release the GIL),
-find the lungs of all of them in one pass of the segmenter (:meth:`Preprocessing.prepare_batch`), crop, mask and
-equalise each, and shrink each whole image for the out-of-distribution guard when it reads the whole image. One
+For a batch of sources (batches themselves run on the predictor's workers): decode them, find the lungs of all
+of them in one pass of the segmenter (:meth:`Preprocessing.prepare_batch`), crop, mask and equalise each, and shrink each whole image for the out-of-distribution guard when it reads the whole image. One
 image is a batch of one, so a file predicted alone and in a folder gets the same input.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -62,9 +60,7 @@ def failure_reason(error: CxrError, name: str) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
-def decode_all(
-    sources: Sequence[ImageSource], names: Sequence[str], pool: Executor | None = None
-) -> list[np.ndarray | CxrError]:
+def decode_all(sources: Sequence[ImageSource], names: Sequence[str]) -> list[np.ndarray | CxrError]:
     """Each source decoded (float32 (H, W) in [0, 1]), or the :class:`CxrError` that says why it could not be."""
 
     def decode(index: int) -> np.ndarray | CxrError:
@@ -73,9 +69,7 @@ def decode_all(
         except CxrError as exc:
             return exc
 
-    if pool is None or len(sources) < 2:
-        return [decode(i) for i in range(len(sources))]
-    return list(pool.map(decode, range(len(sources))))
+    return [decode(i) for i in range(len(sources))]
 
 
 def prepare_batch(
@@ -84,11 +78,10 @@ def prepare_batch(
     pp: Preprocessing,
     find_lungs: FindLungsBatch | None,
     with_thumbnails: bool,
-    pool: Executor | None = None,
 ) -> PreparedBatch:
     """Decode and prepare a batch of sources (see the module's docstring); ``find_lungs`` is required when
     ``pp.needs_lungs``; ``with_thumbnails``: also the guard's whole-image inputs."""
-    decoded = decode_all(sources, names, pool)
+    decoded = decode_all(sources, names)
     positions = [i for i, image in enumerate(decoded) if isinstance(image, np.ndarray)]
     failures = {i: image for i, image in enumerate(decoded) if isinstance(image, CxrError)}
     images = [decoded[i] for i in positions]
