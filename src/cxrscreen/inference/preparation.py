@@ -1,8 +1,9 @@
 """Many inputs made ready for the classifier, a batch at a time: the preparation predict, evaluate and serve share.
 
 For a batch of sources (batches themselves run on the predictor's workers): decode them, find the lungs of all
-of them in one pass of the segmenter (:meth:`Preprocessing.prepare_batch`), crop, mask and equalise each, and shrink each whole image for the out-of-distribution guard when it reads the whole image. One
-image is a batch of one, so a file predicted alone and in a folder gets the same input.
+of them in one pass of the segmenter (:meth:`Preprocessing.prepare_batch`), crop, mask and equalise each, and
+shrink each whole image for the out-of-distribution guard when it reads the whole image. One image is a batch of
+one, so a file predicted alone and in a folder gets the same input.
 """
 
 from __future__ import annotations
