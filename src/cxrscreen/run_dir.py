@@ -21,9 +21,6 @@ class RunDir:
     def __init__(self, path: str | os.PathLike):
         object.__setattr__(self, "path", Path(path))
 
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
-
     @property
     def config(self) -> Path:
         """The resolved :class:`cxrscreen.training.config.TrainConfig` (``--resume``, ``refit-guard``)."""
@@ -68,6 +65,21 @@ class RunDir:
     def crossval(self) -> Path:
         """The cross-validation summary, when the folder holds a cross-validation (one run per fold)."""
         return self.path / "crossval.json"
+
+    @property
+    def adapt(self) -> Path:
+        """What ``cxrscreen adapt`` measured: before and after on the site, threshold, learning curve."""
+        return self.path / "adapt.json"
+
+    @property
+    def learning_curve(self) -> Path:
+        """The adaptation's learning curve (AUROC against labelled images per class)."""
+        return self.path / "learning_curve.png"
+
+    @property
+    def adapt_predictions(self) -> Path:
+        """Each site image's probabilities before and out of fold after adaptation."""
+        return self.path / "predictions.csv"
 
     def is_run(self) -> bool:
         """Whether the folder holds a trained model (``best.pt``)."""

@@ -42,10 +42,9 @@ from cxrscreen.inference.predictor import softmax
 from cxrscreen.io_utils import atomic_write, write_json
 from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from cxrscreen.models.efficientnet_lite import file_sha256
+from cxrscreen.run_dir import RunDir
 from cxrscreen.threads import configure_threads
 
-CONFIG_FILE, ADAPT_FILE, BEST_FILE = "config.json", "adapt.json", "best.pt"
-PREDICTIONS_FILE, CURVE_FILE = "predictions.csv", "learning_curve.png"
 
 
 @dataclass
@@ -57,12 +56,13 @@ class AdaptResult:
 
     @property
     def checkpoint(self) -> Path:
-        return self.run_dir / BEST_FILE
+        return RunDir(self.run_dir).best
 
 
 def check_out_dir(cfg: AdaptConfig) -> None:
     """Refuse to replace an earlier adaptation or training run by accident."""
-    taken = [name for name in (BEST_FILE, ADAPT_FILE) if (cfg.run_dir / name).exists()]
+    files = RunDir(cfg.run_dir)
+    taken = [path.name for path in (files.best, files.adapt) if path.exists()]
     if taken and not cfg.overwrite:
         raise RunDirError(f"{cfg.run_dir}: already holds {' and '.join(taken)}; use --overwrite or another --out")
 
@@ -147,10 +147,10 @@ class Adaptation:
         self.write_predictions(oof_probs)
         if curve:
             report["figures"] = {"learning_curve": str(plot_learning_curve(curve, before, after, cfg.positive,
-                                                                          cfg.run_dir / CURVE_FILE))}
+                                                                          RunDir(cfg.run_dir).learning_curve))}
         self.save_final(epochs, calibration.temperature, threshold, report)
         report["seconds"] = round(time.time() - start, 1)
-        write_json(cfg.run_dir / ADAPT_FILE, report)
+        write_json(RunDir(cfg.run_dir).adapt, report)
         return AdaptResult(cfg.run_dir, report)
 
     # -- the steps ----------------------------------------------------------------------------------------------
@@ -209,8 +209,8 @@ class Adaptation:
         self.log("fitting the OOD guard on the site's images")
         guard = fit_guard(site.records, site.hashes, cfg.dedup_distance, thumbnails=site.thumbnails)
         meta = self.final_meta(temperature, threshold, guard, report)
-        write_json(cfg.run_dir / CONFIG_FILE, cfg.to_dict())
-        save_checkpoint(cfg.run_dir / BEST_FILE, tuned.model, meta)
+        write_json(RunDir(cfg.run_dir).config, cfg.to_dict())
+        save_checkpoint(RunDir(cfg.run_dir).best, tuned.model, meta)
 
     def final_meta(self, temperature: float, threshold: float, guard: dict, report: dict[str, Any]) -> ModelMeta:
         parent, cfg, site = self.parent_meta, self.cfg, self.site
@@ -241,7 +241,7 @@ class Adaptation:
             writer.writerow([record.path, record.source, site.classes[site.targets[i]],
                              *[f"{p:.17g}" for p in site.parent_probs[i]], *[f"{p:.17g}" for p in oof_probs[i]]])
         self.cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.cfg.run_dir / PREDICTIONS_FILE, "w") as fh:
+        with atomic_write(RunDir(self.cfg.run_dir).adapt_predictions, "w") as fh:
             fh.write(buffer.getvalue())
 
 

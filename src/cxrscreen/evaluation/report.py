@@ -241,7 +241,7 @@ def adaptation_section(adapt: dict | None, run_dir: Path) -> str:
     if adapt.get("learning_curve"):
         parts.append(html.table(["labelled images per class", f"AUROC {positive}-vs-rest"],
                                 [[str(row["size"]), cell(row, "auroc")] for row in adapt["learning_curve"]]))
-    curve = run_dir / "learning_curve.png"
+    curve = RunDir(run_dir).learning_curve
     if curve.is_file():
         parts.append(html.figure(curve.read_bytes(), "learning curve"))
     return html.section("adaptation", "Adaptation to a site", "\n".join(parts))
@@ -339,7 +339,7 @@ def build_report(run_dir: str | Path, gradcam_per_class: int = 3, log: Callable[
         overview_section(meta, summary),
         data_section(meta.train_summary or (summary or {}).get("data", {}), config),
         curves_section(read_csv(files.metrics)),
-        adaptation_section(read_json(run_dir / "adapt.json"), run_dir),
+        adaptation_section(read_json(files.adapt), run_dir),
         evaluation_section(read_json(eval_dir / "metrics.json"), eval_dir,
                            (summary or {}).get("test") or meta.metrics.get("test")),
         audit_section(audit),
