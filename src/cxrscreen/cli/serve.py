@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cxrscreen.inference.options import BACKENDS
 from cxrscreen.serve.settings import API_KEY_ENV, ServeSettings, resolve_api_key
 
 
@@ -20,17 +21,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="port (default: %(default)s; 0 picks a free one); the address is printed once bound",
     )
     parser.add_argument("--model", default=None, metavar="FILE", help="model file (default: the bundled model)")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="inference backend")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend")
     parser.add_argument(
         "--device", default="auto", metavar="auto|cpu|cuda",
         help="where the torch network runs (default: %(default)s, a CUDA GPU when torch sees one)",
     )
     parser.add_argument(
         "--threads", type=int, default=None, metavar="N",
-        help="intra-op CPU threads per prediction (default: the idle CPUs, at most 4)",
+        help="CPU threads of the model: workers, each with a single-threaded network (default: the idle CPUs, at most 4)",
     )
     parser.add_argument(
-        "--threshold", action="append", default=[], metavar="CLASS=P",
+        "--threshold", action="append", metavar="CLASS=P",
         help="decision threshold of a class, repeatable, e.g. covid=0.3 (default: the model's own, else argmax)",
     )
     parser.add_argument(
@@ -65,6 +66,6 @@ def run_serve(args: argparse.Namespace) -> int:
         backend=args.backend,
         device=args.device,
         threads=args.threads,
-        thresholds=parse_thresholds(args.threshold) or None,
+        thresholds=parse_thresholds(args.threshold or []) or None,
     )
     return 0
