@@ -28,6 +28,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--monitor", default="macro_f1", choices=["macro_f1", "auc"],
                    help="validation metric that picks the best epoch and drives early stopping")
     p.add_argument("--augment", default="default", help="augmentation preset (default, none, strong)")
+    p.add_argument("--balance", default="none", choices=["none", "class", "class_source", "source"],
+                   help="draw each epoch evenly over classes, collections or (class, collection) cells, with "
+                   "replacement where a cell is small (default none: a plain shuffle)")
+    p.add_argument("--balance-cap", type=float, default=10.0, metavar="X",
+                   help="with --balance: a cell is drawn at most X times its size per epoch; its unused share goes to the others")
+    p.add_argument("--adversary", default="none", choices=["none", "source"],
+                   help="source: a collection-telling head behind gradient reversal, so that features do not tell the "
+                   "collection (needs 2 or more collections holding 2 or more classes each)")
+    p.add_argument("--adversary-weight", type=float, default=0.1, metavar="W", help="weight of the adversary's loss")
+    p.add_argument("--style", default="none", metavar="KINDS",
+                   help="augmentation that breaks a scanner's look, comma-separated: histmatch (grey levels of an image "
+                   "of another collection), tone (random tone curve), mixstyle (feature statistics mixed across "
+                   "collections in early layers); default none")
     p.add_argument("--seed", type=int, default=0, help="random seed of the split, initialisation and augmentation")
     p.add_argument("--split", metavar="FILE", help="reuse a saved split.csv (default: a new split by patient and near-duplicate)")
     p.add_argument("--limit-per-class", type=int, metavar="N", help="use at most N images per class (default: all)")
@@ -83,6 +96,11 @@ def config_from_args(args: argparse.Namespace):
         patience=args.patience,
         monitor=args.monitor,
         augment=args.augment,
+        balance=args.balance,
+        balance_cap=args.balance_cap,
+        adversary=args.adversary,
+        adversary_weight=args.adversary_weight,
+        style=args.style,
         seed=args.seed,
         split=args.split,
         limit_per_class=args.limit_per_class,
@@ -110,7 +128,8 @@ def without_nproc(argv: list[str]) -> list[str]:
 def run_train(args: argparse.Namespace) -> int:
     from cxrscreen.models.registry import get_spec
     from cxrscreen.training.distributed import launch_torchrun
-    from cxrscreen.training.trainer import finish_run, load_run_config, train
+    from cxrscreen.training.config import load_run_config
+    from cxrscreen.training.trainer import finish_run, train
 
     if args.nproc and "WORLD_SIZE" not in os.environ:
         return launch_torchrun(args.nproc, without_nproc(args.argv[args.argv.index("train"):]), args.device)
@@ -135,7 +154,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_refit_guard(args: argparse.Namespace) -> int:
-    from cxrscreen.training.trainer import refit_ood_guard
+    from cxrscreen.training.refit_guard import refit_ood_guard
 
     refit_ood_guard(args.run_dir, args.checkpoint, progress=not args.quiet)
     return 0

@@ -22,6 +22,11 @@ class Record:
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
+    def collection(self) -> str:
+        """The collection part of ``source`` (``ieee8023`` of ``ieee8023/Italy``)."""
+        return self.source.split("/")[0]
+
+    @property
     def group_key(self) -> str:
         """Key that keeps one patient's images together; the image itself when the patient is unknown."""
-        return f"{self.source.split('/')[0]}:{self.patient_id}" if self.patient_id else f"img:{self.path}"
+        return f"{self.collection}:{self.patient_id}" if self.patient_id else f"img:{self.path}"

@@ -66,8 +66,12 @@ class XrayClassifier(nn.Module):
         fmap = self.backbone((x - self.mean) / self.std)
         return torch.flatten(self.pool(fmap), 1)
 
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) of penultimate features (N, C)."""
+        return self.head(self.dropout(features))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))
+        return self.classify(self.features(x))
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -4,14 +4,19 @@ the resolved config (``config.json``) next to its outputs."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
 from cxrscreen.data.transforms import Preprocessing
-from cxrscreen.errors import ConfigError
+from cxrscreen.errors import ConfigError, RunDirError
 from cxrscreen.models.registry import get_spec
+from cxrscreen.run_dir import RunDir
+from cxrscreen.training.adversary import ADVERSARIES
+from cxrscreen.training.sampler import BALANCE_MODES, DEFAULT_CAP
+from cxrscreen.training.style import StyleConfig
 
 MONITORS = ("macro_f1", "auc")
 DEVICES = ("auto", "cpu", "cuda")
@@ -45,6 +50,11 @@ class TrainConfig:
     limit_per_class: int | None = None
     frontal_only: bool = True
     augment: str = "default"
+    balance: str = "none"  # see cxrscreen.training.sampler
+    balance_cap: float = DEFAULT_CAP
+    adversary: str = "none"  # see cxrscreen.training.adversary
+    adversary_weight: float = 0.1
+    style: tuple[str, ...] = ()  # kinds of cxrscreen.training.style.STYLE_KINDS; "histmatch,tone" is read too
     num_threads: int | None = None
     device: str = "auto"
     amp: bool = True
@@ -68,6 +78,15 @@ class TrainConfig:
             raise ConfigError(f"--on-bad-image must be skip or fail, got {self.on_bad_image!r}")
         if self.limit_per_class is not None and self.limit_per_class < 2:
             raise ConfigError(f"--limit-per-class must be at least 2, got {self.limit_per_class}")
+        if self.balance not in BALANCE_MODES:
+            raise ConfigError(f"--balance must be one of {', '.join(BALANCE_MODES)}, got {self.balance!r}")
+        if self.balance_cap < 1:
+            raise ConfigError(f"--balance-cap must be at least 1 (an image drawn at most that many times), got {self.balance_cap}")
+        if self.adversary not in ADVERSARIES:
+            raise ConfigError(f"--adversary must be one of {', '.join(ADVERSARIES)}, got {self.adversary!r}")
+        if self.adversary_weight <= 0:
+            raise ConfigError(f"--adversary-weight must be positive, got {self.adversary_weight}")
+        self.style = self.style_config.kinds  # validated, in canonical order
         self.fractions = tuple(float(f) for f in self.fractions)  # type: ignore[assignment]
         if len(self.fractions) != 3 or any(f <= 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
             raise ConfigError(f"split fractions must be three positive numbers summing to 1, got {self.fractions}")
@@ -80,12 +99,20 @@ class TrainConfig:
         return Preprocessing(img_size=self.img_size, lung_mode=self.lung_mode, equalize=self.equalize)
 
     @property
+    def style_config(self) -> StyleConfig:
+        """The style augmentations (default strengths) of ``style``."""
+        if isinstance(self.style, str):
+            return StyleConfig.parse(self.style)
+        return StyleConfig(kinds=tuple(self.style))
+
+    @property
     def run_dir(self) -> Path:
         return Path(self.out)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["fractions"] = list(self.fractions)
+        data["style"] = list(self.style)
         return data
 
     @classmethod
@@ -95,3 +122,17 @@ class TrainConfig:
         if "fractions" in values:
             values["fractions"] = tuple(values["fractions"])
         return cls(**values)
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The saved config of a run, for ``--resume`` and ``refit-guard``: the same data, split, model and schedule."""
+    run_dir = Path(run_dir)
+    files = RunDir(run_dir)
+    if not files.config.is_file():
+        raise RunDirError(f"{run_dir}: not a run directory (no {files.config.name})")
+    try:
+        cfg = TrainConfig.from_dict(json.loads(files.config.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise RunDirError(f"{files.config}: unreadable run config ({exc})") from None
+    cfg.out = str(run_dir)
+    return cfg

@@ -48,6 +48,17 @@ class RunData:
     test_targets = property(lambda self: self.targets["test"])
 
     @property
+    def collections(self) -> list[str]:
+        """The training images' collections (:attr:`Record.collection`), sorted: what a source id indexes."""
+        return sorted({r.collection for r in self.records["train"]})
+
+    @property
+    def train_sources(self) -> np.ndarray:
+        """Source id (index into :attr:`collections`) of every training image, aligned with ``train_images``."""
+        index = {name: i for i, name in enumerate(self.collections)}
+        return np.array([index[r.collection] for r in self.records["train"]], dtype=np.int64)
+
+    @property
     def train_hashes(self) -> list[str]:
         """pHashes of the training images (stored in the checkpoint to leave their near-duplicates out later)."""
         return [self.hashes[r.path] for r in self.records["train"] if r.path in self.hashes]

@@ -60,10 +60,11 @@ def rank_indices(n_images: int, epoch: int, seed: int, rank: int, world_size: in
     return np.fromiter(iter(sampler), dtype=np.int64)
 
 
-def train_step(net: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-               x: torch.Tensor, y: torch.Tensor, autocast: Callable[[], Any] = contextlib.nullcontext) -> float:
+def train_step(net: Callable[[torch.Tensor], Any], optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+               x: torch.Tensor, y: Any, autocast: Callable[[], Any] = contextlib.nullcontext) -> float:
     """One optimisation step on a batch (under DDP: this rank's share of it); returns the batch's loss. ``net`` is
-    the network, or any function of the batch to logits (adaptation trains a tail on stored features)."""
+    the network, or any function of the batch to logits (adaptation trains a tail on stored features); ``y`` is
+    what ``loss_fn(net(x), y)`` takes: the class indices, or with the source adversary (class indices, source ids)."""
     with autocast():
         loss = loss_fn(net(x), y)
     optimizer.zero_grad(set_to_none=True)

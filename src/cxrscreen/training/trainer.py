@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import sys
 import time
@@ -23,15 +22,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cxrscreen.data.splits import load_split
 from cxrscreen.errors import RunDirError
 from cxrscreen.guard.fit import GUARD_SIDES, fit_guard
 from cxrscreen.io_utils import atomic_write, write_json
 from cxrscreen.metrics.classification import classification_report
-from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint, read_checkpoint, save_checkpoint
+from cxrscreen.models.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
 from cxrscreen.models.registry import create_model
 from cxrscreen.run_dir import RunDir
-from cxrscreen.training.config import TrainConfig
+from cxrscreen.training.config import TrainConfig, load_run_config
 from cxrscreen.training.distributed import (
     DistContext,
     all_reduce_sum,
@@ -43,8 +41,11 @@ from cxrscreen.training.distributed import (
 )
 from cxrscreen.metrics.calibration import choose_temperature
 from cxrscreen.threads import available_cpus, configure_threads
+from cxrscreen.training.adversary import source_adversary
 from cxrscreen.training.augment import BatchAugment, augment_config
-from cxrscreen.training.run_data import RunData, prepare_run_data, run_dataset
+from cxrscreen.training.run_data import RunData, prepare_run_data
+from cxrscreen.training.sampler import BalancedSampler, balance_cells
+from cxrscreen.training.style import StyleAugment, insert_mixstyle
 from cxrscreen.training.steps import class_weights, lr_at, predict_logits, rank_indices, to_input, train_step, validation_scores
 
 
@@ -74,20 +75,6 @@ class TrainState:
     best_epoch: int = 0
     epochs_without_improvement: int = 0
     history: list[dict[str, float]] | None = None
-
-
-def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The saved config of a run, for ``--resume`` and ``refit-guard``: the same data, split, model and schedule."""
-    run_dir = Path(run_dir)
-    files = RunDir(run_dir)
-    if not files.config.is_file():
-        raise RunDirError(f"{run_dir}: not a run directory (no {files.config.name})")
-    try:
-        cfg = TrainConfig.from_dict(json.loads(files.config.read_text()))
-    except (ValueError, TypeError) as exc:
-        raise RunDirError(f"{files.config}: unreadable run config ({exc})") from None
-    cfg.out = str(run_dir)
-    return cfg
 
 
 def check_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
@@ -154,14 +141,25 @@ class Trainer:
         self.load_data(self.files.split if resume else (Path(cfg.split) if cfg.split else None))
         num_classes = len(self.data.label_set.classes)
         self.build_model(pretrained=cfg.pretrained and not has_last)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         weights = class_weights(self.data.train_targets, num_classes).to(ctx.device)
         self.loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+        self.adversarial = None  # the classifier + source head that trains, with --adversary source
+        if cfg.adversary == "source":
+            self.adversarial, self.loss_fn = source_adversary(
+                self.model, self.loss_fn, self.data.train_targets, self.data.train_sources,
+                list(self.data.label_set.classes), self.data.collections, cfg.adversary_weight)
+        trained = self.adversarial or self.model
+        self.optimizer = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.state = TrainState(history=[])
         if has_last:
             self.load_last()
-        self.net = wrap_model(self.model, ctx)
+        self.net = wrap_model(trained, ctx)
+        self.sampler = self.balanced_sampler()
         self.augment = BatchAugment(augment_config(cfg.augment), seed=cfg.seed)
+        # Style augmentation (--style): each is the identity, drawing nothing, unless its kind is asked for.
+        self.style = StyleAugment(cfg.style_config)
+        self.mixstyle_generator = torch.Generator()
+        self.mixstyle = insert_mixstyle(self.model.backbone, cfg.style_config, self.mixstyle_generator)
 
     def load_data(self, split_file: Path | None) -> None:
         """Records, split (read from ``split_file`` or made) and prepared images of every side."""
@@ -182,8 +180,30 @@ class Trainer:
         self.model.load_state_dict(payload["state_dict"])
         extra = payload.get("extra", {})
         self.optimizer.load_state_dict(extra["optimizer"])
+        if self.adversarial is not None:
+            self.adversarial.source_head.load_state_dict(extra["source_head"])
         self.state = TrainState(**extra["state"])
         self.log(f"resuming {self.run_dir} after epoch {self.state.epoch}")
+
+    def balanced_sampler(self) -> BalancedSampler | None:
+        """The ``--balance`` sampler of the training images (None: the plain shuffle); logs each cell's draws."""
+        cfg, data = self.cfg, self.data
+        if cfg.balance == "none":
+            return None
+        cells, names = balance_cells(cfg.balance, data.train_targets, data.train_sources,
+                                     list(data.label_set.classes), data.collections)
+        sampler = BalancedSampler(cells, names, cfg.balance_cap)
+        self.log(f"--balance {cfg.balance} (each image drawn at most {cfg.balance_cap:g} times per epoch):")
+        for line in sampler.describe():
+            self.log(f"  {line}")
+        return sampler
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """This rank's training images of an epoch, in order: the balanced draw or the plain shuffle."""
+        cfg, ctx = self.cfg, self.ctx
+        if self.sampler is not None:
+            return self.sampler.rank_indices(epoch, cfg.seed, ctx.rank, ctx.world_size)
+        return rank_indices(len(self.data.train_images), epoch, cfg.seed, ctx.rank, ctx.world_size)
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -217,9 +237,11 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout: same on resume
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 7 + ctx.rank)
-        indices = rank_indices(len(self.data.train_images), epoch, cfg.seed, ctx.rank, ctx.world_size)
+        self.mixstyle_generator.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, ctx.rank]).generate_state(1)[0]))
+        indices = self.epoch_indices(epoch)
         images = torch.from_numpy(self.data.train_images)
         targets = torch.from_numpy(self.data.train_targets)
+        sources = torch.from_numpy(self.data.train_sources)
         self.net.train()
         seen, loss_sum, tick = 0, 0.0, time.time()
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not self.progress, leave=False)
@@ -232,8 +254,11 @@ class Trainer:
             # Parameters (and noise) come from the CPU generator, so a seed gives the same batch on any device;
             # the pixel work (resampling, blur) runs where the model does.
             x = self.augment(to_input(images[batch], ctx.device), generator)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = self.style(x, sources[batch], generator).contiguous(memory_format=torch.channels_last)
+            self.mixstyle.set_domains(sources[batch])
             y = targets[batch].to(ctx.device)
+            if self.adversarial is not None:
+                y = (y, sources[batch].to(ctx.device))
             loss = train_step(self.net, self.optimizer, self.loss_fn, x, y, self.autocast)
             seen += len(batch)
             loss_sum += loss * len(batch)
@@ -286,6 +311,8 @@ class Trainer:
             if improved:
                 save_checkpoint(self.files.best, self.model, meta)
             extra = {"optimizer": self.optimizer.state_dict(), "state": state.__dict__}
+            if self.adversarial is not None:
+                extra["source_head"] = self.adversarial.source_head.state_dict()
             save_checkpoint(self.files.last, self.model, meta, extra=extra)
             write_metrics_csv(self.files.metrics, state.history)
         barrier(self.ctx)
@@ -391,29 +418,3 @@ def finish_run(run_dir: str | Path, device: str = "auto", num_threads: int | Non
     log(f"finishing {run_dir} after epoch {state.epoch} (best epoch {state.best_epoch})")
     test = trainer.finish()
     return TrainResult(run_dir, state.best_epoch, state.best_score, state.epoch, test, time.time() - start)
-
-
-def refit_ood_guard(
-    run_dir: str | Path, checkpoint: str | Path | None = None, progress: bool = True, log: Callable[[str], None] = print
-) -> dict[str, Any]:
-    """Fit the out-of-distribution guard of a finished run again, on the run's own training and validation images
-    (its saved config and split), and store it in ``checkpoint`` (default: the run's ``best.pt``).
-
-    For checkpoints from an older cxrscreen, whose guard read the penultimate features, or a copy of a run's model
-    (the bundled one). Only the guard changes; weights, temperature and metrics stay. Returns the guard.
-    """
-    run_dir = Path(run_dir)
-    files = RunDir(run_dir)
-    cfg = load_run_config(run_dir)
-    target = Path(checkpoint) if checkpoint is not None else files.best
-    model, meta = load_checkpoint(target)
-    if meta.preprocessing != cfg.preprocessing or meta.arch != cfg.model:
-        raise RunDirError(f"{target}: not a model of the run in {run_dir} (architecture or preprocessing differ)")
-    configure_threads(cfg.num_threads)
-    split = load_split(files.split, run_dataset(cfg, log)[2])
-    records = [r for side in GUARD_SIDES for r in split.part(side).records]
-    meta.ood = fit_guard(records, split.hashes, cfg.dedup_distance, progress)
-    save_checkpoint(target, model, meta)
-    log(f"{target}: guard refitted on {meta.ood['n_fit']} training and validation images, threshold set on their "
-        f"{meta.ood['calibration']['set']} scores ({meta.ood['calibration']['accepted']:.1%} accepted)")
-    return meta.ood
