@@ -1,9 +1,11 @@
 """The site's labelled images, chosen as ``evaluate`` chooses them, and the parent model's view of them.
 
-:func:`load_site` asks :class:`~cxrscreen.evaluation.evaluate.Evaluator` for the images (near-duplicates of the
-parent's training images left out and counted) and the parent's temperature-scaled probabilities, maps the labels
-onto the site's classes (:mod:`cxrscreen.data.labels`, through the evaluator's label set), and prepares every
-image once (the prepared-image cache) for fine-tuning, with the OOD guard's thumbnails from the same pass.
+:func:`load_site` asks :class:`~cxrscreen.evaluation.evaluate.Evaluator` for the images with a class of the site
+(labels mapped through the evaluator's label set, :mod:`cxrscreen.data.labels`; frontal views only unless
+``frontal_only`` is False; near-duplicates of the parent's training images left out and counted, their pHashes
+kept), prepares each image once (the prepared-image cache), with the OOD guard's thumbnails from the same pass,
+and scores the prepared arrays with the parent (temperature-scaled probabilities). Fine-tuning and the guard then
+use those same arrays and hashes: no site image is decoded, prepared or hashed twice.
 """
 
 from __future__ import annotations
@@ -15,15 +17,12 @@ from typing import Callable
 import numpy as np
 
 from cxrscreen.adaptation.config import MIN_IMAGES_PER_CLASS, AdaptConfig
-from cxrscreen.data.cache import load_prepared
 from cxrscreen.data.dedup import hash_files
 from cxrscreen.data.records import Record
-from cxrscreen.data.sources import load_dataset, task_class
+from cxrscreen.data.sources import task_class
 from cxrscreen.data.splits import record_groups
 from cxrscreen.errors import ConfigError, DatasetLayoutError
 from cxrscreen.evaluation.evaluate import EvaluationConfig, Evaluator
-from cxrscreen.guard.inputs import guard_preprocessing
-from cxrscreen.lungs.finder import segmenter_lungs
 
 
 @dataclass
@@ -102,29 +101,26 @@ def load_site(cfg: AdaptConfig, evaluator: Evaluator, log: Callable[[str], None]
     """The site's images with a class, prepared, and the parent's probabilities on them (see the module doc)."""
     where = ", ".join(cfg.data)
     label_set = evaluator.label_set
-    # Says, in one line naming the site's classes, when no label of the site maps onto them.
-    load_dataset(list(cfg.data), label_set, frontal_only=cfg.frontal_only, allow_missing_classes=True)
-    selection = evaluator.select_records(list(cfg.data), "data")
+    # Loaded with the site's classes: a site none of whose labels maps onto them gets one line naming them.
+    selection = evaluator.select_records(list(cfg.data), "data", label_set=label_set, frontal_only=cfg.frontal_only)
     classes = list(label_set.classes)
-    named = [(r, task_class(r, label_set)) for r in selection.records]
-    records = [r for r, name in named if name is not None]
-    without_class = Counter(r.raw_label for r, name in named if name is None)
-    if not records:
+    if not selection.records:
         raise DatasetLayoutError(f"{where}: no image left: every image with a class is a near-duplicate of the "
                                  f"parent's training images ({selection.left_out} left out)")
-    ok, unreadable, model_probs, flagged = evaluator.predict([r.path for r in records])
-    records = [records[i] for i in ok]
+    loaded = evaluator.load([r.path for r in selection.records], thumbnails=True)
+    model_probs, flagged = evaluator.predict_arrays(loaded.images, loaded.thumbnails)
+    records = [selection.records[i] for i in loaded.ok]
     targets = np.array([classes.index(task_class(r, label_set)) for r in records], dtype=np.int64)
     notes = list(selection.notes) + check_classes(where, {c: int((targets == i).sum()) for i, c in enumerate(classes)},
                                                   cfg.positive)
-    prepared = load_prepared([r.path for r in records], evaluator.meta.preprocessing, progress=cfg.progress,
-                             also=[guard_preprocessing()], on_bad_image="fail", lungs=segmenter_lungs())
-    hashes = hash_files([r.path for r in records], progress=cfg.progress).hashes
+    # The near-duplicate check hashed the site already; only a parent without training hashes skipped it.
+    hashes = selection.hashes or hash_files([r.path for r in records], progress=cfg.progress).hashes
     if not any(r.patient_id for r in records):
         notes.append(f"{where}: no patient column, so folds are drawn by near-duplicate group only")
     groups = record_groups(records, hashes, cfg.dedup_distance)
     for note in notes:
         log(note)
-    return SiteData(where, classes, records, targets, prepared.images, prepared.also[0], groups, dict(hashes),
-                    model_probs @ evaluator.merge, flagged, selection.n_listed, selection.left_out,
-                    dict((without_class + selection.dropped).most_common()), list(unreadable), notes)
+    return SiteData(where, classes, records, targets, loaded.images, loaded.thumbnails, groups,
+                    {r.path: hashes[r.path] for r in records if r.path in hashes}, model_probs @ evaluator.merge,
+                    flagged, selection.n_listed, selection.left_out, dict(selection.dropped.most_common()),
+                    list(loaded.errors), notes)

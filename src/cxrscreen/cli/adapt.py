@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the folds, draws and fine-tuning")
     p.add_argument("--dedup-distance", type=int, default=DEFAULT_MAX_DISTANCE, metavar="BITS",
                    help="pHash distance at or below which an image counts as a near-duplicate")
+    p.add_argument("--include-lateral", action="store_true", help="also use lateral views (default: frontal views only)")
     p.add_argument("--name", help="name of the adapted model (default: <parent name>-adapted)")
     p.add_argument("--out", default="runs/adapt", metavar="DIR", help="output folder: best.pt, adapt.json, predictions.csv, learning_curve.png")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier adaptation in --out")
@@ -51,7 +52,7 @@ def run_adapt(args: argparse.Namespace) -> int:
         positive=args.positive.strip().lower(), folds=args.folds, target_sensitivity=args.target_sensitivity,
         sizes=parse_sizes(args.sizes), repeats=args.repeats, train_blocks=args.train_blocks, epochs=args.epochs,
         lr=args.lr, by_source=args.by == "source", n_resamples=args.bootstrap, seed=args.seed,
-        dedup_distance=args.dedup_distance, num_threads=args.num_threads, name=args.name, overwrite=args.overwrite,
+        dedup_distance=args.dedup_distance, frontal_only=not args.include_lateral, num_threads=args.num_threads, name=args.name, overwrite=args.overwrite,
         progress=not args.quiet,
     )
     result = adapt(cfg, log=(lambda _msg: None) if args.quiet else print)

@@ -142,7 +142,8 @@ def same_paths(a: Sequence[str], b: Sequence[str]) -> bool:
 class Selection:
     """The images chosen for an evaluation: ``records``, under ``name`` and ``kind`` (internal / external /
     collection), out of ``n_listed``; ``left_out`` near-duplicates of training images (None when not checked),
-    ``dropped`` labels without a class, and one-line ``notes``."""
+    ``dropped`` labels without a class, one-line ``notes``, and the pHash of each listed image where the
+    near-duplicate check computed it (``hashes``, path -> hex; empty when it did not run)."""
 
     records: list[Record]
     name: str
@@ -151,6 +152,18 @@ class Selection:
     left_out: int | None
     dropped: Counter
     notes: list[str]
+    hashes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedImages:
+    """The prepared inputs of the readable files among those asked for: ``images`` uint8 (N_ok, S, S) of
+    ``paths[ok]``, the OOD guard's ``thumbnails`` uint8 (N_ok, 64, 64) or None, ``errors`` (path, reason)."""
+
+    ok: list[int]
+    errors: list[tuple[str, str]]
+    images: np.ndarray
+    thumbnails: np.ndarray | None
 
 
 class Evaluator:
@@ -203,29 +216,34 @@ class Evaluator:
         return self.evaluate_records(chosen.name, chosen.kind, paths, chosen.records, chosen.n_listed, chosen.left_out,
                                      chosen.dropped, chosen.notes)
 
-    def select_records(self, paths: list[str], role: str = "data") -> Selection:
-        """The images of ``paths`` to evaluate (also used by the shortcut audit): the run's split side ``cfg.split``
-        when ``paths`` are its training data (role ``data``), else every image, less near-duplicates of the model's
-        training images."""
+    def select_records(self, paths: list[str], role: str = "data", label_set: LabelSet | None = None,
+                       frontal_only: bool = True) -> Selection:
+        """The images of ``paths`` to evaluate (also used by the shortcut audit and by adapt): the run's split side
+        ``cfg.split`` when ``paths`` are its training data (role ``data``), else every image (frontal views only
+        unless ``frontal_only`` is False) with a class of ``label_set`` (default: every known finding, as
+        covid-vs-other), less near-duplicates of the model's training images."""
         trained_on = self.is_training_data(paths)
         if role == "data" and trained_on and self.split_file is not None and self.cfg.split != "all":
             records, name, dropped, notes = self.split_side(paths)
             return Selection(records, name, "internal", len(records), None, dropped, notes)
-        dataset = load_dataset(paths, all_findings_label_set(self.label_map), allow_missing_classes=True)
+        dataset = load_dataset(paths, label_set or all_findings_label_set(self.label_map), frontal_only=frontal_only,
+                               allow_missing_classes=True)
         records = list(dataset.records)
         notes = list(dataset.notes)
         notes.extend(f"excluded by the source: {n} {reason}" for reason, n in dataset.excluded.most_common())
         left_out: int | None = None
+        hashes: dict[str, str] = {}
         if trained_on and self.cfg.split == "all":
             notes.append("includes the images the model was trained on (--split all on its training data)")
         elif self.meta.train_hashes:
-            records, left_out = self.without_training_duplicates(records)
+            hashes = hash_files([r.path for r in records], progress=self.cfg.progress).hashes
+            records, left_out = leave_out_near_duplicates(records, hashes, self.meta.train_hashes, self.cfg.dedup_distance)
         else:
             notes.append("the model stores no training-image hashes: near-duplicates of its training images could not be left out")
         if trained_on and self.cfg.split != "all" and self.split_file is None:
             notes.append("no split.csv for this model: evaluated every image that is not a near-duplicate of a training image")
         kind = "internal" if trained_on else "external" if role == "external" else "collection"
-        return Selection(records, ", ".join(paths), kind, len(dataset.records), left_out, dataset.dropped, notes)
+        return Selection(records, ", ".join(paths), kind, len(dataset.records), left_out, dataset.dropped, notes, hashes)
 
     def is_training_data(self, paths: list[str]) -> bool:
         """Whether ``paths`` are the model's training data: the same folders, or images listed in the run's split."""
@@ -255,29 +273,37 @@ class Evaluator:
     def split_paths(self) -> set[str]:
         return {row["path"] for row in read_csv_rows(self.split_file, ("path", "split"))}
 
-    def without_training_duplicates(self, records: list[Record]) -> tuple[list[Record], int]:
-        hashes = hash_files([r.path for r in records], progress=self.cfg.progress).hashes
-        return leave_out_near_duplicates(records, hashes, self.meta.train_hashes, self.cfg.dedup_distance)
-
     # -- measuring --------------------------------------------------------------------------------------------
-    def predict(self, paths: list[str]) -> tuple[list[int], list[tuple[str, str]], np.ndarray, int | None]:
-        """Model probabilities (N_ok, C_model) for the readable ``paths`` -> (ok indices, unreadable, probs,
-        number flagged out of distribution or None without a guard)."""
-        guard_pp = [guard_preprocessing()] if self.predictor.guard_reads_whole_image else []
-        # The guard's thumbnails come from the same pass as the classifier's inputs: each file read once.
-        prepared = load_prepared(paths, self.meta.preprocessing, progress=self.cfg.progress, also=guard_pp,
+    def load(self, paths: list[str], thumbnails: bool | None = None) -> LoadedImages:
+        """Each of ``paths`` read, decoded and prepared once (through the prepared-image cache), with the OOD
+        guard's thumbnails from the same pass when ``thumbnails`` (default: when the model's guard reads them)."""
+        if thumbnails is None:
+            thumbnails = self.predictor.guard_reads_whole_image
+        also = [guard_preprocessing()] if thumbnails else []
+        prepared = load_prepared(paths, self.meta.preprocessing, progress=self.cfg.progress, also=also,
                                  lungs=segmenter_lungs())
-        thumbnails = to_float(prepared.also[0]) if guard_pp else None
+        return LoadedImages(prepared.ok, prepared.errors, prepared.images, prepared.also[0] if also else None)
+
+    def predict_arrays(self, images: np.ndarray, thumbnails: np.ndarray | None = None) -> tuple[np.ndarray, int | None]:
+        """Model probabilities (N, C_model) of prepared uint8 ``images`` (N, S, S) and the number the OOD guard
+        flags (None without a guard); ``thumbnails`` uint8 (N, 64, 64) when the guard reads whole images."""
         probs, flagged = [], 0
-        for start in range(0, len(prepared.images), PREDICT_CHUNK):
-            chunk = to_float(prepared.images[start : start + PREDICT_CHUNK])
-            thumbs = None if thumbnails is None else thumbnails[start : start + PREDICT_CHUNK]
+        for start in range(0, len(images), PREDICT_CHUNK):
+            chunk = to_float(images[start : start + PREDICT_CHUNK])
+            thumbs = None if thumbnails is None else to_float(thumbnails[start : start + PREDICT_CHUNK])
             outputs = self.predictor.predict_prepared(chunk, thumbs)
             probs.append(outputs.probs)
             accepted, _ = self.predictor.ood_check(outputs)
             flagged += int((~accepted).sum())
         all_probs = np.concatenate(probs) if probs else np.zeros((0, len(self.meta.classes)))
-        return prepared.ok, prepared.errors, all_probs, flagged if self.meta.ood else None
+        return all_probs, flagged if self.meta.ood else None
+
+    def predict(self, paths: list[str]) -> tuple[list[int], list[tuple[str, str]], np.ndarray, int | None]:
+        """Model probabilities (N_ok, C_model) for the readable ``paths`` -> (ok indices, unreadable, probs,
+        number flagged out of distribution or None without a guard)."""
+        loaded = self.load(paths)
+        probs, flagged = self.predict_arrays(loaded.images, loaded.thumbnails)
+        return loaded.ok, loaded.errors, probs, flagged
 
     def evaluate_records(
         self,
