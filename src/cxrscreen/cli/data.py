@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
     summary = commands.add_parser("summary", help="images, patients, sources, sizes, near-duplicates per class")
-    summary.add_argument("paths", nargs="+", metavar="PATH", help="collection folder or CSV manifest (layout detected)")
+    summary.add_argument("paths", nargs="*", metavar="PATH", help="collection folder or CSV manifest (layout detected)")
+    summary.add_argument("--data", action="append", default=[], metavar="PATH", help="a collection, like PATH (repeatable, as in train)")
     add_task_arguments(summary)
     summary.add_argument("--plots", metavar="DIR", help="write intensity histograms and sample grids per class here (default: no plots)")
     summary.add_argument("--max-distance", type=int, default=DEFAULT_MAX_DISTANCE, help="pHash Hamming distance of near-duplicates")
@@ -65,7 +66,7 @@ def run_summary(args: argparse.Namespace) -> int:
     from cxrscreen.data.dedup import hash_files
     from cxrscreen.data.summary import save_plots, summarize
 
-    dataset = load_task_dataset(args.paths, args)
+    dataset = load_task_dataset([*args.paths, *args.data], args)
     hashes = None if args.no_dedup else hash_files(dataset.paths, progress=not args.quiet).hashes
     print(summarize(dataset, hashes, args.max_distance).format())
     if args.plots:

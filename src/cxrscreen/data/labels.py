@@ -3,7 +3,7 @@
 Two steps:
 
 1. ``ALIASES`` maps what a source calls a finding onto a *canonical finding* (``covid``, ``normal``, ``viral``,
-   ``bacterial``, ``tuberculosis``, ``lung_opacity``, ``fungal``, ``other_pneumonia``).
+   ``bacterial``, ``tuberculosis``, ``lung_opacity``, ``fungal``, ``other_pneumonia``, ``nodule``).
 2. A :class:`LabelSet` (the task's classes, chosen with ``--classes``) groups canonical findings into classes:
    ``covid,normal,viral`` keeps three findings as they are, ``covid,other`` puts every non-COVID finding into
    ``other``, ``covid,normal,viral,lung_infection`` forms ``lung_infection`` from bacterial pneumonia,
@@ -29,9 +29,13 @@ ALIASES: dict[str, str] = {
     # Kermany chest_xray (PNEUMONIA is split by file name into bacteria / virus)
     "bacteria": "bacterial",
     "virus": "viral",
-    # TB database
+    # TB database, NLM Montgomery / Shenzhen
     "tuberculosis": "tuberculosis",
     "tb": "tuberculosis",
+    # JSRT (JPCLN / JPCNN file names)
+    "nodule": "nodule",
+    "lung nodule": "nodule",
+    "non-nodule": "normal",
     # ieee8023 covid-chestxray-dataset `finding`
     "covid-19": "covid",
     "covid-19, ards": "covid",
@@ -72,6 +76,7 @@ CLASS_GROUPS: dict[str, frozenset[str]] = {
     "bacterial": frozenset({"bacterial"}),
     "tuberculosis": frozenset({"tuberculosis"}),
     "lung_opacity": frozenset({"lung_opacity"}),
+    "nodule": frozenset({"nodule"}),
     "lung_infection": frozenset({"bacterial", "tuberculosis", "fungal", "lung_opacity"}),
     "pneumonia": frozenset({"viral", "bacterial", "fungal", "other_pneumonia", "covid"}),
 }

@@ -1,9 +1,10 @@
 """What a dataset holds, before any training: per class and per source, with the shortcuts it invites.
 
 :func:`summarize` counts images, patients, sources, image sizes and near-duplicate groups per class, and cross-
-tabulates classes by source: a class that comes from one source only, or a source that holds one class only, lets
-a model learn the source instead of the disease, so both are warned about. :func:`save_plots` draws intensity
-histograms and sample grids per class.
+tabulates classes by source and age group (adult / pediatric, where known from the source, see
+:mod:`cxrscreen.data.sources.ages`): a class that comes from one source only, a source that holds one class only, or
+an age group found in some classes only, lets a model learn the source or the age instead of the disease, so each is
+warned about. :func:`save_plots` draws intensity histograms and sample grids per class.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -20,6 +21,7 @@ from PIL import Image
 from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE, near_duplicate_groups
 from cxrscreen.data.imageio import load_xray
 from cxrscreen.data.sources import Dataset
+from cxrscreen.data.sources.ages import ADULT, AGE_GROUPS, PEDIATRIC, age_group
 from cxrscreen.data.transforms import resize
 from cxrscreen.errors import CxrError
 from cxrscreen.io_utils import atomic_write
@@ -27,6 +29,8 @@ from cxrscreen.io_utils import atomic_write
 Size = tuple[int, int]
 HISTOGRAM_BINS = 64
 LISTED_SOURCES = 8
+# Pediatric shares of two classes this far apart (of images of known age) are warned about: age tells the class.
+AGE_SHARE_GAP = 0.5
 
 
 @dataclass
@@ -49,6 +53,8 @@ class ClassSummary:
 class DataSummary:
     classes: list[ClassSummary]
     by_source: dict[str, dict[str, int]]
+    ages_by_source: dict[str, dict[str, int]] = field(default_factory=dict)
+    ages_by_class: dict[str, dict[str, int]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     description: str = ""
@@ -71,8 +77,11 @@ class DataSummary:
         ]
         headers = ["class", "images", "patients", "sources", "size WxH min / median / max", "near-duplicate groups"]
         names = [c.name for c in self.classes]
-        by_source = [[source, *[str(counts.get(n, 0)) for n in names]] for source, counts in self.by_source.items()]
-        parts = [self.description, "", format_table(headers, rows), "", format_table(["source", *names], by_source)]
+        parts = [self.description, "", format_table(headers, rows), "", count_table("source", self.by_source, names)]
+        if self.ages_by_source:
+            parts += ["", "age groups (as far as each source tells; mixed: both, not told apart):",
+                      count_table("source", self.ages_by_source, AGE_GROUPS), "",
+                      count_table("class", self.ages_by_class, AGE_GROUPS)]
         if self.unreadable:
             parts += ["", f"{len(self.unreadable)} unreadable images, e.g. {self.unreadable[0]}"]
         parts += ["", *[f"warning: {w}" for w in self.warnings]] if self.warnings else []
@@ -95,6 +104,12 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [headers, *rows]]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def count_table(row_name: str, counts: Mapping[str, Mapping[str, int]], columns: Sequence[str]) -> str:
+    """A table of ``counts[row][column]`` (0 where absent), one row per key of ``counts``."""
+    rows = [[row, *[str(values.get(c, 0)) for c in columns]] for row, values in counts.items()]
+    return format_table([row_name, *columns], rows)
 
 
 def image_size(path: str | os.PathLike) -> Size | None:
@@ -136,6 +151,28 @@ def confounding_warnings(by_source: Mapping[str, Mapping[str, int]], classes: li
         more = f" and {len(single) - LISTED_SOURCES} more" if len(single) > LISTED_SOURCES else ""
         warnings.append(f"{len(single)} of {len(by_source)} sources hold one class only (confounded): {listed}{more}")
     return warnings
+
+
+def age_warnings(ages_by_class: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """A warning when the share of pediatric images (of those whose age is known) differs much between classes."""
+    known = {name: counts.get(ADULT, 0) + counts.get(PEDIATRIC, 0) for name, counts in ages_by_class.items()}
+    shares = {name: ages_by_class[name].get(PEDIATRIC, 0) / n for name, n in known.items() if n}
+    if len(shares) < 2 or max(shares.values()) - min(shares.values()) < AGE_SHARE_GAP:
+        return []
+    ordered = sorted(shares, key=lambda name: -shares[name])
+    listed = ", ".join(f"{name} {shares[name]:.0%} of {known[name]}" for name in ordered)
+    unknown = [name for name in ages_by_class if name not in shares]
+    tail = f" ({', '.join(unknown)}: age unknown)" if unknown else ""
+    return [f"pediatric share of each class's images of known age: {listed}{tail}: "
+            "a model can learn the age instead of the class"]
+
+
+def cross_table(rows: list[str], columns: list[str]) -> dict[str, dict[str, int]]:
+    """``{row: {column: count}}`` of paired labels, rows with most images first."""
+    table: dict[str, Counter] = {}
+    for row, column in zip(rows, columns):
+        table.setdefault(row, Counter())[column] += 1
+    return {row: dict(counts) for row, counts in sorted(table.items(), key=lambda item: -sum(item[1].values()))}
 
 
 def duplicate_counts(
@@ -184,14 +221,16 @@ def summarize(
                 *(duplicates[index] if duplicates else (None, None)),
             )
         )
-    by_source: dict[str, dict[str, int]] = {}
-    for record, target in zip(dataset.records, dataset.targets):
-        counts = by_source.setdefault(record.source, {})
-        counts[dataset.classes[target]] = counts.get(dataset.classes[target], 0) + 1
-    by_source = dict(sorted(by_source.items(), key=lambda item: -sum(item[1].values())))
-    warnings = confounding_warnings(by_source, list(dataset.classes)) + duplicate_warnings
+    class_names = [dataset.classes[target] for target in dataset.targets]
+    sources = [record.source for record in dataset.records]
+    groups = [age_group(record) for record in dataset.records]
+    by_source = cross_table(sources, class_names)
+    ages = cross_table(class_names, groups)
+    ages_by_class = {name: ages.get(name, {}) for name in dataset.classes}  # in the task's class order
+    warnings = confounding_warnings(by_source, list(dataset.classes)) + age_warnings(ages_by_class)
     unreadable = [r.path for r, s in zip(dataset.records, sizes) if s is None]
-    return DataSummary(classes, by_source, warnings, unreadable, dataset.describe())
+    return DataSummary(classes, by_source, cross_table(sources, groups), ages_by_class, warnings + duplicate_warnings,
+                       unreadable, dataset.describe())
 
 
 def sample_indices(dataset: Dataset, class_index: int, count: int, seed: int) -> np.ndarray:

@@ -20,8 +20,8 @@ import numpy as np
 
 from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.records import Record
-from cxrscreen.data.sources import manifest, ieee8023, kermany, radiography, folder  # noqa: F401  (detection order)
-from cxrscreen.data.sources.base import SOURCES, Source, SourceScan, register_source, subfolders
+from cxrscreen.data.sources import manifest, ieee8023, kermany, radiography, nlm, jsrt, folder  # noqa: F401  (detection order)
+from cxrscreen.data.sources.base import SOURCES, Source, SourceScan, has_images, register_source, subfolders
 from cxrscreen.errors import DatasetLayoutError
 
 GENERIC_SOURCES = frozenset({folder.NAME})
@@ -107,7 +107,9 @@ def locate(path: str | os.PathLike) -> tuple[Source, Path]:
     found = detect_specific(target)
     if found:
         return found
-    collections = [sub.name for sub in subfolders(target) if detect_specific(sub)]
+    # A subfolder that holds images itself is a class folder, even when its file names follow a collection's
+    # convention (e.g. a user's normal/ and tb/ folders of Shenzhen images).
+    collections = [sub.name for sub in subfolders(target) if not has_images(sub) and detect_specific(sub)]
     if len(collections) > 1:
         raise DatasetLayoutError(f"{path}: holds several collections ({', '.join(collections)}); pass each with --data")
     for name in GENERIC_SOURCES:
@@ -119,7 +121,8 @@ def locate(path: str | os.PathLike) -> tuple[Source, Path]:
 
 
 def detect_layout(path: str | os.PathLike) -> str:
-    """Name of the layout at ``path`` (``radiography_db``, ``kermany``, ``ieee8023``, ``folder``, ``manifest``)."""
+    """Name of the layout at ``path`` (``radiography_db``, ``kermany``, ``ieee8023``, ``nlm_tb``, ``jsrt``, ``folder``,
+    ``manifest``)."""
     return locate(path)[0].name
 
 

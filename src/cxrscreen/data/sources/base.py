@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from cxrscreen.errors import DatasetLayoutError
 
 # Folders that sit inside class folders of published collections and hold no X-rays of that class.
 IGNORED_FOLDERS = frozenset({"masks", "__macosx"})
+# How many file names a layout that is recognised by its file-naming convention looks at.
+SAMPLED_NAMES = 5
 
 
 @dataclass
@@ -115,6 +118,17 @@ def has_images(folder: Path) -> bool:
             return any(is_image_file(e) for e in entries)
     except OSError:
         return False
+
+
+def named_images_folder(path: Path, pattern: re.Pattern[str], image_folders: tuple[str, ...] = ("images",)) -> Path | None:
+    """The folder holding images whose stems match ``pattern``: ``path`` itself or one of its ``image_folders``.
+
+    Only the first few file names are looked at (detection must stay cheap); None when no folder has such names.
+    """
+    for folder in (path, *(path / name for name in image_folders)):
+        if folder.is_dir() and any(pattern.match(image.stem) for image in list_images(folder)[:SAMPLED_NAMES]):
+            return folder
+    return None
 
 
 def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
