@@ -17,14 +17,8 @@ import numpy as np
 import torch
 
 from cxrscreen.data.imageio import load_xray
-from cxrscreen.lungs.segmenter import (
-    DEFAULT_WEIGHTS,
-    LungSegmenter,
-    build_network,
-    load_segmenter,
-    onnx_model_bytes,
-    onnx_predictor,
-)
+from cxrscreen.lungs.network import build_network, onnx_model_bytes
+from cxrscreen.lungs.segmenter import DEFAULT_WEIGHTS, LungSegmenter, load_segmenter, onnx_predictor
 from cxrscreen.lungs.metrics import evaluate_segmenter
 from cxrscreen.lungs.pairs import segmentation_pairs
 

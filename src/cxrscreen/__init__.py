@@ -12,10 +12,11 @@ SCREENING_NOTICE = (
 )
 
 
-def load_model(path=None, backend: str = "torch", device: str = "auto", threads=None, thresholds=None):
+def load_model(path=None, backend: str = "auto", device: str = "auto", threads=None, thresholds=None):
     """Load a trained classifier (the bundled default when ``path`` is None) as a
     :class:`cxrscreen.inference.predictor.Predictor`; the arguments are those of
-    :func:`cxrscreen.inference.predictor.load_predictor`: ``device`` ``auto``/``cpu``/``cuda``, ``threads`` (None:
+    :func:`cxrscreen.inference.predictor.load_predictor`: ``backend`` ``auto`` (ONNX Runtime on the CPU, without
+    torch once the model is cached; torch on a CUDA GPU), ``torch`` or ``onnx``; ``device`` ``auto``/``cpu``/``cuda``, ``threads`` (None:
     a default that does not oversubscribe the CPUs), ``thresholds`` {class: probability} (None: the model's
     stored operating point, else the most probable class)."""
     from cxrscreen.inference.predictor import load_predictor

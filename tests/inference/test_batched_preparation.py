@@ -111,7 +111,8 @@ def test_predict_batch_on_workers_matches_predict_alone(xrays, bundled_predictor
 def test_traced_torch_segmenter_gives_the_eager_networks_probabilities(xrays, tmp_path, monkeypatch):
     import torch
 
-    from cxrscreen.lungs.segmenter import DEFAULT_WEIGHTS, LungProbabilityNet, build_network, traced_segmenter
+    from cxrscreen.lungs.network import LungProbabilityNet, build_network, traced_segmenter
+    from cxrscreen.lungs.weights import DEFAULT_WEIGHTS
 
     monkeypatch.setenv("CXRSCREEN_CACHE", str(tmp_path))
     segmenter = load_segmenter(backend="torch")

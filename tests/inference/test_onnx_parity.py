@@ -10,7 +10,8 @@ import pytest
 
 from cxrscreen.data.transforms import prepare_from_source
 from cxrscreen.errors import ModelError
-from cxrscreen.inference.onnx_export import OnnxRuntimeBackend, export_onnx, read_onnx_meta
+from cxrscreen.inference.onnx_export import export_onnx
+from cxrscreen.inference.onnx_runtime import GRAPH_FILE, GUARD_FILE, META_FILE, OnnxRuntimeBackend, read_onnx_meta
 from cxrscreen.models.onnx import cache_dir
 from cxrscreen.inference.predictor import load_predictor
 from cxrscreen.models.checkpoint import load_checkpoint
@@ -62,14 +63,19 @@ def test_guard_network_gives_the_same_features_in_onnx_runtime(real_xrays: list[
     assert len(list((tmp_path / "onnx").glob("guard-*.onnx"))) == 1
 
 
-def test_checkpoint_is_exported_once_to_the_cache(tiny_checkpoint: Path, real_xrays: list[Path], tmp_path, monkeypatch) -> None:
+def test_checkpoint_is_exported_once_to_the_cache(
+    tiny_checkpoint: Path, real_xrays: list[Path], tmp_path, monkeypatch, capfd
+) -> None:
     monkeypatch.setenv("CXRSCREEN_CACHE", str(tmp_path))
     first = load_predictor(tiny_checkpoint, backend="onnx")
-    cached = sorted(cache_dir().glob("*.onnx"))
-    assert len(cached) == 1
-    stamp = cached[0].stat().st_mtime_ns
+    bundles = [path for path in cache_dir().iterdir() if path.is_dir()]
+    assert len(bundles) == 1 and sorted(f.name for f in bundles[0].iterdir()) == sorted([GRAPH_FILE, GUARD_FILE, META_FILE])
+    assert f"preparing {tiny_checkpoint.name} for ONNX Runtime once" in capfd.readouterr().err
+    stamp = (bundles[0] / GRAPH_FILE).stat().st_mtime_ns
     second = load_predictor(tiny_checkpoint, backend="onnx")
-    assert cached[0].stat().st_mtime_ns == stamp
+    assert (bundles[0] / GRAPH_FILE).stat().st_mtime_ns == stamp
+    assert capfd.readouterr().err == ""  # found in the cache: nothing said
+    assert second.meta == load_checkpoint(tiny_checkpoint)[1]
     # The cached export is the same network as the checkpoint: compared with torch, not with another ONNX run.
     expected = load_predictor(tiny_checkpoint).predict(real_xrays[0]).probabilities
     for predictor in (first, second):

@@ -18,11 +18,11 @@ from cxrscreen.lungs.segmenter import (
     check_plausibility,
     clean_mask,
     load_segmenter,
-    read_segmenter_file,
     segment_lungs,
     segment_lungs_batch,
 )
 from cxrscreen.lungs.metrics import dice_iou, evaluate_segmenter
+from cxrscreen.lungs.network import read_segmenter_file
 from cxrscreen.lungs.pairs import read_lung_mask, segmentation_pairs
 
 
@@ -118,7 +118,7 @@ def test_onnx_runtime_masks_match_torch(jsrt_pairs, shared_data):
 
 
 def test_exported_onnx_file_loads(tmp_path, jsrt_pairs):
-    from cxrscreen.lungs.segmenter import export_segmenter_onnx
+    from cxrscreen.lungs.network import export_segmenter_onnx
 
     path = export_segmenter_onnx(tmp_path / "lungs.onnx")
     image = load_xray(jsrt_pairs[0][0])

@@ -15,6 +15,7 @@ from cxrscreen.cli.batch import UniqueStems, batch_exit_code, image_files, progr
 from cxrscreen.errors import CxrError
 from cxrscreen.inference.predictor import (
     BACKENDS,
+    DEFAULT_BACKEND,
     DEFAULT_BATCH_SIZE,
     DEVICES,
     Prediction,
@@ -40,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--explain", type=Path, metavar="DIR",
                          help="also write <stem>_gradcam.png per image into DIR (default: no overlays)")
     predict.add_argument("--target", metavar="CLASS", help="class Grad-CAM explains (default: the predicted class)")
-    predict.add_argument("--backend", choices=BACKENDS, default="torch", help="inference engine")
+    predict.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                         help="inference engine (default: %(default)s = ONNX Runtime on the CPU, torch on a CUDA GPU)")
     predict.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N", help="images per forward pass")
     predict.set_defaults(func=run_predict)
 
@@ -139,14 +141,15 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from cxrscreen.inference.onnx_export import export_onnx, read_onnx_meta
+    from cxrscreen.inference.onnx_export import export_onnx
+    from cxrscreen.inference.onnx_runtime import read_onnx_meta
     from cxrscreen.inference.predictor import resolve_model_path
 
     out = export_onnx(resolve_model_path(args.model), args.onnx)
     print(out)
     if read_onnx_meta(out).preprocessing.needs_lungs:
         # The model's inputs depend on the lung segmenter: ship it beside the classifier.
-        from cxrscreen.lungs.segmenter import export_segmenter_onnx
+        from cxrscreen.lungs.network import export_segmenter_onnx
 
         print(export_segmenter_onnx(out.with_name(f"{out.stem}_lungs.onnx")))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cxrscreen.inference.options import BACKENDS
+from cxrscreen.inference.options import BACKENDS, DEFAULT_BACKEND
 from cxrscreen.serve.settings import API_KEY_ENV, ServeSettings, resolve_api_key
 
 
@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="port (default: %(default)s; 0 picks a free one); the address is printed once bound",
     )
     parser.add_argument("--model", default=None, metavar="FILE", help="model file (default: the bundled model)")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend")
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                        help="inference engine (default: %(default)s = ONNX Runtime on the CPU, torch on a CUDA GPU)")
     parser.add_argument(
         "--device", default="auto", metavar="auto|cpu|cuda",
         help="where the torch network runs (default: %(default)s, a CUDA GPU when torch sees one)",

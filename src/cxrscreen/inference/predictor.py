@@ -24,6 +24,7 @@ from cxrscreen.errors import ConfigError, ModelError
 from cxrscreen.guard.ppca import accepts, check_guard, ood_scores, reads_whole_image
 from cxrscreen.inference.options import (  # noqa: F401 - re-exported: the CLI and notebooks import them from here
     BACKENDS,
+    DEFAULT_BACKEND,
     DEFAULT_BATCH_SIZE,
     DEVICES,
     check_target,
@@ -32,6 +33,7 @@ from cxrscreen.inference.options import (  # noqa: F401 - re-exported: the CLI a
     decide,
     default_threads,
     parse_thresholds,
+    resolve_backend,
     resolve_device,
 )
 from cxrscreen.inference.backends import InferenceBackend, NetOutputs, TorchBackend, softmax  # noqa: F401
@@ -57,11 +59,12 @@ class Predictor:
     """A loaded classifier ready to predict and explain.
 
     Attributes: ``meta`` (:class:`ModelMeta`), ``classes`` (class names in output order), ``backend_name``
-    (``torch`` or ``onnx``), ``model_path`` (the file it was loaded from), ``batch_size``, ``segmenter`` (the
+    (``torch`` or ``onnx``: the engine ``auto`` chose), ``model_path`` (the file it was loaded from), ``batch_size``, ``segmenter`` (the
     lung segmenter for lung-focused preprocessing; None = the bundled torch one, loaded on first use), ``device`` (where the torch
     network runs), ``threads`` (CPU threads: batches are prepared and scored by that many workers side by side,
     each network single-threaded, see :func:`cxrscreen.inference.options.default_threads`), ``thresholds``
-    ({class: probability} of :func:`decide`; empty = the most probable class).
+    ({class: probability} of :func:`decide`; empty = the most probable class), ``guard_graph`` (the OOD guard
+    network's ONNX export, None: found or made on first use).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class Predictor:
         threads: int | None = None,
         device: str = "cpu",
         thresholds: dict[str, float] | None = None,
+        guard_graph: Path | None = None,
     ):
         self.meta = meta
         self.classes = list(meta.classes)
@@ -88,6 +92,7 @@ class Predictor:
         self.threads = threads
         self.device = device
         self.thresholds = check_thresholds(meta.thresholds if thresholds is None else thresholds, self.classes)
+        self.guard_graph = guard_graph
         self._guard_runner: Any = None
         self._guard_arrays: tuple[dict, dict] | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -185,7 +190,7 @@ class Predictor:
                 from cxrscreen.guard.onnx import OnnxGuardRunner
 
                 try:
-                    self._guard_runner = OnnxGuardRunner(1)
+                    self._guard_runner = OnnxGuardRunner(1, self.guard_graph)
                 except OSError:
                     from cxrscreen.guard.network import torch_guard_features
 
@@ -336,7 +341,7 @@ def resolve_model_path(path: str | os.PathLike | None) -> Path:
 
 def load_predictor(
     path: str | os.PathLike | None = None,
-    backend: str = "torch",
+    backend: str = DEFAULT_BACKEND,
     device: str = "auto",
     threads: int | None = None,
     thresholds: dict[str, float] | None = None,
@@ -347,9 +352,11 @@ def load_predictor(
     """Load a model for prediction.
 
     ``path``: a checkpoint (``.pt``), a run directory (its ``best.pt``), an exported ``.onnx`` (ONNX backend only)
-    or None for the bundled default. ``backend``: ``torch`` (eager) or ``onnx`` (ONNX Runtime; a checkpoint is
-    exported once to a cache file). ``device``: ``auto`` (a CUDA GPU when torch sees one, else the CPU), ``cpu``
-    or ``cuda`` (refused when no GPU is available, and for the onnx backend, which runs on the CPU).
+    or None for the bundled default. ``backend``: ``auto`` (ONNX Runtime on the CPU, torch on a CUDA GPU: see
+    :func:`resolve_backend`), ``torch`` (eager) or ``onnx`` (ONNX Runtime; a checkpoint is prepared once into the
+    cache, :mod:`cxrscreen.inference.onnx_runtime`, after which loading and predicting import no torch).
+    ``device``: ``auto`` (a CUDA GPU when torch sees one, else the CPU), ``cpu`` or ``cuda`` (refused when no GPU
+    is available, and for the onnx backend, which runs on the CPU).
     ``threads``: CPU threads, spent as that many workers that prepare and score batches side by side, each
     network single-threaded (None: :func:`default_threads`, the idle CPUs up to 4). ``thresholds``: {class: probability}
     decision thresholds (rule in :func:`decide`; None: the operating point stored in the model, if any, else
@@ -357,15 +364,14 @@ def load_predictor(
     convolutions on CPU, see benchmarks/infer.py).
     ``onnx_optimization``: ONNX Runtime graph optimisation level, ``all``/``extended``/``basic``/``disabled``.
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
+    model_path = resolve_model_path(path)
+    backend = resolve_backend(backend, device, model_path)
     run_on = resolve_device(device, backend)
     threads = threads or default_threads()
-    model_path = resolve_model_path(path)
     is_onnx = model_path.suffix.lower() == ".onnx"
     if backend == "torch":
         if is_onnx:
@@ -379,18 +385,19 @@ def load_predictor(
         check_ood_guard(meta, model_path)
         return Predictor(meta, TorchBackend(model, channels_last, run_on), "torch", model_path, model, batch_size,
                          threads=threads, device=run_on, thresholds=thresholds)
-    from cxrscreen.inference.onnx_export import OnnxRuntimeBackend, cached_onnx_export, read_onnx_meta
+    from cxrscreen.inference.onnx_runtime import OnnxRuntimeBackend, prepared_for_onnx
 
-    onnx_path = model_path if is_onnx else cached_onnx_export(model_path)
-    meta = read_onnx_meta(onnx_path)
+    prepared = None if is_onnx else prepared_for_onnx(model_path)
+    runner = OnnxRuntimeBackend(model_path if prepared is None else prepared.graph, threads=1, optimization=onnx_optimization)
+    meta = runner.meta if prepared is None else prepared.meta
     check_ood_guard(meta, model_path)
-    runner = OnnxRuntimeBackend(onnx_path, threads=1, optimization=onnx_optimization)
     segmenter = None
     if meta.preprocessing.needs_lungs:
         from cxrscreen.lungs.segmenter import load_segmenter
 
         segmenter = load_segmenter(backend="onnx", threads=1)
-    return Predictor(meta, runner, "onnx", model_path, None, batch_size, segmenter, threads, thresholds=thresholds)
+    return Predictor(meta, runner, "onnx", model_path, None, batch_size, segmenter, threads, thresholds=thresholds,
+                     guard_graph=None if prepared is None else prepared.guard_graph)
 
 
 def check_ood_guard(meta: ModelMeta, path: Path) -> None:

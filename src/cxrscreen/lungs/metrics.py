@@ -10,7 +10,8 @@ import torch
 
 from cxrscreen.data.imageio import load_xray
 from cxrscreen.lungs.pairs import read_lung_mask
-from cxrscreen.lungs.segmenter import LungSegmenter, LungUNet
+from cxrscreen.lungs.network import LungUNet
+from cxrscreen.lungs.segmenter import LungSegmenter
 
 
 def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

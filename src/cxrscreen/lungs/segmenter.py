@@ -4,9 +4,11 @@ Input follows the one image convention (float32 (H, W) in [0, 1]); :func:`segmen
 the image's own size, cleaned up (the two largest components kept, holes filled) and checked for plausibility, so
 that callers fall back to the whole image instead of trusting a bad mask.
 
-The network runs on CPU in torch or in ONNX Runtime (:func:`export_segmenter_onnx`); both share the resizing and
-post-processing here, so they give the same mask. The weight file is self-describing (architecture, input size,
-training summary, test Dice) and the bundled one, ``weights/lung_unet.pt``, is loaded once per process.
+The network runs on CPU in torch or in ONNX Runtime; both share the resizing and post-processing here, so they give
+the same mask. The weight file is self-describing (architecture, input size, training summary, test Dice) and the
+bundled one, ``weights/lung_unet.pt``, is loaded once per process. This module imports no torch: the network in
+torch, its weight file and its exports are in :mod:`cxrscreen.lungs.network`, imported only by the torch backend
+and to export once (the ONNX export is cached, so ONNX Runtime users load torch only the first time).
 
 Training and evaluation (``cxrscreen segment train``) live in :mod:`cxrscreen.lungs.training`.
 """
@@ -14,7 +16,6 @@ Training and evaluation (``cxrscreen segment train``) live in :mod:`cxrscreen.lu
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -22,80 +23,17 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
-from cxrscreen.data.cache import cache_root, content_hash
+from cxrscreen.data.cache import content_hash
 from cxrscreen.data.transforms import resize
 from cxrscreen.errors import ConfigError, ModelError
 from cxrscreen.io_utils import atomic_write
-from cxrscreen.models.checkpoint import read_weight_file
-from cxrscreen.models.onnx import INPUT_NAME, OPSET, cpu_session, torch_tag, traced_onnx
+from cxrscreen.lungs.weights import DEFAULT_WEIGHTS, FILE_FORMAT, IMG_SIZES, ONNX_META_KEY, SegmenterArch  # noqa: F401
+from cxrscreen.models.onnx import INPUT_NAME, OPSET, cpu_session, session_metadata, torch_tag
 from cxrscreen.models.onnx import cache_dir as onnx_cache_dir
 
-# Shipped beside the classifier's weights (the package data of cxrscreen.models).
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights" / "lung_unet.pt"
-FILE_FORMAT = "cxrscreen-lung-segmenter"
 LUNG_MASK_VALUES = (150, 200, 255)
 BACKENDS = ("torch", "onnx")
-IMG_SIZES = (128, 160, 192, 256)
-
-
-@dataclass(frozen=True)
-class SegmenterArch:
-    """Architecture of the MONAI ``UNet`` and the square input side it was trained at."""
-
-    img_size: int = 128
-    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
-    strides: tuple[int, ...] = (2, 2, 2, 2)
-    num_res_units: int = 1
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SegmenterArch":
-        return cls(
-            img_size=int(data["img_size"]),
-            channels=tuple(data["channels"]),
-            strides=tuple(data["strides"]),
-            num_res_units=int(data["num_res_units"]),
-        )
-
-
-class LungUNet(nn.Module):
-    """(N, 1, S, S) float in [0, 1] -> lung logits (N, 1, S, S).
-
-    Each image is standardised (zero mean, unit variance) inside the network: scanners and collections differ
-    mostly in brightness and contrast, and doing it here keeps torch and ONNX inputs identical.
-    """
-
-    def __init__(self, arch: SegmenterArch):
-        super().__init__()
-        from monai.networks.nets import UNet
-
-        self.unet = UNet(
-            spatial_dims=2,
-            in_channels=1,
-            out_channels=1,
-            channels=arch.channels,
-            strides=arch.strides,
-            num_res_units=arch.num_res_units,
-            norm="batch",
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        std = x.std(dim=(2, 3), keepdim=True)
-        return self.unet((x - mean) / (std + 1e-3))
-
-
-class LungProbabilityNet(nn.Module):
-    """The exported graph: (N, 1, S, S) in [0, 1] -> lung probability (N, 1, S, S)."""
-
-    def __init__(self, net: LungUNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(x))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -237,132 +175,60 @@ class LungSegmenter:
         return out
 
 
-def read_segmenter_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The raw weight file dict, validated; raises :class:`ModelError` naming the path and the cause."""
-    return read_weight_file(path, FILE_FORMAT, "lung segmenter")
+def onnx_predictor(model: bytes | str | os.PathLike, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """An ONNX Runtime session over the exported network (its bytes or its file) as a batch predictor;
+    ``threads``: intra-op threads (None: ONNX Runtime's default, one per core)."""
+    return session_predictor(cpu_session(model, threads))
 
 
-def build_network(path: str | os.PathLike) -> tuple[LungUNet, dict[str, Any]]:
-    """The network of a weight file, in eval mode, and the file's description (``info``)."""
-    payload = read_segmenter_file(path)
-    info = payload["info"]
-    net = LungUNet(SegmenterArch.from_dict(info["arch"]))
-    try:
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
-    except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not fit the architecture they describe") from exc
-    return net.eval(), info
-
-
-def torch_predictor(net: LungUNet | torch.jit.ScriptModule) -> Callable[[np.ndarray], np.ndarray]:
-    """Eager torch over a batch (N, 1, S, S) -> probabilities; ``net`` is a :class:`LungUNet` or the traced
-    probability network of :func:`traced_segmenter`."""
-    prob_net = net if isinstance(net, torch.jit.ScriptModule) else LungProbabilityNet(net).eval()
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return prob_net(torch.from_numpy(batch)).numpy()
-
-    return predict
-
-
-def onnx_model_bytes(net: LungUNet, info: dict[str, Any]) -> bytes:
-    """The network as an ONNX model (dynamic batch, output = probabilities), ``info`` in its metadata."""
-    import onnx
-
-    size = info["arch"]["img_size"]
-    exported = traced_onnx(LungProbabilityNet(net), torch.rand(2, 1, size, size), ("lung_probability",))
-    model = onnx.load_from_string(exported)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = "cxrscreen_lung_segmenter", json.dumps(info)
-    return model.SerializeToString()
-
-
-def onnx_predictor(model_bytes: bytes, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """An ONNX Runtime session over the exported network; ``threads``: intra-op threads (None: ONNX Runtime's
-    default, one per core)."""
-    session = cpu_session(model_bytes, threads)
-
+def session_predictor(session: Any) -> Callable[[np.ndarray], np.ndarray]:
     def predict(batch: np.ndarray) -> np.ndarray:
         return session.run(None, {INPUT_NAME: batch})[0]
 
     return predict
 
 
-def export_segmenter_onnx(out_path: str | os.PathLike, weights: str | os.PathLike | None = None) -> Path:
-    """Write the segmenter (bundled one when ``weights`` is None) as a self-describing ONNX file."""
-    net, info = build_network(weights or DEFAULT_WEIGHTS)
-    data = onnx_model_bytes(net, info)
-    with atomic_write(out_path, "wb") as fh:
-        fh.write(data)
-    return Path(out_path)
-
-
-def read_onnx_segmenter(path: Path) -> tuple[bytes, dict[str, Any]]:
-    import onnx
-
-    if not path.is_file():
-        raise ModelError(f"{path}: lung segmenter file not found")
-    data = path.read_bytes()
+def onnx_segmenter(model: Path | bytes, threads: int | None, name: str) -> LungSegmenter:
+    """The segmenter of an exported network (its file or bytes) in ONNX Runtime, described by the ``info`` its
+    export stored in the model's metadata; a :class:`ModelError` naming ``name`` for a foreign file."""
     try:
-        props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
-    except Exception as exc:  # onnx raises DecodeError and others for a foreign file
-        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
-    if "cxrscreen_lung_segmenter" not in props:
-        raise ModelError(f"{path}: not a cxrscreen lung segmenter (no metadata)")
-    return data, json.loads(props["cxrscreen_lung_segmenter"])
+        session = cpu_session(model, threads)
+    except Exception as exc:  # onnxruntime raises its own exception types for unusable files
+        raise ModelError(f"{name}: not a readable ONNX model ({type(exc).__name__})") from exc
+    props = session_metadata(session)
+    if ONNX_META_KEY not in props:
+        raise ModelError(f"{name}: not a cxrscreen lung segmenter (no metadata)")
+    return LungSegmenter(session_predictor(session), json.loads(props[ONNX_META_KEY]), "onnx")
 
 
-def exported_segmenter(weights: Path) -> tuple[bytes, dict[str, Any]]:
-    """The ONNX export of a segmenter weight file and its ``info``, made once and kept in cxrscreen's cache folder
-    (``onnx/``, keyed by the file's content): exporting takes seconds, which every ONNX Runtime process paid at
-    start-up. Exported in memory when the cache folder cannot be written."""
+def exported_segmenter(weights: Path) -> Path | bytes:
+    """The ONNX export of a segmenter weight file, made once and kept in cxrscreen's cache folder (``onnx/``, keyed
+    by the file's content and the exporting torch): exporting takes seconds and torch, which every ONNX Runtime
+    process paid at start-up. Finding it loads no torch. Its bytes when the cache folder cannot be written."""
     target = onnx_cache_dir() / f"lungs-{content_hash(weights.read_bytes())}-opset{OPSET}-torch{torch_tag()}.onnx"
     if target.is_file():
-        return read_onnx_segmenter(target)
-    net, info = build_network(weights)
-    model = onnx_model_bytes(net, info)
+        return target
+    from cxrscreen.lungs.network import build_network, onnx_model_bytes  # torch: only to export, once
+
+    model = onnx_model_bytes(*build_network(weights))
     try:
         with atomic_write(target, "wb") as fh:
             fh.write(model)
     except OSError:
-        pass  # a read-only cache: exported again next time
-    return model, info
-
-
-def traced_segmenter(weights: Path) -> torch.jit.ScriptModule:
-    """The probability network of a weight file traced with TorchScript, made once and kept in cxrscreen's cache
-    folder (``torchscript/``, keyed by the file's content). Loading the trace needs no MONAI, whose import took
-    2.7 s and loads matplotlib; the traced graph runs the same operators. Traced in memory when the cache
-    folder cannot be written."""
-    target = cache_root() / "torchscript" / f"lungs-{content_hash(weights.read_bytes())}-torch{torch_tag()}.pt"
-    if target.is_file():
-        return torch.jit.load(str(target), map_location="cpu").eval()
-    net, info = build_network(weights)
-    size = info["arch"]["img_size"]
-    with torch.inference_mode(False), torch.no_grad():
-        # check_trace off: its re-trace gives a graph that differs between invocations for MONAI's UNet (torch 2.13);
-        # the traced network's outputs are compared with the eager one's in tests/inference/test_batched_preparation.py.
-        traced = torch.jit.trace(LungProbabilityNet(net).eval(), torch.rand(2, 1, size, size), check_trace=False)
-    buffer = io.BytesIO()
-    torch.jit.save(traced, buffer)
-    try:
-        with atomic_write(target, "wb") as fh:
-            fh.write(buffer.getvalue())
-    except OSError:
-        pass  # a read-only cache: traced again next time
-    return traced.eval()
+        return model  # a read-only cache: exported again next time
+    return target
 
 
 @functools.lru_cache(maxsize=8)
 def cached_segmenter(path: str, backend: str, mtime: float, threads: int | None = None) -> LungSegmenter:
     file = Path(path)
     if backend == "onnx":
-        data, info = read_onnx_segmenter(file) if file.suffix == ".onnx" else exported_segmenter(file)
-        return LungSegmenter(onnx_predictor(data, threads), info, backend)
+        return onnx_segmenter(file if file.suffix == ".onnx" else exported_segmenter(file), threads, path)
     if file.suffix == ".onnx":
         raise ConfigError(f"{path}: an .onnx segmenter needs backend='onnx'")
-    return LungSegmenter(torch_predictor(traced_segmenter(file)), read_segmenter_file(file)["info"], backend)
+    from cxrscreen.lungs.network import torch_segmenter_parts  # torch: only for the torch backend (start-up time)
+
+    return LungSegmenter(*torch_segmenter_parts(file), backend)
 
 
 def load_segmenter(

@@ -22,15 +22,9 @@ from cxrscreen.io_utils import atomic_write
 from cxrscreen.lungs.defaults import TEST_DATA, TRAIN_DATA
 from cxrscreen.lungs.metrics import evaluate_segmenter, mean_dice
 from cxrscreen.lungs.pairs import load_pairs, segmentation_pairs
-from cxrscreen.lungs.segmenter import (
-    DEFAULT_WEIGHTS,
-    FILE_FORMAT,
-    IMG_SIZES,
-    LungSegmenter,
-    LungUNet,
-    SegmenterArch,
-    torch_predictor,
-)
+from cxrscreen.lungs.network import LungUNet, torch_predictor
+from cxrscreen.lungs.segmenter import LungSegmenter
+from cxrscreen.lungs.weights import DEFAULT_WEIGHTS, FILE_FORMAT, IMG_SIZES, SegmenterArch
 
 @dataclass
 class SegmenterTrainConfig:

@@ -1,28 +1,35 @@
 """ONNX export and ONNX Runtime sessions shared by every network cxrscreen exports (classifier, guard, segmenter).
 
 Exported graphs take ``image`` float32 (N, 1, S, S) with a free batch size. Files exported on first use are kept in
-:func:`cache_dir`, keyed by what they were made from.
+:func:`cache_dir`, keyed by what they were made from. Importing this module loads neither torch nor ONNX Runtime:
+running a cached graph needs no torch, and torch is imported only to export one (:func:`traced_onnx`).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import warnings
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from cxrscreen.data.cache import cache_root
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 OPSET = 17
 INPUT_NAME = "image"
 
 
 def torch_tag() -> str:
-    """The torch release an export was made with, for cache file names (``2.13.0``)."""
-    return torch.__version__.split("+")[0]
+    """The installed torch release, which makes the exports, for cache file names (``2.13.0``); read from the
+    package's metadata, so that finding a cached export does not import torch."""
+    try:
+        return importlib.metadata.version("torch").split("+")[0]
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
 
 
 def cache_dir() -> Path:
@@ -37,6 +44,8 @@ def traced_onnx(module: nn.Module, example: torch.Tensor, output_names: tuple[st
     torch.export-based one (3 s against 20 s) for the same ONNX Runtime speed; torch is pinned. Its notices about
     itself and about constant-folding Slice are expected and silenced.
     """
+    import torch  # only to export (start-up time of everything that runs a cached graph)
+
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -67,3 +76,8 @@ def cpu_session(model: str | Path | bytes, threads: int | None, level: Any = Non
         options.inter_op_num_threads = 1
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def session_metadata(session: Any) -> dict[str, str]:
+    """The ``metadata_props`` of the model an ONNX Runtime session runs (read without the ``onnx`` package)."""
+    return dict(session.get_modelmeta().custom_metadata_map)

@@ -353,7 +353,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def serve(
     settings: ServeSettings,
     model: str | Path | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
     device: str = "auto",
     threads: int | None = None,
     thresholds: dict[str, float] | None = None,
