@@ -1,192 +1,386 @@
-"""Generalisation benchmark: does lung-focused preprocessing make a model read the lungs instead of the hospital?
+"""Recipes benchmark (issue 19): which training recipe makes a model read disease rather than age or hospital?
 
-    .venv/bin/python benchmarks/generalisation.py [--data DIR ...] [--external DIR] [--epochs 3] [--img-size 160]
-        [--limit-per-class N] [--lung-mode crop_mask] [--equalize clahe] [--out runs/generalisation]
-        [--plain-run DIR] [--lung-run DIR] [--audit-images 300] [--bootstrap 1000] [--json FILE]
+    .venv/bin/python benchmarks/generalisation.py [--recipes R0,R1,R2,R3,R4] [--leave-out all|none|TB,MS,JSRT]
+        [--img-size 128] [--epochs 3] [--limit-per-class N] [--cap-per-cell N] [--jobs 1] [--num-threads N]
+        [--audit-images 300] [--bootstrap 1000] [--seed 0] [--out runs/generalisation] [--json FILE]
 
-Trains the default recipe twice on the same data, split, seed and epochs: as it is ("plain") and with the
-lung-focused preprocessing (``--lung-mode``, ``--equalize``; "lung"). ``--plain-run`` / ``--lung-run`` reuse
-finished run directories instead (and a run under ``--out`` that has finished is reused too). Then, for each
-model, side by side:
+The recipes, each trained on the same seed with lung-focused preprocessing (``crop_mask`` + ``clahe``):
 
-- internal accuracy and COVID sensitivity (the run's own test split);
-- COVID-vs-rest AUROC on ``--external`` (default: ieee8023 covid-chestxray-dataset) with near-duplicates of the
-  training images left out (their number is printed);
-- the same AUROC with the lung fields hidden and with only the lungs kept (the shortcut audit, on at most
-  ``--audit-images`` of the external images), and the audit's verdict;
-- the share of Grad-CAM mass inside the lung masks (against the share of the input the lungs cover);
-- the source probe: cross-validated accuracy of a linear probe telling the collections apart (internal test split
-  vs external) from the model's features, on COVID images only so that the disease cannot give the answer away,
-  as many images of each (so the majority rate is 50%).
+- R0 "bundled": today's bundled recipe, Radiography DB only, 3 classes ``covid,normal,viral`` (its covid
+  probability scored as COVID-vs-rest);
+- R1 "+adult": binary ``covid,other`` on Radiography DB + TB DB + Montgomery/Shenzhen + JSRT;
+- R2 "+balance": R1 with ``--balance class_source``; R3 "+style": R2 with ``--style histmatch,tone,mixstyle``;
+- R4 "+adversary": R3 with ``--adversary source``.
 
-Needs the bundled lung segmenter (for the lung recipe and the audit). Full-size command for the lead:
+R1-R4 read one manifest of the adult collections and one split of it (``OUT/data``), so they train and are
+tested on the very same images. For each recipe, side by side:
 
-    .venv/bin/python benchmarks/generalisation.py --epochs 3 --img-size 160 --out runs/generalisation
+- internal test accuracy and COVID sensitivity (the run's own test split; R0's task has 3 classes);
+- ieee8023 COVID-vs-rest AUROC with its 95% CI (never trained on; near-duplicates of the training images left
+  out, their number printed);
+- the share of adult non-COVID X-rays called COVID in a collection left out of training: each of TB,
+  Montgomery+Shenzhen (MS) and JSRT in turn, one extra training per left-out collection per recipe (R0 trains on
+  none of them, so its main model is scored on all three);
+- Kermany test NORMAL (healthy children) called normal (binary models: called ``other``);
+- the shortcut audit on at most ``--audit-images`` ieee8023 images: AUROC as they are and with the lungs hidden;
+- the source probe: cross-validated accuracy of a linear probe telling internal from ieee8023 COVID images apart
+  from the model's features (as many of each, so the majority rate is 50%).
+
+All images are hashed and prepared before any training (the caches are on disk), then the trainings run, up to
+``--jobs`` at a time, each process pinned to its share of the CPUs (``--jobs 2`` on two cores: two trainings with
+one thread each). A finished run under ``--out`` is reused, and so are its measurements when the measuring
+settings are unchanged. The plan with an estimated time per recipe is printed first, the measured times last.
+One markdown table goes to stdout, the numbers to ``--json`` (default ``OUT/generalisation.json``).
+
+Quick end-to-end check (minutes):
+
+    .venv/bin/python benchmarks/generalisation.py --img-size 64 --epochs 1 --limit-per-class 40 --recipes R0,R1 \\
+        --leave-out JSRT --audit-images 40 --bootstrap 200 --out runs/generalisation_tiny
+
+The lead's run (2-core CPU, about an hour; the plan printed first gives the estimate for the chosen budget):
+
+    .venv/bin/python benchmarks/generalisation.py --img-size 128 --epochs 3 --cap-per-cell 600 --jobs 2 \\
+        --out runs/generalisation
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import multiprocessing
 import os
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
-
-from cxrscreen.data.cache import load_prepared
-from cxrscreen.evaluation.audit import AuditConfig, audit_model
-from cxrscreen.evaluation.evaluate import EvaluationConfig, evaluate_model
-from cxrscreen.evaluation.probe import source_probe
-from cxrscreen.evaluation.tables import format_table
-from cxrscreen.errors import ConfigError
-from cxrscreen.inference.predictor import load_predictor
+from cxrscreen.errors import ConfigError, CxrError
 from cxrscreen.io_utils import write_json
-from cxrscreen.training.config import TrainConfig
 from cxrscreen.run_dir import RunDir
+from cxrscreen.threads import available_cpus
+from cxrscreen.training.config import TrainConfig
+from cxrscreen.training.run_data import run_dataset
 from cxrscreen.training.trainer import train
 
-SHARED = Path(os.environ.get("CXRSCREEN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-DEFAULT_DATA = [SHARED / "COVID-19_Radiography_Dataset"]
-DEFAULT_EXTERNAL = SHARED / "covid-chestxray-dataset"
-RECIPES = ("plain", "lung")
+from generalisation_data import LEAVE_OUT, RADIOGRAPHY, build_adult_data, evaluation_paths, warm_caches
+from generalisation_measure import MEASURE_KEYS, measure_left_out, measure_main
+
+# Training images per second per CPU core at 128 px (EfficientNet-Lite0, augmentation, one torch thread; measured
+# on the development machine) and minutes one model's measurements take there at --audit-images 300.
+IMAGES_PER_S_AT_128 = 24.0
+MEASURE_MINUTES = 4.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    classes: str
+    adult: bool
+    settings: dict[str, str] = field(default_factory=dict)
+
+
+RECIPES = {
+    "R0": Recipe("bundled", "covid,normal,viral", adult=False),
+    "R1": Recipe("+adult", "covid,other", adult=True),
+    "R2": Recipe("+balance", "covid,other", adult=True, settings={"balance": "class_source"}),
+    "R3": Recipe("+style", "covid,other", adult=True, settings={"balance": "class_source", "style": "histmatch,tone,mixstyle"}),
+    "R4": Recipe("+adversary", "covid,other", adult=True,
+                 settings={"balance": "class_source", "style": "histmatch,tone,mixstyle", "adversary": "source"}),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training and its measurements: recipe ``recipe`` on all its data, or without collection ``left_out``."""
+
+    recipe: str
+    left_out: str | None
+    cfg: TrainConfig
+    train_images: int
+
+    @property
+    def name(self) -> str:
+        return self.recipe if self.left_out is None else f"{self.recipe}_without_{self.left_out}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", action="append", type=Path, help="training collection(s) (default: the Radiography DB)")
-    p.add_argument("--external", type=Path, default=DEFAULT_EXTERNAL, help="collection from other hospitals")
-    p.add_argument("--classes", default="covid,normal,viral")
+    p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated subset of " + ",".join(RECIPES))
+    p.add_argument("--leave-out", default="all", help="collections left out in turn: all, none, or some of " + ",".join(LEAVE_OUT))
     p.add_argument("--model", default="efficientnet_lite0")
+    p.add_argument("--img-size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--img-size", type=int, default=160)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--limit-per-class", type=int, metavar="N", help="train on at most N images per class")
-    p.add_argument("--lung-mode", default="crop_mask", help="lung recipe's --lung-mode")
-    p.add_argument("--equalize", default="clahe", help="lung recipe's --equalize")
+    p.add_argument("--cap-per-cell", type=int, metavar="N", help="at most N images per (class, collection) cell")
+    p.add_argument("--lung-mode", default="crop_mask")
+    p.add_argument("--equalize", default="clahe")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("runs/generalisation"))
-    p.add_argument("--plain-run", type=Path, help="reuse this finished run as the plain model")
-    p.add_argument("--lung-run", type=Path, help="reuse this finished run as the lung-focused model")
-    p.add_argument("--audit-images", type=int, default=300, help="external images for the shortcut audit")
+    p.add_argument("--jobs", type=int, default=1, help="trainings run side by side (each pinned to its share of the CPUs)")
+    p.add_argument("--num-threads", type=int, help="torch threads per training (default: its share of the CPUs)")
+    p.add_argument("--audit-images", type=int, default=300, help="ieee8023 images for the shortcut audit")
     p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--num-threads", type=int)
     p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=Path("runs/generalisation"))
     p.add_argument("--json", type=Path, help="also write the numbers here (default: OUT/generalisation.json)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.recipes = parse_choice(args.recipes, tuple(RECIPES), "--recipes")
+    args.leave_out = [] if args.leave_out == "none" else list(LEAVE_OUT) if args.leave_out == "all" else \
+        parse_choice(args.leave_out, LEAVE_OUT, "--leave-out")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    args.out = args.out.resolve()
+    return args
 
 
-def train_configs(args: argparse.Namespace) -> dict[str, TrainConfig]:
-    plain = TrainConfig(data=[str(p) for p in (args.data or DEFAULT_DATA)], out=str(args.out / "plain"),
-                        classes=args.classes, model=args.model, img_size=args.img_size, epochs=args.epochs,
-                        batch_size=args.batch_size, seed=args.seed, limit_per_class=args.limit_per_class,
-                        num_threads=args.num_threads, device=args.device, name="generalisation-plain")
-    lung = dataclasses.replace(plain, out=str(args.out / "lung"), lung_mode=args.lung_mode, equalize=args.equalize,
-                               name="generalisation-lung")
-    return {"plain": plain, "lung": lung}
+def parse_choice(spec: str, known: tuple[str, ...], flag: str) -> list[str]:
+    chosen = [name.strip().upper() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in known]
+    if unknown or not chosen:
+        raise ConfigError(f"{flag}: choose from {', '.join(known)} (got {spec!r})")
+    return chosen
 
 
-def ensure_run(cfg: TrainConfig, given: Path | None, split: Path | None) -> Path:
-    """A finished run directory: ``given``, or ``cfg.out`` trained now unless it has finished already."""
-    if given is not None:
-        if not (given / "best.pt").is_file():
-            raise ConfigError(f"{given}: not a finished run (no best.pt)")
-        return given
-    run = Path(cfg.out)
-    if not RunDir(run).summary.is_file():
-        print(f"training {run} ({cfg.lung_mode=}, {cfg.equalize=}) ...", file=sys.stderr)
-        train(dataclasses.replace(cfg, split=str(split) if split else None), overwrite=True, progress=False,
-              log=lambda line: print(line, file=sys.stderr))
-    return run
+def base_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(data=[str(RADIOGRAPHY)], model=args.model, img_size=args.img_size, epochs=args.epochs,
+                       batch_size=args.batch_size, seed=args.seed, lung_mode=args.lung_mode, equalize=args.equalize,
+                       num_threads=threads_per_job(args), device=args.device)
 
 
-def collection_probe(run: Path, internal, external, seed: int) -> dict[str, Any] | None:
-    """Source probe on the COVID images of the internal test split vs those of the external collection, as many of
-    each (a seeded sample of the larger side), so that the majority rate is 50%."""
-    inside = [p for p, t in zip(internal.paths, internal.targets) if t >= 0 and internal.classes[t] == "covid"]
-    outside = [p for p, covid in zip(external.paths, external.is_covid) if covid]
-    rng = np.random.default_rng(seed)
-    n_internal = min(len(inside), len(outside))
-    paths = [str(p) for p in rng.permutation(inside)[:n_internal]] + [str(p) for p in rng.permutation(outside)[:n_internal]]
-    predictor = load_predictor(run)
-    prepared = load_prepared(paths, predictor.meta.preprocessing, progress=False)
-    features = predictor.predict_prepared(prepared.images.astype(np.float32) / 255.0).features
-    sources = np.array(["internal"] * n_internal + ["external"] * (len(paths) - n_internal))[prepared.ok]
-    try:
-        return source_probe(features, sources).to_dict()
-    except ConfigError as exc:
-        print(f"{run}: no source probe ({exc})", file=sys.stderr)
+def recipe_config(base: TrainConfig, recipe: str, out: Path, **data: Any) -> TrainConfig:
+    """``base`` with the recipe's classes and settings; a setting this checkout's TrainConfig lacks is refused."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    missing = [key for key in RECIPES[recipe].settings if key not in known]
+    if missing:
+        raise ConfigError(f"recipe {recipe} needs TrainConfig field(s) {', '.join(missing)}, which this checkout lacks")
+    return dataclasses.replace(base, classes=RECIPES[recipe].classes, out=str(out), name=f"generalisation-{recipe}",
+                               **RECIPES[recipe].settings, **data)
+
+
+def plan_jobs(args: argparse.Namespace) -> list[Job]:
+    """Every training the benchmark needs, with the adult data written first when a recipe uses it."""
+    base = base_config(args)
+    jobs: list[Job] = []
+    if "R0" in args.recipes:
+        limits = [n for n in (args.limit_per_class, args.cap_per_cell) if n is not None]
+        cfg = recipe_config(base, "R0", args.out / "R0", limit_per_class=min(limits) if limits else None)
+        _, _, dataset = run_dataset(cfg, log=lambda line: None)
+        jobs.append(Job("R0", None, cfg, round(len(dataset) * cfg.fractions[0])))
+    adult_recipes = [r for r in args.recipes if RECIPES[r].adult]
+    if adult_recipes:
+        adult = build_adult_data(args.out / "data", args.limit_per_class, args.cap_per_cell, args.seed)
+        print(f"adult data: {', '.join(f'{k} {n}' for k, n in adult.counts.items())} images "
+              f"({adult.manifest}, split {adult.split})", file=sys.stderr)
+        trained = sum(adult.train_counts.values())
+        for recipe in adult_recipes:
+            jobs.append(Job(recipe, None, recipe_config(base, recipe, args.out / recipe, data=[str(adult.manifest)],
+                                                        split=str(adult.split)), trained))
+            for key in args.leave_out:
+                cfg = recipe_config(base, recipe, args.out / f"{recipe}_without_{key}", data=[str(adult.without[key])],
+                                    split=str(adult.split))
+                jobs.append(Job(recipe, key, cfg, trained - adult.train_counts[key]))
+    return jobs
+
+
+def training_paths(jobs: list[Job]) -> list[str]:
+    """The images every job trains, validates and tests on (each distinct data selection listed once)."""
+    selections = {(tuple(job.cfg.data), job.cfg.limit_per_class): job.cfg for job in jobs}
+    return [path for cfg in selections.values() for path in run_dataset(cfg, log=lambda line: None)[2].paths]
+
+
+def threads_per_job(args: argparse.Namespace) -> int | None:
+    return args.num_threads or (max(1, available_cpus() // args.jobs) if args.jobs > 1 else None)
+
+
+def estimated_minutes(job: Job, args: argparse.Namespace) -> float:
+    """Training time from the measured speed (scaled by pixels and threads), plus measuring the model."""
+    cores = job.cfg.num_threads or available_cpus()
+    speed = IMAGES_PER_S_AT_128 * (128 / job.cfg.img_size) ** 2 * cores ** 0.7
+    measuring = MEASURE_MINUTES * (0.4 + 0.6 * args.audit_images / 300) if job.left_out is None else 1.0
+    return job.train_images * (job.cfg.epochs + 0.3) / speed / 60 + measuring
+
+
+def measure_settings(job: Job, args: argparse.Namespace) -> dict[str, Any]:
+    """What a job's stored measurements depend on besides its run (reused only when they are unchanged)."""
+    # R0 trains on none of the left-out collections: its main run scores them all.
+    left_out = [job.left_out] if job.left_out else args.leave_out if not RECIPES[job.recipe].adult else []
+    return {"audit_images": args.audit_images, "bootstrap": args.bootstrap, "seed": args.seed, "left_out": left_out}
+
+
+# Settings that do not change what a run learns: a finished run trained under other values is still reused.
+RUN_ONLY = ("out", "num_threads", "device", "name")
+
+
+def ensure_trained(job: Job, log: Callable[[str], None]) -> float | None:
+    """Train ``job`` unless its run has finished (then None; a finished run trained otherwise is refused)."""
+    files = RunDir(job.cfg.out)
+    if files.summary.is_file():
+        wanted = {k: v for k, v in job.cfg.to_dict().items() if k not in RUN_ONLY}
+        found = TrainConfig.from_dict(json.loads(files.config.read_text())).to_dict()
+        differs = [f"{k}={found.get(k)!r} (asked {v!r})" for k, v in wanted.items() if found.get(k) != v]
+        if differs:
+            raise ConfigError(f"{job.cfg.out} was trained with {', '.join(differs)}: choose another --out or delete it")
         return None
+    log(f"training ({job.train_images} images, {job.cfg.epochs} epochs, {job.cfg.num_threads or 'auto'} threads)")
+    start = time.time()
+    train(job.cfg, overwrite=True, progress=False, log=log)
+    return time.time() - start
 
 
-def measure(run: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Every number of the table for one run."""
-    evaluation = evaluate_model(EvaluationConfig(model=str(run), external=[str(args.external)], n_resamples=args.bootstrap,
-                                                 seed=args.seed, out=str(run / "eval"), progress=False))
-    internal, external = evaluation.collections
-    audit = audit_model(AuditConfig(model=str(run), data=[str(args.external)], max_images=args.audit_images,
-                                    n_resamples=args.bootstrap, seed=args.seed, out=str(run / "audit"), progress=False),
-                        log=lambda line: print(line, file=sys.stderr))
-    return {
-        "run": str(run),
-        "internal_accuracy": internal.multiclass.accuracy.to_dict(),
-        "internal_covid_sensitivity": internal.multiclass.per_class["covid"]["sensitivity"].to_dict(),
-        "external_images": external.n_evaluated,
-        "external_near_duplicates_left_out": external.left_out_near_duplicates,
-        "external_auroc": external.covid_vs_rest.auroc.to_dict(),
-        "audit_images": audit.n_images,
-        "audit_auroc": {name: (s.covid_vs_rest.auroc.to_dict() if s.covid_vs_rest else None) for name, s in audit.scores.items()},
-        "gradcam_lung_share": audit.gradcam_lung_share.get("all"),
-        "lung_area_share": audit.lung_area_share,
-        "verdict": audit.verdict,
-        "source_probe": collection_probe(run, internal, external, args.seed),
-    }
+def run_job(job: Job, args: argparse.Namespace) -> dict[str, Any]:
+    """Train (unless the run has finished) and measure (unless measured with the same settings); in a worker."""
+    stored = args.out / "results" / f"{job.name}.json"
+    previous = json.loads(stored.read_text()) if stored.is_file() else {}
+    log = lambda line: print(f"[{job.name}] {line}", file=sys.stderr, flush=True)  # noqa: E731
+    train_s = ensure_trained(job, log)
+    settings = measure_settings(job, args)
+    if train_s is None and previous.get("settings") == settings:
+        log("reusing its measurements")
+        return previous
+    if train_s is None:  # a reused run: keep the training time measured when it was trained
+        train_s = previous.get("seconds", {}).get("train")
+    start = time.time()
+    run = Path(job.cfg.out)
+    if job.left_out is None:
+        numbers = measure_main(run, settings["left_out"], args, log)
+    else:
+        numbers = {"left_out": {job.left_out: measure_left_out(run, job.left_out, args)}}
+    measure_s = time.time() - start
+    result = {"job": job.name, "recipe": job.recipe, "run": str(run), "settings": settings, **numbers,
+              "seconds": {"train": None if train_s is None else round(train_s, 1), "measure": round(measure_s, 1)}}
+    write_json(stored, result)
+    log(f"done in {((train_s or 0) + measure_s) / 60:.1f} min")
+    return result
 
 
-def cell(entry: dict | None) -> str:
+def pin_to_cores(cores: Any) -> None:
+    """Pool initializer: this worker runs on the CPUs it takes from ``cores`` (a queue of CPU sets)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores.get())
+
+
+def run_jobs(jobs: list[Job], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every job, ``--jobs`` at a time (in this process when 1)."""
+    if args.jobs == 1:
+        return [run_job(job, args) for job in jobs]
+    context = multiprocessing.get_context("spawn")  # no fork of a process that has loaded torch
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(available_cpus()))
+    cores = context.Queue()
+    for i in range(args.jobs):
+        cores.put(set(cpus[i :: args.jobs]) or set(cpus))
+    with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=pin_to_cores, initargs=(cores,)) as pool:
+        # Longest first, so that the last job to start is a short one.
+        order = sorted(jobs, key=lambda job: -job.train_images)
+        futures = {job.name: pool.submit(run_job, job, args) for job in order}
+        return [futures[job.name].result() for job in jobs]
+
+
+def collect(jobs: list[Job], outputs: list[dict[str, Any]], estimates: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Per recipe: its main run's numbers, the left-out shares of its leave-out runs, and the minutes spent (and
+    estimated beforehand)."""
+    results: dict[str, dict[str, Any]] = {}
+    for job, output in zip(jobs, outputs):
+        entry = results.setdefault(job.recipe, {"left_out": {}, "minutes": 0.0, "estimated_minutes": 0.0, "trainings": 0})
+        entry["estimated_minutes"] += estimates[job.name]
+        if job.left_out is None:
+            entry.update({k: v for k, v in output.items() if k in MEASURE_KEYS or k == "run"})
+        entry["left_out"].update(output["left_out"])
+        seconds = output["seconds"]
+        entry["minutes"] += ((seconds["train"] or 0) + seconds["measure"]) / 60
+        entry["trainings"] += 1
+    return results
+
+
+TARGETS = {"internal accuracy": ">= 0.95", "ieee8023 COVID-vs-rest AUROC": ">= 0.75", "called COVID": "<= 20%",
+           "lungs hidden": "<= 0.60"}
+
+
+def interval(entry: dict | None, percent: bool = False) -> str:
     if not entry or entry.get("value") is None:
         return "-"
-    bounds = f" [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]" if entry.get("ci_low") is not None else ""
-    return f"{entry['value']:.3f}{bounds}"
+    show = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.3f}")
+    bounds = f" [{show(entry['ci_low'])}, {show(entry['ci_high'])}]" if entry.get("ci_low") is not None else ""
+    return show(entry["value"]) + bounds
 
 
-def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
-    plain, lung = results["plain"], results["lung"]
+def left_out_cell(entry: dict | None) -> str:
+    if entry is None:
+        return "-"
+    return f"{interval(entry['called_covid'], percent=True)} (n={entry['images']}, {entry['near_duplicates_left_out']} dup.)"
 
-    def share(r: dict) -> str:
-        value = r["gradcam_lung_share"]
-        return "-" if value is None or not np.isfinite(value) else f"{value:.0%} (lungs cover {r['lung_area_share']:.0%})"
 
-    def probe(r: dict) -> str:
-        p = r["source_probe"]
-        return "-" if p is None else f"{p['accuracy']:.1%} (majority {p['majority_rate']:.1%}, n={p['n_images']})"
+def probe_cell(probe: dict | None) -> str:
+    return "-" if probe is None else f"{probe['accuracy']:.1%} (n={probe['n_images']})"
+
+
+def markdown(headers: list[str], rows: list[list[str]]) -> str:
+    lines = [headers, ["---"] * len(headers), *rows]
+    return "\n".join("| " + " | ".join(cell.replace("|", "/") for cell in line) + " |" for line in lines)
+
+
+def markdown_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    """The recipes side by side, one column each, with the issue's targets in the last column."""
+    recipes = [r for r in args.recipes if r in results]
+    got = [results[r] for r in recipes]
+
+    def row(label: str, cell: Any, target: str = "") -> list[str]:
+        return [label, *(cell(r) for r in got), target]
 
     rows = [
-        ["internal accuracy", cell(plain["internal_accuracy"]), cell(lung["internal_accuracy"])],
-        ["internal COVID sensitivity", cell(plain["internal_covid_sensitivity"]), cell(lung["internal_covid_sensitivity"])],
-        [f"external AUROC covid-vs-rest ({args.external.name})", cell(plain["external_auroc"]), cell(lung["external_auroc"])],
-        ["  images (near-duplicates left out)", *(f"{r['external_images']} ({r['external_near_duplicates_left_out']})" for r in (plain, lung))],
-        ["  audit sample: as they are", *(cell(r["audit_auroc"]["original"]) for r in (plain, lung))],
-        ["  audit sample: lungs hidden", *(cell(r["audit_auroc"]["lungs_hidden"]) for r in (plain, lung))],
-        ["  audit sample: only lungs kept", *(cell(r["audit_auroc"]["lungs_only"]) for r in (plain, lung))],
-        ["Grad-CAM mass inside the lungs", share(plain), share(lung)],
-        ["source probe, COVID images (internal vs external)", probe(plain), probe(lung)],
+        row("classes", lambda r: ",".join(r["internal"]["classes"])),
+        row("internal test accuracy", lambda r: interval(r["internal"]["accuracy"]), TARGETS["internal accuracy"]),
+        row("internal COVID sensitivity", lambda r: interval(r["internal"]["covid_sensitivity"])),
+        row("internal COVID-vs-rest AUROC", lambda r: interval(r["internal"]["covid_vs_rest_auroc"])),
+        row("ieee8023 COVID-vs-rest AUROC", lambda r: interval(r["ieee8023"]["auroc"]), TARGETS["ieee8023 COVID-vs-rest AUROC"]),
+        row("  images (near-duplicates left out)",
+            lambda r: f"{r['ieee8023']['images']} ({r['ieee8023']['near_duplicates_left_out']})"),
+        *(row(f"left-out {key}: non-COVID called COVID", lambda r, key=key: left_out_cell(r["left_out"].get(key)),
+              TARGETS["called COVID"]) for key in args.leave_out),
+        row("Kermany test NORMAL called normal/other",
+            lambda r: f"{interval(r['kermany_normals']['share'], percent=True)} (n={r['kermany_normals']['images']})"),
+        row("audit AUROC as they are", lambda r: interval(r["audit"]["auroc"].get("original"))),
+        row("audit AUROC lungs hidden", lambda r: interval(r["audit"]["auroc"].get("lungs_hidden")), TARGETS["lungs hidden"]),
+        row("  audit images", lambda r: str(r["audit"]["images"])),
+        row("source probe, COVID internal vs ieee8023 (chance 50%)", lambda r: probe_cell(r["source_probe"])),
+        row("minutes measured (estimated), trainings",
+            lambda r: f"{r['minutes']:.1f} ({r['estimated_minutes']:.1f}), {r['trainings']}"),
     ]
-    header = ["", "plain", f"lung ({args.lung_mode}, {args.equalize})"]
-    verdicts = "\n".join(f"verdict {name}: {results[name]['verdict']}" for name in RECIPES)
-    return format_table(header, rows) + "\n" + verdicts
+    headers = ["", *(f"{r} {RECIPES[r].name}" for r in recipes), "target"]
+    return markdown(headers, rows)
+
+
+def plan_table(jobs: list[Job], estimates: dict[str, float], parallel: int) -> str:
+    """The trainings to run and their estimated minutes, per recipe and in all (wall time with ``parallel`` jobs)."""
+    per_recipe: dict[str, list[Job]] = {}
+    for job in jobs:
+        per_recipe.setdefault(job.recipe, []).append(job)
+    rows = [[recipe, str(len(group)), ", ".join(str(job.train_images) for job in group),
+             f"{sum(estimates[job.name] for job in group):.0f}"] for recipe, group in per_recipe.items()]
+    total = sum(estimates.values())
+    footer = f"estimated {total:.0f} min of work, about {total / parallel:.0f} min wall time with --jobs {parallel}"
+    return markdown(["recipe", "trainings", "training images", "estimated minutes"], rows) + "\n" + footer
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    configs = train_configs(args)
-    plain_run = ensure_run(configs["plain"], args.plain_run, None)
-    # The lung recipe trains on the plain run's split, so both see the very same images.
-    lung_run = ensure_run(configs["lung"], args.lung_run, RunDir(plain_run).split)
-    results = {"plain": measure(plain_run, args), "lung": measure(lung_run, args)}
-    print(table(results, args))
-    write_json(args.json or args.out / "generalisation.json", {"args": vars(args), "results": results})
+    try:
+        args = parse_args(argv)
+        jobs = plan_jobs(args)
+        estimates = {job.name: estimated_minutes(job, args) for job in jobs}
+        print(plan_table(jobs, estimates, args.jobs), file=sys.stderr)
+        warm_caches(evaluation_paths(args.out / "data", args.leave_out) + training_paths(jobs), base_config(args).preprocessing)
+        started = time.time()
+        results = collect(jobs, run_jobs(jobs, args), estimates)
+    except CxrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown_table(results, args))
+    print(f"\nwall time {(time.time() - started) / 60:.1f} min for {len(jobs)} trainings (--jobs {args.jobs})", file=sys.stderr)
+    write_json(args.json or args.out / "generalisation.json",
+               {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "estimated_minutes": estimates, "results": results})
     return 0
 
 
