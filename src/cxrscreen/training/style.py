@@ -94,10 +94,7 @@ class StyleConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StyleConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        if "kinds" in values:
-            values["kinds"] = tuple(values["kinds"])
-        return cls(**values)
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
     def parse(cls, text: str) -> "StyleConfig":
@@ -201,19 +198,18 @@ class StyleAugment:
 
 @dataclass(frozen=True)
 class MixPlan:
-    """MixStyle's random choices for one batch: whether it mixes, each sample's partner of another source (and
-    whether it has one), and the weight (L, N) of the sample's own statistics at each of the L hooked blocks."""
+    """MixStyle's random choices for one batch: whether it mixes (never when it holds one source only), each
+    sample's partner of another source, and the weight (L, N) of the sample's own statistics at each of the L
+    hooked blocks."""
 
     active: bool
     partner: torch.Tensor
-    has_partner: torch.Tensor
     weights: torch.Tensor
 
 
-def mix_styles(features: torch.Tensor, partner: torch.Tensor, has_partner: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """MixStyle on (N, C, H, W): each sample normalised by its own channel mean/std, then given ``weight`` x its own
-    plus (1 - weight) x its partner's statistics (the statistics carry no gradient, as in the paper). Samples
-    without a partner are returned unchanged."""
+def mix_styles(features: torch.Tensor, partner: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """MixStyle on (N, C, H, W): each sample normalised by its own channel mean/std, then given ``weight`` (N,) x its
+    own plus (1 - weight) x its ``partner``'s statistics (the statistics carry no gradient, as in the paper)."""
     device = features.device
     x = features.float()
     mean = x.mean(dim=(2, 3), keepdim=True).detach()
@@ -221,8 +217,7 @@ def mix_styles(features: torch.Tensor, partner: torch.Tensor, has_partner: torch
     partner, weight = partner.to(device), weight.to(device=device, dtype=torch.float32).view(-1, 1, 1, 1)
     mixed_mean = weight * mean + (1 - weight) * mean[partner]
     mixed_std = weight * std + (1 - weight) * std[partner]
-    mixed = ((x - mean) / std * mixed_std + mixed_mean).to(features.dtype)
-    return torch.where(has_partner.to(device).view(-1, 1, 1, 1), mixed, features)
+    return ((x - mean) / std * mixed_std + mixed_mean).to(features.dtype)
 
 
 class MixStyleHandle:
@@ -230,7 +225,7 @@ class MixStyleHandle:
     each training forward (the choices it draws hold until the next call); :meth:`remove` unhooks it.
 
     Identity when the hooked block is in eval mode, when no domains were set, when the batch was drawn not to mix
-    (probability ``1 - mixstyle_p``), and for every sample of a batch holding one source only.
+    (probability ``1 - mixstyle_p``), and for a batch holding one source only (no other style to borrow).
     """
 
     def __init__(self, blocks: list[nn.Module], cfg: StyleConfig, generator: torch.Generator):
@@ -241,33 +236,35 @@ class MixStyleHandle:
         self._hooks = [block.register_forward_hook(self._hook(index)) for index, block in enumerate(blocks)]
 
     def set_domains(self, source_ids: torch.Tensor) -> None:
-        """Draw the next batch's MixStyle choices for samples of these sources ((N,) integers)."""
+        """Draw the next batch's MixStyle choices for samples of these sources ((N,) integers); nothing once
+        removed."""
         if not self.blocks:
             return
         gen = self.generator
         partner, has_partner = other_source_partners(source_ids, gen)
-        active = bool(torch.rand((), generator=gen, device=gen.device) < self.cfg.mixstyle_p)
+        # Within a batch, either every sample has a partner of another source or none has (one source only).
+        drawn = bool(torch.rand((), generator=gen, device=gen.device) < self.cfg.mixstyle_p)
+        active = drawn and bool(has_partner.all())
         # torch draws no Beta from a given generator: numpy's, seeded from it (float64: Beta(0.1, 0.1) is often
         # within 1e-30 of 0 or 1).
         seed = int(torch.randint(0, 2**62, (), generator=gen, device=gen.device))
         alpha = self.cfg.mixstyle_alpha
         weights = np.random.default_rng(seed).beta(alpha, alpha, size=(len(self.blocks), len(partner)))
-        self.plan = MixPlan(active, partner, has_partner, torch.from_numpy(weights).float())
+        self.plan = MixPlan(active, partner, torch.from_numpy(weights).float())
 
     def remove(self) -> None:
         for hook in self._hooks:
             hook.remove()
-        self._hooks = []
-        self.plan = None
+        self._hooks, self.blocks, self.plan = [], [], None
 
     def _hook(self, index: int):
         def mix(module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
             plan = self.plan
-            if not module.training or plan is None or not plan.active or not plan.has_partner.any():
+            if not module.training or plan is None or not plan.active:
                 return None
             if output.shape[0] != len(plan.partner):
                 raise ValueError(f"MixStyle: batch of {output.shape[0]} after set_domains with {len(plan.partner)} ids")
-            return mix_styles(output, plan.partner, plan.has_partner, plan.weights[index])
+            return mix_styles(output, plan.partner, plan.weights[index])
 
         return mix
 
