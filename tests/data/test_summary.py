@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from cxrscreen.cli import main
@@ -11,6 +13,7 @@ from cxrscreen.data.dedup import hash_files
 from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.sources import load_dataset
 from cxrscreen.data.summary import save_plots, summarize
+from subsets import link_subset
 
 
 def test_summary_counts_sizes_sources_and_warns_about_confounding(small_radiography: Path, shared_data: Path) -> None:
@@ -58,3 +61,71 @@ def test_cli_summary_prints_tables_and_plots(small_radiography: Path, tmp_path: 
     out = capsys.readouterr().out
     assert "near-duplicate groups" in out and "radiography_db" in out
     assert (plots / "samples_viral.png").is_file()
+
+
+def expected_age(record, shared_data: Path) -> str:
+    """The age group each collection's documentation gives (see ../shared/data/README.md and data/sources/ages.py)."""
+    collection = record.source.split("/")[0]
+    if collection in ("ieee8023", "jsrt"):
+        age = record.extra.get("age")
+        return "unknown" if age is None else ("pediatric" if float(age) < 18 else "adult")
+    by_finding = {"covid": "adult", "viral": "pediatric", "normal": "mixed"}
+    return {"kermany": "pediatric", "montgomery": "adult", "shenzhen": "mixed", "tb_db": "adult",
+            "radiography_db": by_finding.get(record.label, "unknown")}[collection]
+
+
+@pytest.fixture(scope="module")
+def many_sources(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, small_radiography: Path) -> list[Path]:
+    """Seven collections, a few images each (ieee8023 whole): real files, linked."""
+    root = tmp_path_factory.mktemp("many_sources")
+    kermany = link_subset(shared_data / "chest_xray", root / "chest_xray", 30, pattern="*/*/*.jpg")
+    lungs = shared_data / "lung_segmentation"
+    nlm = link_subset(lungs / "montgomery_shenzhen", root / "montgomery_shenzhen", 1000, pattern="images/*00_?.jpg")
+    jsrt = link_subset(lungs / "jsrt", root / "jsrt", 1000, pattern="images/JPC??0[0-2]?.jpg")
+    (jsrt / "metadata.csv").symlink_to(lungs / "jsrt" / "metadata.csv")
+    tb = link_subset(shared_data / "TB_Chest_Radiography_Database", root / "TB_Chest_Radiography_Database", 10, pattern="*/*.jpg")
+    return [small_radiography, kermany, shared_data / "covid-chestxray-dataset", tb, nlm, jsrt]
+
+
+def test_summary_tables_by_source_and_age_with_confounds(many_sources: list[Path], shared_data: Path) -> None:
+    dataset = load_dataset(many_sources, LabelSet.parse("covid,other"))
+    summary = summarize(dataset)
+    assert {"montgomery", "shenzhen", "jsrt", "tb_db", "kermany", "radiography_db"} <= set(summary.by_source)
+    expected_by_source: dict[str, Counter] = {}
+    expected_by_class: dict[str, Counter] = {name: Counter() for name in dataset.classes}
+    for record, target in zip(dataset.records, dataset.targets):
+        age = expected_age(record, shared_data)
+        expected_by_source.setdefault(record.source, Counter())[age] += 1
+        expected_by_class[dataset.classes[target]][age] += 1
+    assert summary.ages_by_source == expected_by_source and summary.ages_by_class == expected_by_class
+    assert expected_by_source["jsrt"]["adult"] > 0 and expected_by_class["other"]["pediatric"] > 0
+    assert summary.by_source["montgomery"] == {"other": sum(1 for r in dataset.records if r.source == "montgomery")}
+    assert summary.to_dict()["ages_by_source"] == expected_by_source
+    shares = {name: c["pediatric"] / (c["pediatric"] + c["adult"]) for name, c in expected_by_class.items()}
+    assert max(shares.values()) - min(shares.values()) >= 0.2  # the fixture has the confound to warn about
+    text = summary.format()
+    warning = next(line for line in text.splitlines() if "pediatric share" in line)
+    for name, share in shares.items():
+        assert f"{name} {share:.0%} of {expected_by_class[name]['pediatric'] + expected_by_class[name]['adult']}" in warning
+    single = next(line for line in text.splitlines() if "hold one class only" in line)
+    assert all(f"{s} (other)" in single for s in ("kermany", "tb_db"))
+    for row in ("source", "class"):
+        assert any(line.split() == [row, "adult", "pediatric", "mixed", "unknown"] for line in text.splitlines())
+
+
+def test_age_warning_names_classes_of_unknown_age_and_stays_quiet_without_a_gap(small_radiography: Path, many_sources: list[Path]) -> None:
+    radiography = summarize(load_dataset(small_radiography))
+    assert radiography.ages_by_class == {"covid": {"adult": 12}, "normal": {"mixed": 12}, "viral": {"pediatric": 12}}
+    assert any(w.startswith("pediatric share of each class's images of known age: viral 100% of 12, covid 0% of 12 "
+                            "(normal: age unknown)") for w in radiography.warnings)
+    adults = load_dataset(many_sources[3:], LabelSet(("normal", "tuberculosis")), allow_missing_classes=True)
+    assert not any("pediatric" in w for w in summarize(adults).warnings)
+
+
+def test_cli_summary_prints_age_tables_for_several_data_flags(many_sources: list[Path], capsys) -> None:
+    args = ["data", "summary", *[a for path in many_sources for a in ("--data", str(path))], "--classes", "binary", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "age groups" in out and "warning: pediatric share" in out and "near-duplicate groups" in out
+    montgomery = len(list((many_sources[4] / "images").glob("MCUCXR*")))
+    assert montgomery and any(line.split() == ["montgomery", str(montgomery), "0", "0", "0"] for line in out.splitlines())

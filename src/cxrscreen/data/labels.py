@@ -34,7 +34,6 @@ ALIASES: dict[str, str] = {
     "tb": "tuberculosis",
     # JSRT (JPCLN / JPCNN file names)
     "nodule": "nodule",
-    "lung nodule": "nodule",
     "non-nodule": "normal",
     # ieee8023 covid-chestxray-dataset `finding`
     "covid-19": "covid",

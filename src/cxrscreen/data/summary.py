@@ -29,8 +29,9 @@ from cxrscreen.io_utils import atomic_write
 Size = tuple[int, int]
 HISTOGRAM_BINS = 64
 LISTED_SOURCES = 8
-# Pediatric shares of two classes this far apart (of images of known age) are warned about: age tells the class.
-AGE_SHARE_GAP = 0.5
+# Pediatric shares of two classes this far apart (of images of known age) are warned about: at least a fifth of a
+# class is then told from another by age alone.
+AGE_SHARE_GAP = 0.2
 
 
 @dataclass
