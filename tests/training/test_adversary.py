@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -16,9 +17,13 @@ from cxrscreen.cli import main
 from cxrscreen.errors import ConfigError
 from cxrscreen.models.checkpoint import read_checkpoint
 from cxrscreen.models.registry import create_model
+from cxrscreen.training import trainer as trainer_module
 from cxrscreen.training.adversary import AdversarialClassifier, AdversarialLoss, check_sources_hold_classes
+from cxrscreen.training.sampler import BalancedSampler
+from cxrscreen.training.style import MixStyleHandle, StyleAugment
 
 CLASSES = ["covid", "normal", "viral"]
+EPOCHS = 2
 
 
 def labelled(cells: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -91,25 +96,86 @@ def two_collections(shared_data: Path, tmp_path_factory: pytest.TempPathFactory)
     return [radiography, kermany]
 
 
-def test_balanced_adversarial_styled_run_trains_and_predicts(two_collections: list[Path], tmp_path: Path, capsys) -> None:
-    out = tmp_path / "run"
-    args = ["train", *[a for path in two_collections for a in ("--data", str(path))], "--img-size", "64",
-            "--epochs", "1", "--batch-size", "8", "--out", str(out), "--quiet", "--num-threads", "2",
-            "--balance", "class_source", "--adversary", "source", "--adversary-weight", "0.2",
+def run_args(collections: list[Path], out: Path) -> list[str]:
+    return ["train", *[a for path in collections for a in ("--data", str(path))], "--img-size", "64",
+            "--epochs", str(EPOCHS), "--batch-size", "8", "--patience", "99", "--out", str(out), "--quiet",
+            "--num-threads", "1", "--balance", "class_source", "--adversary", "source", "--adversary-weight", "0.2",
             "--style", "tone,histmatch,mixstyle"]
-    assert main(args) == 0
-    log = capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def balanced_run(two_collections: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict]:
+    """A run with every option against source confounds, its printed log, and what the trainer handed to the
+    sampler, the pixel style augmentation and MixStyle (recorded by spies)."""
+    out = tmp_path_factory.mktemp("balanced") / "run"
+    calls: dict[str, list] = {"draw": [], "style": [], "mixstyle": []}
+    draw, style, domains = BalancedSampler.rank_indices, StyleAugment.__call__, MixStyleHandle.set_domains
+
+    def spy_draw(self, epoch, *args):
+        calls["draw"].append(epoch)
+        return draw(self, epoch, *args)
+
+    def spy_style(self, images, source_ids, generator):
+        calls["style"].append(source_ids.clone())
+        return style(self, images, source_ids, generator)
+
+    def spy_domains(self, source_ids):
+        calls["mixstyle"].append(source_ids.clone())
+        return domains(self, source_ids)
+
+    buffer = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(buffer):
+        patch.setattr(BalancedSampler, "rank_indices", spy_draw)
+        patch.setattr(StyleAugment, "__call__", spy_style)
+        patch.setattr(MixStyleHandle, "set_domains", spy_domains)
+        assert main(run_args(two_collections, out)) == 0
+    return out, buffer.getvalue(), calls
+
+
+def test_balanced_adversarial_styled_run_trains_and_predicts(balanced_run: tuple[Path, str, dict], capsys) -> None:
+    out, log, calls = balanced_run
     assert "--balance class_source" in log and "viral/kermany:" in log and "draws per epoch" in log
     config = json.loads((out / "config.json").read_text())
     assert (config["balance"], config["adversary"], config["adversary_weight"]) == ("class_source", "source", 0.2)
     assert config["style"] == ["histmatch", "tone", "mixstyle"]
+    # Each epoch's order came from the balanced draw; each batch's source ids reached both style augmentations.
+    assert calls["draw"] == list(range(1, EPOCHS + 1))
+    assert calls["style"] and len(calls["style"]) == len(calls["mixstyle"])
+    assert all(torch.equal(a, b) for a, b in zip(calls["style"], calls["mixstyle"]))
+    assert any(len(ids.unique()) == 2 for ids in calls["style"])
     # The source head trains beside the classifier and is kept for resuming, but is no part of the model.
     assert "source_head" in read_checkpoint(out / "last.pt")["extra"]
     assert not any(key.startswith("source_head") for key in read_checkpoint(out / "best.pt")["state_dict"])
-    image = next((two_collections[1] / "test" / "NORMAL").iterdir())
+    image = next(Path(json.loads((out / "config.json").read_text())["data"][1]).glob("test/NORMAL/*.jpg"))
+    capsys.readouterr()
     assert main(["predict", str(image), "--model", str(out / "best.pt"), "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == 1 and rows[0]["label"] in CLASSES
+
+
+def test_balanced_adversarial_styled_run_resumes_exactly(balanced_run: tuple[Path, str, dict], two_collections: list[Path],
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = balanced_run[0]
+    out = tmp_path / "run"
+    record_epoch = trainer_module.Trainer.record_epoch
+
+    def record_then_interrupt(self, epoch: int, *args) -> None:
+        record_epoch(self, epoch, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module.Trainer, "record_epoch", record_then_interrupt)
+    assert main(run_args(two_collections, out)) == 130
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    rows = [[{k: v for k, v in row.items() if k != "images_per_s"} for row in csv.DictReader((run / "metrics.csv").open())]
+            for run in (out, reference)]
+    assert rows[0] == rows[1] and len(rows[0]) == EPOCHS
+    for name in ("best.pt", "last.pt"):
+        resumed, uninterrupted = read_checkpoint(out / name), read_checkpoint(reference / name)
+        for key, value in uninterrupted["state_dict"].items():
+            assert torch.equal(resumed["state_dict"][key], value), f"{name}: {key}"
+    for key, value in read_checkpoint(reference / "last.pt")["extra"]["source_head"].items():
+        assert torch.equal(read_checkpoint(out / "last.pt")["extra"]["source_head"][key], value), key
 
 
 def test_adversary_refused_on_a_run_whose_collections_are_single_class(shared_data: Path, tmp_path: Path, capsys) -> None:

@@ -7,6 +7,7 @@ import pytest
 
 from cxrscreen.errors import ConfigError
 from cxrscreen.training.sampler import BalancedSampler, balance_cells, cell_quotas
+from cxrscreen.training.steps import class_weights
 
 CLASSES = ["covid", "normal", "viral"]
 COLLECTIONS = ["a", "b", "c"]
@@ -63,6 +64,18 @@ def test_draw_counts_match_the_quotas_and_repeat_images_evenly() -> None:
         # each image quota // size times, some once more; a cell drawn less than its size has no repeats
         assert set(members.tolist()) <= {quota // size, quota // size + 1}
     assert per_image[sampler.cells == sampler.names.index("viral/c")].tolist() == [5, 5]
+
+
+def test_class_weights_count_the_draws_not_the_images() -> None:
+    # Cap 5 draws covid 25, normal 25 + 25, viral 15 + 10 times per epoch: weights 100 / (3 x (25, 50, 25)), not
+    # the inverse of the image counts (40, 55, 5), which would weight viral up again after the sampler did.
+    sampler = toy_sampler(cap=5.0)
+    draws = sampler.draws_per_image()
+    assert np.isclose(draws.sum(), 100)
+    assert np.allclose(draws[sampler.cells == sampler.names.index("normal/a")], 2.5)
+    targets, _ = toy_arrays()
+    weights = class_weights(targets, 3, draws).numpy()
+    assert np.allclose(weights, [100 / 75, 100 / 150, 100 / 75])
 
 
 def test_draw_is_seeded_and_changes_per_epoch() -> None:

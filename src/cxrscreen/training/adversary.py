@@ -86,11 +86,13 @@ def check_sources_hold_classes(targets: np.ndarray, sources: np.ndarray, classes
 
 
 def source_adversary(model: XrayClassifier, class_loss: nn.Module, targets: np.ndarray, sources: np.ndarray,
-                     classes: list[str], collections: list[str], weight: float) -> tuple[AdversarialClassifier, AdversarialLoss]:
+                     classes: list[str], collections: list[str], weight: float, draws: np.ndarray | None = None
+                     ) -> tuple[AdversarialClassifier, AdversarialLoss]:
     """The network to train (classifier + source head, on ``model``'s device) and its loss, after
-    :func:`check_sources_hold_classes`; the source loss weighs each collection by its inverse frequency."""
+    :func:`check_sources_hold_classes`; the source loss weighs each collection by its inverse frequency in an
+    epoch's draws (``draws`` per image, as :func:`class_weights`)."""
     check_sources_hold_classes(targets, sources, classes, collections)
     device = next(model.parameters()).device
     network = AdversarialClassifier(model, len(collections)).to(device)
-    source_loss = nn.CrossEntropyLoss(weight=class_weights(sources, len(collections)).to(device))
+    source_loss = nn.CrossEntropyLoss(weight=class_weights(sources, len(collections), draws).to(device))
     return network, AdversarialLoss(class_loss, source_loss, weight)

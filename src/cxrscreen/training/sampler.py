@@ -65,6 +65,12 @@ class BalancedSampler:
         sizes = np.bincount(self.cells, minlength=len(self.names))
         return cell_quotas(sizes, len(self.cells), self.cap)
 
+    def draws_per_image(self) -> np.ndarray:
+        """How often an epoch draws each image, on average: its cell's quota over the cell's size. Class weights of
+        the loss are counted with it, so that a class the sampler already balances is not weighted up again."""
+        sizes = np.bincount(self.cells, minlength=len(self.names))
+        return (self.quotas / np.maximum(sizes, 1))[self.cells]
+
     def draw(self, epoch: int, seed: int) -> np.ndarray:
         """The epoch's draw: indices into the training images, ``len(cells)`` of them, shuffled."""
         rng = np.random.default_rng([seed, epoch])

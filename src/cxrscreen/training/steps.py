@@ -17,9 +17,10 @@ from cxrscreen.metrics.classification import point_metrics
 from cxrscreen.models.registry import XrayClassifier
 
 
-def class_weights(targets: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights (mean 1) so that a rare class counts as much as a common one."""
-    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
+def class_weights(targets: np.ndarray, num_classes: int, draws: np.ndarray | None = None) -> torch.Tensor:
+    """Inverse-frequency weights (mean 1) so that a rare class counts as much as a common one. ``draws``: how often
+    an epoch draws each image (a balanced sampler's, see :meth:`BalancedSampler.draws_per_image`; default once)."""
+    counts = np.bincount(targets, weights=draws, minlength=num_classes).astype(np.float64)
     weights = counts.sum() / (num_classes * np.maximum(counts, 1.0))
     return torch.tensor(weights, dtype=torch.float32)
 

@@ -141,20 +141,21 @@ class Trainer:
         self.load_data(self.files.split if resume else (Path(cfg.split) if cfg.split else None))
         num_classes = len(self.data.label_set.classes)
         self.build_model(pretrained=cfg.pretrained and not has_last)
-        weights = class_weights(self.data.train_targets, num_classes).to(ctx.device)
+        self.sampler = self.balanced_sampler()
+        draws = self.sampler.draws_per_image() if self.sampler is not None else None
+        weights = class_weights(self.data.train_targets, num_classes, draws).to(ctx.device)
         self.loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
         self.adversarial = None  # the classifier + source head that trains, with --adversary source
         if cfg.adversary == "source":
             self.adversarial, self.loss_fn = source_adversary(
                 self.model, self.loss_fn, self.data.train_targets, self.data.train_sources,
-                list(self.data.label_set.classes), self.data.collections, cfg.adversary_weight)
+                list(self.data.label_set.classes), self.data.collections, cfg.adversary_weight, draws)
         trained = self.adversarial or self.model
         self.optimizer = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.state = TrainState(history=[])
         if has_last:
             self.load_last()
         self.net = wrap_model(trained, ctx)
-        self.sampler = self.balanced_sampler()
         self.augment = BatchAugment(augment_config(cfg.augment), seed=cfg.seed)
         # Style augmentation (--style): each is the identity, drawing nothing, unless its kind is asked for.
         self.style = StyleAugment(cfg.style_config)
