@@ -1,19 +1,30 @@
 """End to end: ``cxrscreen adapt`` on a few dozen real ieee8023 images with a tiny 64 px parent, then the adapted
-model through predict, export and report; and the lineage it records."""
+model through predict, export, report, evaluate, explain and serve (the API); and the lineage it records."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cxrscreen.cli import main
+from cxrscreen.data.cache import load_prepared
+from cxrscreen.data.labels import LabelSet
+from cxrscreen.data.sources import load_dataset
+from cxrscreen.inference.predictor import load_predictor
 from cxrscreen.metrics.classification import weighted_auroc
 from cxrscreen.models.checkpoint import load_checkpoint
+from cxrscreen.serve.app import create_app
+
+with warnings.catch_warnings():
+    # Starlette asks for the httpx2 fork; the httpx installed works the same for these tests.
+    warnings.filterwarnings("ignore", message=".*httpx2")
+    from fastapi.testclient import TestClient
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +109,65 @@ def test_existing_adaptation_is_not_overwritten(adapted, tiny_parent, capsys):
     rc = main(["adapt", "--model", str(tiny_parent), "--data", str(manifest), "--out", str(out), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "already holds best.pt" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, manifest_writer, ieee_rows) -> tuple[Path, list[tuple[str, str, str]]]:
+    """A manifest of 8 COVID and 8 other ieee8023 frontal images of patients the site fixture does not hold."""
+    dataset = load_dataset(shared_data / "covid-chestxray-dataset", LabelSet.parse("covid,other"))
+    site_patients = {patient for _, _, patient in ieee_rows}
+    unseen = [r for r in dataset.records if r.patient_id not in site_patients]
+    covid = [r for r in unseen if r.label == "covid"][:8]
+    other = [r for r in unseen if r.label != "covid"][:8]
+    rows = [(r.path, r.raw_label, r.patient_id or "") for r in covid + other]
+    return manifest_writer(tmp_path_factory.mktemp("held_out") / "held_out.csv", rows), rows
+
+
+def test_adapted_model_evaluates_explains_and_serves(adapted, held_out, tmp_path, capsys):
+    """evaluate, explain and serve (API) on the adapted model: its classes, its probabilities, its guard."""
+    out, site_manifest, _ = adapted
+    model = out / "best.pt"
+    manifest, rows = held_out
+    predictor = load_predictor(model)  # the backend evaluate and serve use by default
+    capsys.readouterr()
+    # evaluate: the held-out images, scored by the adapted model (not the parent).
+    assert main(["evaluate", "--model", str(model), "--data", str(manifest), "--out", str(tmp_path / "eval"),
+                 "--bootstrap", "20", "--quiet"]) == 0
+    (collection,) = json.loads((tmp_path / "eval" / "metrics.json").read_text())["collections"]
+    assert collection["images_evaluated"] + collection["left_out_near_duplicates"] == len(rows)
+    with open(tmp_path / "eval" / "predictions.csv", newline="") as fh:
+        scored = list(csv.DictReader(fh))
+    assert len(scored) == collection["images_evaluated"] > 0
+    # evaluate scores the cached uint8 inputs (predict the float ones: this tiny, overconfident model moves by up
+    # to 0.03 between the two), so the reference is the adapted network on the same cached inputs.
+    paths = [row["path"] for row in scored]
+    inputs = load_prepared(paths, predictor.meta.preprocessing, progress=False).images
+    expected = predictor.predict_prepared(inputs / 255.0).probs[:, predictor.classes.index("covid")]
+    assert np.array([float(row["p_covid"]) for row in scored]) == pytest.approx(expected, abs=1e-6)
+    parent = load_predictor(json.loads((out / "adapt.json").read_text())["parent"]["path"])
+    assert np.abs(expected - [p.probabilities["covid"] for p in parent.predict(paths)]).max() > 0.5
+    # The site's own images are now training images of the model: evaluate refuses them, in one line.
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model), "--data", str(site_manifest), "--out", str(tmp_path / "e2"),
+                 "--bootstrap", "20", "--quiet"]) == 2
+    assert "no image left to evaluate" in capsys.readouterr().err
+    # explain: a Grad-CAM overlay of a held-out image, for a class of the adapted model.
+    image = Path(rows[0][0])
+    assert main(["explain", str(image), "--model", str(model), "--out", str(tmp_path / "cams"), "--target", "other"]) == 0
+    assert (tmp_path / "cams" / f"{image.stem}_gradcam.png").stat().st_size > 1000
+    # serve: the API answers with the adapted model's classes and probabilities; its guard accepts a site image.
+    client = TestClient(create_app(predictor))
+    site_image = Path(ieee_rows_first(site_manifest))
+    response = client.post("/v1/predict", files={"file": (site_image.name, site_image.read_bytes(), "image/jpeg")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["probabilities"] == pytest.approx(predictor.predict(site_image).probabilities, abs=1e-6)
+    assert set(body["probabilities"]) == {"covid", "other"} and body["in_distribution"] is True
+    card = client.get("/v1/model").json()
+    assert card["classes"] == ["covid", "other"] and card["thresholds"] == {"covid": pytest.approx(predictor.thresholds["covid"])}
+    assert card["metrics"]["adaptation"]["parent"]["name"] == "tiny-test-model"
+
+
+def ieee_rows_first(manifest: Path) -> str:
+    with open(manifest, newline="") as fh:
+        return next(csv.DictReader(fh))["path"]
