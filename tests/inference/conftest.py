@@ -33,8 +33,9 @@ def real_xrays(radiography_root: Path, shared_data: Path) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def bundled_predictors(tmp_path_factory: pytest.TempPathFactory):
-    """The bundled model through both engines, as users load it: ``cxrscreen.load_model()`` (torch, with the torch
-    lung segmenter) and ``load_model(backend="onnx")`` (ONNX Runtime for the classifier and the segmenter)."""
+    """The bundled model through both engines, as users load it: ``cxrscreen.load_model(backend="torch")`` (torch,
+    with the torch lung segmenter) and ``load_model(backend="onnx")`` (ONNX Runtime for the classifier and the
+    segmenter; what ``load_model()`` gives on a CPU)."""
     import cxrscreen
     from cxrscreen.inference.predictor import DEFAULT_MODEL
 
@@ -43,4 +44,4 @@ def bundled_predictors(tmp_path_factory: pytest.TempPathFactory):
     # Session fixtures are set up before the autouse ``onnx_cache``: point the one-time exports at the temp cache here.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CXRSCREEN_CACHE", str(tmp_path_factory.getbasetemp() / "cxrscreen-cache"))
-        return {"torch": cxrscreen.load_model(), "onnx": cxrscreen.load_model(backend="onnx")}
+        return {"torch": cxrscreen.load_model(backend="torch"), "onnx": cxrscreen.load_model(backend="onnx")}

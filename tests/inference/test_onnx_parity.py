@@ -36,7 +36,7 @@ def test_export_is_self_describing(exported: Path, tiny_checkpoint: Path) -> Non
 def test_onnx_runtime_matches_torch_on_real_xrays(
     optimization: str, exported: Path, tiny_checkpoint: Path, real_xrays: list[Path]
 ) -> None:
-    torch_predictor = load_predictor(tiny_checkpoint)
+    torch_predictor = load_predictor(tiny_checkpoint, backend="torch")
     onnx_predictor = load_predictor(exported, backend="onnx", onnx_optimization=optimization)
     images = np.stack([prepare_from_source(p, torch_predictor.meta.preprocessing) for p in real_xrays])
     torch_probs, torch_features, _ = torch_predictor.predict_prepared(images)
@@ -77,7 +77,7 @@ def test_checkpoint_is_exported_once_to_the_cache(
     assert capfd.readouterr().err == ""  # found in the cache: nothing said
     assert second.meta == load_checkpoint(tiny_checkpoint)[1]
     # The cached export is the same network as the checkpoint: compared with torch, not with another ONNX run.
-    expected = load_predictor(tiny_checkpoint).predict(real_xrays[0]).probabilities
+    expected = load_predictor(tiny_checkpoint, backend="torch").predict(real_xrays[0]).probabilities
     for predictor in (first, second):
         assert predictor.predict(real_xrays[0]).probabilities == pytest.approx(expected, abs=1e-4)
     assert first.backend_name == "onnx" and first.meta.classes == ["covid", "normal", "viral"]

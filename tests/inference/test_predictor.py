@@ -52,7 +52,7 @@ def test_probabilities_are_the_models_tempered_softmax(tmp_path: Path, real_xray
     with torch.no_grad():
         logits = model(torch.from_numpy(image)[None, None])[0].double()
     expected = torch.softmax(logits / 2.5, dim=0).numpy()
-    got = load_predictor(path).predict(real_xrays[3]).probabilities
+    got = load_predictor(path, backend="torch").predict(real_xrays[3]).probabilities
     np.testing.assert_allclose([got[c] for c in CLASSES], expected, atol=1e-5)
     # Not a vacuous check: without the temperature the answer differs.
     assert not np.allclose(expected, torch.softmax(logits, dim=0).numpy(), atol=1e-3)

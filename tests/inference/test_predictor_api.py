@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ CLASSES = ["covid", "normal", "viral"]
 
 
 def test_load_model_and_load_predictor_take_device_threads_thresholds():
-    expected = {"path": None, "backend": "torch", "device": "auto", "threads": None, "thresholds": None}
+    expected = {"path": None, "backend": "auto", "device": "auto", "threads": None, "thresholds": None}
     model_params = inspect.signature(cxrscreen.load_model).parameters
     assert {name: p.default for name, p in model_params.items()} == expected
     predictor_params = inspect.signature(load_predictor).parameters
@@ -96,6 +97,27 @@ def test_cuda_is_refused_where_there_is_none(tiny_checkpoint):
     assert load_predictor(tiny_checkpoint, device="auto", threads=1).device == "cpu"
 
 
+def test_auto_backend_is_onnx_runtime_on_the_cpu_and_torch_on_a_gpu(monkeypatch):
+    from cxrscreen.inference import options
+
+    checkpoint, exported = Path("model.pt"), Path("model.onnx")
+    asked_torch = []
+    monkeypatch.setattr(options, "resolve_device", lambda device, backend: asked_torch.append(device) or "cuda")
+    monkeypatch.setattr(options, "nvidia_gpu_present", lambda: False)
+    assert options.resolve_backend("auto", "auto", checkpoint) == "onnx"
+    assert not asked_torch  # no NVIDIA device: torch is not even imported to ask
+    assert options.resolve_backend("auto", "cpu", checkpoint) == "onnx"
+    assert options.resolve_backend("auto", "cuda", checkpoint) == "torch"
+    assert options.resolve_backend("auto", "cpu", exported) == "onnx"
+    monkeypatch.setattr(options, "nvidia_gpu_present", lambda: True)
+    assert options.resolve_backend("auto", "auto", checkpoint) == "torch" and asked_torch == ["auto"]
+    monkeypatch.setattr(options, "resolve_device", lambda device, backend: "cpu")  # a GPU torch cannot use
+    assert options.resolve_backend("auto", "auto", checkpoint) == "onnx"
+    assert [options.resolve_backend(b, "cuda", checkpoint) for b in ("torch", "onnx")] == ["torch", "onnx"]
+    with pytest.raises(ConfigError, match="--backend"):
+        options.resolve_backend("tensorrt", "cpu", checkpoint)
+
+
 def test_onnx_backend_runs_on_the_cpu_only(tiny_checkpoint):
     with pytest.raises(CxrError, match="onnx"):
         load_predictor(tiny_checkpoint, backend="onnx", device="cuda")
@@ -111,7 +133,7 @@ def test_default_threads_do_not_oversubscribe_busy_cpus(tiny_checkpoint, monkeyp
     assert default_threads() == 1
     previous = torch.get_num_threads()
     try:
-        assert load_predictor(tiny_checkpoint, device="cpu").threads == 1
+        assert load_predictor(tiny_checkpoint, backend="torch", device="cpu").threads == 1
         assert torch.get_num_threads() == 1
         monkeypatch.setattr(options, "idle_cpus", lambda cpus: 12)
         assert default_threads() == 4
