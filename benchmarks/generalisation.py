@@ -26,20 +26,28 @@ tested on the very same images. For each recipe, side by side:
 - the source probe: cross-validated accuracy of a linear probe telling internal from ieee8023 COVID images apart
   from the model's features (as many of each, so the majority rate is 50%).
 
+Budget: ``--limit-per-class N`` draws at most N images per class (seeded) and keeps each class's natural mix of
+collections; ``--cap-per-cell N`` keeps at most N images of each (class, collection) cell, which evens the
+collections out by itself (so it does part of R2's work: prefer ``--limit-per-class`` to measure the levers).
+A recipe the trainer refuses (``--adversary source`` where fewer collections than it needs hold two classes: in
+``covid,other`` only the Radiography DB holds COVID) is shown as refused, with the trainer's reason.
+
 All images are hashed and prepared before any training (the caches are on disk), then the trainings run, up to
 ``--jobs`` at a time, each process pinned to its share of the CPUs (``--jobs 2`` on two cores: two trainings with
-one thread each). A finished run under ``--out`` is reused, and so are its measurements when the measuring
-settings are unchanged. The plan with an estimated time per recipe is printed first, the measured times last.
-One markdown table goes to stdout, the numbers to ``--json`` (default ``OUT/generalisation.json``).
+one thread each). A finished run under ``--out`` is reused (one trained with other settings is refused), and so
+are its measurements when the measuring settings are unchanged. The plan with an estimated time per recipe is
+printed first (``--plan`` stops there), the measured times in the table's last row. One markdown table goes to
+stdout, the numbers to ``--json`` (default ``OUT/generalisation.json``).
 
-Quick end-to-end check (minutes):
+Quick end-to-end check (about 5 minutes on a shared 2-core machine):
 
     .venv/bin/python benchmarks/generalisation.py --img-size 64 --epochs 1 --limit-per-class 40 --recipes R0,R1 \\
         --leave-out JSRT --audit-images 40 --bootstrap 200 --out runs/generalisation_tiny
 
-The lead's run (2-core CPU, about an hour; the plan printed first gives the estimate for the chosen budget):
+The lead's run (2-core CPU; the plan estimates 35 minutes' wall time on an idle machine, all 17 trainings;
+``--limit-per-class 2000`` about 60):
 
-    .venv/bin/python benchmarks/generalisation.py --img-size 128 --epochs 3 --cap-per-cell 600 --jobs 2 \\
+    .venv/bin/python benchmarks/generalisation.py --img-size 128 --epochs 3 --limit-per-class 1000 --jobs 2 \\
         --out runs/generalisation
 """
 
@@ -57,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cxrscreen.errors import ConfigError, CxrError
+from cxrscreen.errors import ConfigError, CxrError, RunDirError
 from cxrscreen.io_utils import write_json
 from cxrscreen.run_dir import RunDir
 from cxrscreen.threads import available_cpus
@@ -68,14 +76,21 @@ from cxrscreen.training.trainer import train
 from generalisation_data import LEAVE_OUT, RADIOGRAPHY, build_adult_data, evaluation_paths, warm_caches
 from generalisation_measure import MEASURE_KEYS, measure_left_out, measure_main
 
-# Training images per second per CPU core at 128 px (EfficientNet-Lite0, augmentation, one torch thread; measured
-# on the development machine) and minutes one model's measurements take there at --audit-images 300.
+# Training images per second per CPU core at 128 px (EfficientNet-Lite0, augmentation, one torch thread), what a
+# training costs besides its epochs (loading, validation, calibration, the OOD guard, the test split), and what
+# measuring one model costs at --audit-images 300: measured on the 2-core development machine while it was shared
+# (load 5: 9 images/s with 2 threads, 26 s besides the epoch, 47 s of measuring at --audit-images 100) and scaled
+# to an otherwise idle machine.
 IMAGES_PER_S_AT_128 = 24.0
-MEASURE_MINUTES = 4.0
+TRAIN_OVERHEAD_MINUTES = 0.3
+MEASURE_MINUTES = 2.0
+PREPARE_IMAGES_PER_S = 40.0  # cold-cache preparation with the lung segmenter on 2 cores (README)
 
 
 @dataclass(frozen=True)
 class Recipe:
+    """A recipe's short name, task, whether it trains on the adult collections, and its TrainConfig settings."""
+
     name: str
     classes: str
     adult: bool
@@ -126,6 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("runs/generalisation"))
     p.add_argument("--json", type=Path, help="also write the numbers here (default: OUT/generalisation.json)")
+    p.add_argument("--plan", action="store_true", help="print the trainings and their estimated time, then stop")
     args = p.parse_args(argv)
     args.recipes = parse_choice(args.recipes, tuple(RECIPES), "--recipes")
     args.leave_out = [] if args.leave_out == "none" else list(LEAVE_OUT) if args.leave_out == "all" else \
@@ -199,8 +215,8 @@ def estimated_minutes(job: Job, args: argparse.Namespace) -> float:
     """Training time from the measured speed (scaled by pixels and threads), plus measuring the model."""
     cores = job.cfg.num_threads or available_cpus()
     speed = IMAGES_PER_S_AT_128 * (128 / job.cfg.img_size) ** 2 * cores ** 0.7
-    measuring = MEASURE_MINUTES * (0.4 + 0.6 * args.audit_images / 300) if job.left_out is None else 1.0
-    return job.train_images * (job.cfg.epochs + 0.3) / speed / 60 + measuring
+    measuring = MEASURE_MINUTES * (0.4 + 0.6 * args.audit_images / 300) if job.left_out is None else 0.5
+    return job.train_images * job.cfg.epochs / speed / 60 + TRAIN_OVERHEAD_MINUTES + measuring
 
 
 def measure_settings(job: Job, args: argparse.Namespace) -> dict[str, Any]:
@@ -222,7 +238,7 @@ def ensure_trained(job: Job, log: Callable[[str], None]) -> float | None:
         found = TrainConfig.from_dict(json.loads(files.config.read_text())).to_dict()
         differs = [f"{k}={found.get(k)!r} (asked {v!r})" for k, v in wanted.items() if found.get(k) != v]
         if differs:
-            raise ConfigError(f"{job.cfg.out} was trained with {', '.join(differs)}: choose another --out or delete it")
+            raise RunDirError(f"{job.cfg.out} was trained with {', '.join(differs)}: choose another --out or delete it")
         return None
     log(f"training ({job.train_images} images, {job.cfg.epochs} epochs, {job.cfg.num_threads or 'auto'} threads)")
     start = time.time()
@@ -235,7 +251,12 @@ def run_job(job: Job, args: argparse.Namespace) -> dict[str, Any]:
     stored = args.out / "results" / f"{job.name}.json"
     previous = json.loads(stored.read_text()) if stored.is_file() else {}
     log = lambda line: print(f"[{job.name}] {line}", file=sys.stderr, flush=True)  # noqa: E731
-    train_s = ensure_trained(job, log)
+    try:
+        train_s = ensure_trained(job, log)
+    except ConfigError as exc:  # e.g. the adversary where no two collections share a class: a row says so
+        log(f"refused: {exc}")
+        return {"job": job.name, "recipe": job.recipe, "refused": str(exc), "left_out": {},
+                "seconds": {"train": None, "measure": 0.0}}
     settings = measure_settings(job, args)
     if train_s is None and previous.get("settings") == settings:
         log("reusing its measurements")
@@ -286,7 +307,9 @@ def collect(jobs: list[Job], outputs: list[dict[str, Any]], estimates: dict[str,
         entry = results.setdefault(job.recipe, {"left_out": {}, "minutes": 0.0, "estimated_minutes": 0.0, "trainings": 0})
         entry["estimated_minutes"] += estimates[job.name]
         if job.left_out is None:
-            entry.update({k: v for k, v in output.items() if k in MEASURE_KEYS or k == "run"})
+            entry.update({k: v for k, v in output.items() if k in MEASURE_KEYS or k in ("run", "refused")})
+        elif "refused" in output:
+            entry["left_out"][job.left_out] = {"refused": output["refused"]}
         entry["left_out"].update(output["left_out"])
         seconds = output["seconds"]
         entry["minutes"] += ((seconds["train"] or 0) + seconds["measure"]) / 60
@@ -307,8 +330,8 @@ def interval(entry: dict | None, percent: bool = False) -> str:
 
 
 def left_out_cell(entry: dict | None) -> str:
-    if entry is None:
-        return "-"
+    if entry is None or "refused" in entry:
+        return "-" if entry is None else "refused"
     return f"{interval(entry['called_covid'], percent=True)} (n={entry['images']}, {entry['near_duplicates_left_out']} dup.)"
 
 
@@ -327,7 +350,7 @@ def markdown_table(results: dict[str, dict[str, Any]], args: argparse.Namespace)
     got = [results[r] for r in recipes]
 
     def row(label: str, cell: Any, target: str = "") -> list[str]:
-        return [label, *(cell(r) for r in got), target]
+        return [label, *("refused" if "refused" in r else cell(r) for r in got), target]
 
     rows = [
         row("classes", lambda r: ",".join(r["internal"]["classes"])),
@@ -349,7 +372,8 @@ def markdown_table(results: dict[str, dict[str, Any]], args: argparse.Namespace)
             lambda r: f"{r['minutes']:.1f} ({r['estimated_minutes']:.1f}), {r['trainings']}"),
     ]
     headers = ["", *(f"{r} {RECIPES[r].name}" for r in recipes), "target"]
-    return markdown(headers, rows)
+    refusals = [f"{r} refused: {results[r]['refused']}" for r in recipes if "refused" in results[r]]
+    return "\n".join([markdown(headers, rows), *refusals])
 
 
 def plan_table(jobs: list[Job], estimates: dict[str, float], parallel: int) -> str:
@@ -360,24 +384,31 @@ def plan_table(jobs: list[Job], estimates: dict[str, float], parallel: int) -> s
     rows = [[recipe, str(len(group)), ", ".join(str(job.train_images) for job in group),
              f"{sum(estimates[job.name] for job in group):.0f}"] for recipe, group in per_recipe.items()]
     total = sum(estimates.values())
-    footer = f"estimated {total:.0f} min of work, about {total / parallel:.0f} min wall time with --jobs {parallel}"
+    footer = (f"estimated {total:.0f} min of work, about {total / parallel:.0f} min wall time with --jobs {parallel} on an "
+              f"otherwise idle machine (load now {os.getloadavg()[0]:.1f} on {available_cpus()} CPUs)")
     return markdown(["recipe", "trainings", "training images", "estimated minutes"], rows) + "\n" + footer
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        started = time.time()
         jobs = plan_jobs(args)
         estimates = {job.name: estimated_minutes(job, args) for job in jobs}
+        paths = sorted(set(evaluation_paths(args.out / "data", args.leave_out) + training_paths(jobs)))
         print(plan_table(jobs, estimates, args.jobs), file=sys.stderr)
-        warm_caches(evaluation_paths(args.out / "data", args.leave_out) + training_paths(jobs), base_config(args).preprocessing)
-        started = time.time()
+        print(f"first {len(paths)} images are hashed and prepared: up to {len(paths) / PREPARE_IMAGES_PER_S / 60:.0f} min "
+              "on a cold cache", file=sys.stderr)
+        if args.plan:
+            return 0
+        warm_caches(paths, base_config(args).preprocessing)
         results = collect(jobs, run_jobs(jobs, args), estimates)
     except CxrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(markdown_table(results, args))
-    print(f"\nwall time {(time.time() - started) / 60:.1f} min for {len(jobs)} trainings (--jobs {args.jobs})", file=sys.stderr)
+    print(f"\nwall time {(time.time() - started) / 60:.1f} min for {len(jobs)} jobs (--jobs {args.jobs}), preparation "
+          "included", file=sys.stderr)
     write_json(args.json or args.out / "generalisation.json",
                {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                 "estimated_minutes": estimates, "results": results})

@@ -47,14 +47,14 @@ PREPARE_CHUNK = 2000  # images prepared at a time: bounds the memory the warm-up
 @dataclass
 class AdultData:
     """The adult collections' manifest and split (``manifest``, ``split``), one manifest per left-out collection
-    (``without[key]``), and the images of each collection in the manifest (``counts[key]``)."""
+    (``without[key]``), and the images of each collection in the manifest and on its training side
+    (``counts[key]``, ``train_counts[key]``)."""
 
     manifest: Path
     split: Path
     without: dict[str, Path]
     counts: dict[str, int]
     train_counts: dict[str, int]
-    paths: list[str]
 
 
 def cap_per_cell(dataset: Dataset, cap: int | None, seed: int) -> Dataset:
@@ -110,7 +110,7 @@ def build_adult_data(out: Path, limit: int | None, cap: int | None, seed: int) -
     counts = {key: keys.count(key) for key in COLLECTIONS}
     train_counts = {key: int(sum(1 for k, side in zip(keys, split.assignment) if k == key and side == "train"))
                     for key in COLLECTIONS}
-    return AdultData(manifest, split_path, without, counts, train_counts, dataset.paths)
+    return AdultData(manifest, split_path, without, counts, train_counts)
 
 
 def kermany_normals_manifest(data_dir: Path) -> Path:
