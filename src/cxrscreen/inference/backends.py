@@ -1,6 +1,6 @@
 """What runs the classifier: the backend protocol, torch eager, and the softmax every backend's logits go through.
 
-(ONNX Runtime's backend lives with the export, in :mod:`cxrscreen.inference.onnx_export`.) torch is imported
+(ONNX Runtime's backend, which needs no torch, is in :mod:`cxrscreen.inference.onnx_runtime`.) torch is imported
 where a network runs in it, so that the ONNX path and the command line's start-up do not load it.
 """
 

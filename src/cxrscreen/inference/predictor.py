@@ -42,8 +42,8 @@ from cxrscreen.inference.results import Explanation, Prediction, PredictionFailu
 from cxrscreen.run_dir import RunDir
 
 # torch, ONNX Runtime, the lung segmenter, the guard's network and Grad-CAM are imported where first used, for
-# start-up time: loading a model, or the ONNX backend, must not pay for what it does not run, and the exporter is
-# never loaded to predict (tests/inference/test_startup.py).
+# start-up time: loading a model must not pay for what it does not run; the ONNX backend with a warm cache imports
+# no torch at all, and the exporter is never loaded to predict (tests/inference/test_startup.py).
 
 if TYPE_CHECKING:  # torch is imported only where a network runs in it
     from cxrscreen.models.checkpoint import ModelMeta
