@@ -69,16 +69,21 @@ def run_ieee(args: argparse.Namespace) -> dict[str, Any]:
     report = result.report
     print(adapt_report(report))
     at_50 = next((row for row in report["learning_curve"] if row["size"] == 50), None)
+    steps = report["seconds_by_step"]
+    # The target's "5 folds + final model": everything but the learning curve (its own question, its own cost).
+    adaptation_seconds = seconds - steps.get("learning_curve", 0.0)
+    print(f"\nwall time: {seconds:.0f} s in all; by step: " + ", ".join(f"{k} {v:.0f} s" for k, v in steps.items()))
     checks = [
         ("COVID-vs-rest AUROC after >= 0.80", report["after"]["auroc"], report["after"]["auroc"] >= 0.80),
         ("AUROC with 50 per class >= 0.75", None if at_50 is None else at_50["auroc"],
          at_50 is not None and at_50["auroc"] is not None and at_50["auroc"] >= 0.75),
-        (f"wall time <= {MAX_SECONDS} s", round(seconds), seconds <= MAX_SECONDS),
+        (f"wall time, 5 folds + final model <= {MAX_SECONDS} s", round(adaptation_seconds), adaptation_seconds <= MAX_SECONDS),
     ]
     print_checks("ieee8023", checks)
     return {"before": report["before"], "after": report["after"], "threshold": report["threshold"],
             "learning_curve": report["learning_curve"], "images": report["images"]["used"],
             "left_out_near_duplicates": report["images"]["left_out_near_duplicates"], "seconds": round(seconds, 1),
+            "seconds_without_learning_curve": round(adaptation_seconds, 1), "seconds_by_step": steps,
             "checks": {name: ok for name, _, ok in checks}}
 
 

@@ -3,6 +3,8 @@ images towards a class the site has no image of."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -42,3 +44,21 @@ def test_a_class_without_site_images_is_not_made_more_likely():
     assert after < before
     stem = "backbone.net._conv_stem.weight"
     torch.testing.assert_close(tuned.model.state_dict()[stem], parent.state_dict()[stem])
+
+
+def test_backbone_layers_learn_at_the_lower_rate():
+    """The head learns at lr, the fine-tuned backbone layers at lr * backbone_lr_factor (AdamW: steps scale with it)."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    parent = create_model("efficientnet_lite0", 3, pretrained=True).eval()
+    x, targets = images(32, seed=2), np.array([0, 1] * 16)
+    cut = cut_index(parent, 1)
+    features = frozen_features(parent, x, cut, 1, "none", 0)
+    moved = {}
+    for factor in (1.0, 0.01):
+        settings = dataclasses.replace(SETTINGS, backbone_lr_factor=factor, label_smoothing=0.0)
+        tuned = fine_tune(parent, features, targets, np.arange(32), None, cut, settings, seed=0, epochs=2).model
+        moved[factor] = {name: (tuned.state_dict()[name] - parent.state_dict()[name]).abs().mean().item()
+                         for name in ("backbone.net._conv_head.weight", "head.weight")}
+    assert moved[0.01]["backbone.net._conv_head.weight"] < 0.05 * moved[1.0]["backbone.net._conv_head.weight"]
+    assert moved[0.01]["head.weight"] > 0.3 * moved[1.0]["head.weight"]

@@ -47,6 +47,19 @@ from cxrscreen.threads import configure_threads
 
 
 
+class StepClock:
+    """Wall seconds of each step of a run (``laps``: step -> seconds since the previous lap)."""
+
+    def __init__(self) -> None:
+        self.last = time.time()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, step: str) -> None:
+        now = time.time()
+        self.laps[step] = round(now - self.last, 1)
+        self.last = now
+
+
 @dataclass
 class AdaptResult:
     """What :func:`adapt` measured (``report``: the content of adapt.json) and where it wrote."""
@@ -68,7 +81,8 @@ def check_out_dir(cfg: AdaptConfig) -> None:
 
 
 def tune_settings(cfg: AdaptConfig) -> TuneSettings:
-    return TuneSettings(cfg.epochs, cfg.patience, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.label_smoothing)
+    return TuneSettings(cfg.epochs, cfg.patience, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.label_smoothing,
+                        cfg.backbone_lr_factor)
 
 
 class Adaptation:
@@ -82,6 +96,7 @@ class Adaptation:
     def run(self) -> AdaptResult:
         cfg, log = self.cfg, self.log
         start = time.time()
+        self.clock = StepClock()
         check_out_dir(cfg)
         configure_threads(cfg.num_threads)
         evaluator = site_evaluator(cfg)
@@ -89,6 +104,7 @@ class Adaptation:
         self.parent_path = Path(evaluator.predictor.model_path)
         site = load_site(cfg, evaluator, log)
         self.site = site
+        self.clock.lap("site")
         counts = ", ".join(f"{c} {n}" for c, n in site.class_counts.items())
         log(f"site: {len(site.records)} images ({counts}); left out {site.left_out or 0} near-duplicate(s) of the "
             f"parent's training images")
@@ -97,6 +113,7 @@ class Adaptation:
         self.cut = cut_index(self.parent, cfg.train_blocks)
         log(f"computing the frozen layers' outputs once ({cfg.views} view(s) of each image)")
         self.features = frozen_features(self.parent, site.images, self.cut, cfg.views, cfg.augment, cfg.seed)
+        self.clock.lap("frozen_features")
         self.positive_index = site.classes.index(cfg.positive)
         groups = [r.group_key for r in site.records]
         self.groups = groups
@@ -112,7 +129,9 @@ class Adaptation:
         after = site_scores(oof_probs, site.targets, site.classes, cfg.positive, groups, cfg.n_resamples, cfg.seed)
         at_threshold = binary_metrics(is_positive, score, score >= threshold, cfg.positive, cfg.n_resamples, cfg.seed, groups)
         epochs = int(np.median(best_epochs))
+        self.clock.lap("folds")
         curve = self.learning_curve(folds, epochs)
+        self.clock.lap("learning_curve")
 
         report = {
             "notice": SCREENING_NOTICE,
@@ -149,7 +168,9 @@ class Adaptation:
             report["figures"] = {"learning_curve": str(plot_learning_curve(curve, before, after, cfg.positive,
                                                                           RunDir(cfg.run_dir).learning_curve))}
         self.save_final(epochs, calibration.temperature, threshold, report)
+        self.clock.lap("final_model")
         report["seconds"] = round(time.time() - start, 1)
+        report["seconds_by_step"] = self.clock.laps
         write_json(RunDir(cfg.run_dir).adapt, report)
         return AdaptResult(cfg.run_dir, report)
 

@@ -23,7 +23,8 @@ class AdaptConfig:
     ``classes``: the site's classes (default: the model's); a coarser set (e.g. ``covid,other``) merges the
     model's head rows. ``positive``: the class the operating threshold is set for (default ``covid``).
     ``train_blocks``: how many of the backbone's last blocks are fine-tuned (with its last convolution and the
-    head); the blocks before them stay frozen and their outputs are computed once. ``views``: the frozen outputs
+    head); the blocks before them stay frozen and their outputs are computed once. The head learns at ``lr``, the
+    fine-tuned backbone layers at ``lr * backbone_lr_factor``. ``views``: the frozen outputs
     are kept for this many versions of each image (the first as it is, the others augmented with ``augment``).
     ``sizes``: labelled images per class of the learning curve (empty: no curve), ``repeats`` draws of each.
     """
@@ -45,6 +46,7 @@ class AdaptConfig:
     patience: int = 2
     batch_size: int = 32
     lr: float = 3e-4
+    backbone_lr_factor: float = 1.0
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
     inner_fraction: float = 0.2
@@ -72,6 +74,7 @@ class AdaptConfig:
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 2, f"--batch-size must be at least 2, got {self.batch_size}"),
             (0 < self.lr < 1, f"--lr must be in (0, 1), got {self.lr}"),
+            (0 < self.backbone_lr_factor <= 1, f"--backbone-lr-factor must be in (0, 1], got {self.backbone_lr_factor}"),
             (0 < self.inner_fraction < 0.5, f"inner_fraction must be in (0, 0.5), got {self.inner_fraction}"),
             (self.n_resamples >= 0, f"--bootstrap must be 0 or more, got {self.n_resamples}"),
         ]

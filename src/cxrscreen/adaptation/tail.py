@@ -35,6 +35,7 @@ class TuneSettings:
     lr: float
     weight_decay: float
     label_smoothing: float
+    backbone_lr_factor: float = 1.0
     min_steps: int = 20
 
 
@@ -100,16 +101,17 @@ def tail_logits(model: XrayClassifier, features: torch.Tensor, cut: int) -> torc
     return model.head(model.dropout(torch.flatten(model.pool(x), 1)))
 
 
-def tail_parameters(model: XrayClassifier, cut: int) -> list[nn.Parameter]:
-    """The parameters fine-tuning changes; every other parameter of ``model`` is frozen."""
+def tail_parameters(model: XrayClassifier, cut: int) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The parameters fine-tuning changes, as (backbone: the blocks from ``cut`` and the final convolution, head);
+    every other parameter of ``model`` is frozen."""
     net = backbone_net(model)
-    modules = [*net._blocks[cut:], net._conv_head, net._bn1, model.head]
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    params = [p for module in modules for p in module.parameters()]
-    for parameter in params:
+    backbone = [p for module in (*net._blocks[cut:], net._conv_head, net._bn1) for p in module.parameters()]
+    head = list(model.head.parameters())
+    for parameter in backbone + head:
         parameter.requires_grad_(True)
-    return params
+    return backbone, head
 
 
 def _train_mode(model: XrayClassifier) -> None:
@@ -133,10 +135,12 @@ def fine_tune(parent: XrayClassifier, features: torch.Tensor, targets: np.ndarra
               epochs: int | None = None) -> TuneResult:
     """A copy of ``parent`` whose tail is fine-tuned on ``features[:, train_idx]`` (each step draws one stored view
     per image) with class weights; with ``val_idx``, early stopping on the validation loss (the best epoch's
-    weights are kept), else exactly ``epochs`` epochs. At least ``settings.min_steps`` steps run in all."""
+    weights are kept), else exactly ``epochs`` epochs. At least ``settings.min_steps`` steps run in all. The head
+    learns at ``settings.lr``, the fine-tuned backbone layers at ``settings.lr * settings.backbone_lr_factor``."""
     model = copy.deepcopy(parent)
-    params = tail_parameters(model, cut)
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    backbone, head = tail_parameters(model, cut)
+    optimizer = torch.optim.AdamW([{"params": backbone, "lr": settings.lr * settings.backbone_lr_factor},
+                                   {"params": head, "lr": settings.lr}], lr=settings.lr, weight_decay=settings.weight_decay)
     num_classes = model.head.out_features
     weights = class_weights(targets[train_idx], num_classes)
     # A class without training images (a site that has no COVID) would get the largest weight, and label smoothing

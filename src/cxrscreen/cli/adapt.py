@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-blocks", type=int, default=3, help="last backbone blocks fine-tuned (with the final convolution and the head)")
     p.add_argument("--epochs", type=int, default=8, help="most epochs per fine-tuning (early stopping on an inner split)")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
+    p.add_argument("--backbone-lr-factor", type=float, default=1.0, metavar="F",
+                   help="the fine-tuned backbone layers learn at --lr times F (the head at --lr)")
     p.add_argument("--by", choices=["source"], help="also print the figures per source (default: pooled only)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples for the CIs")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds, draws and fine-tuning")
@@ -51,7 +53,7 @@ def run_adapt(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, model=args.model, classes=args.classes, label_map=parse_label_map(args.label_map),
         positive=args.positive.strip().lower(), folds=args.folds, target_sensitivity=args.target_sensitivity,
         sizes=parse_sizes(args.sizes), repeats=args.repeats, train_blocks=args.train_blocks, epochs=args.epochs,
-        lr=args.lr, by_source=args.by == "source", n_resamples=args.bootstrap, seed=args.seed,
+        lr=args.lr, backbone_lr_factor=args.backbone_lr_factor, by_source=args.by == "source", n_resamples=args.bootstrap, seed=args.seed,
         dedup_distance=args.dedup_distance, frontal_only=not args.include_lateral, num_threads=args.num_threads, name=args.name, overwrite=args.overwrite,
         progress=not args.quiet,
     )
