@@ -34,8 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--balance-cap", type=float, default=10.0, metavar="X",
                    help="with --balance: a cell is drawn at most X times its size per epoch; its unused share goes to the others")
     p.add_argument("--adversary", default="none", choices=["none", "source"],
-                   help="source: a collection-telling head behind gradient reversal, so that features do not tell the "
-                   "collection (needs 2 or more collections holding 2 or more classes each)")
+                   help="source: a head telling the collection among images of the same class, behind gradient "
+                   "reversal, so that features do not tell the collection (needs a class drawn from 2 or more collections)")
     p.add_argument("--adversary-weight", type=float, default=0.1, metavar="W", help="weight of the adversary's loss")
     p.add_argument("--style", default="none", metavar="KINDS",
                    help="augmentation that breaks a scanner's look, comma-separated: histmatch (grey levels of an image "
@@ -71,9 +71,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--checkpoint", metavar="FILE", help="checkpoint to update (default RUN_DIR/best.pt)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.set_defaults(func=run_refit_guard)
-
-    m = subparsers.add_parser("models", help="list the registered architectures")
-    m.set_defaults(func=run_models)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -157,12 +154,4 @@ def run_refit_guard(args: argparse.Namespace) -> int:
     from cxrscreen.training.refit_guard import refit_ood_guard
 
     refit_ood_guard(args.run_dir, args.checkpoint, progress=not args.quiet)
-    return 0
-
-
-def run_models(args: argparse.Namespace) -> int:
-    from cxrscreen.models.registry import list_models
-
-    for spec in list_models():
-        print(f"{spec.name:22s} {spec.default_img_size:4d}px  pretrained={'yes' if spec.has_pretrained else 'no '}  {spec.description}")
     return 0

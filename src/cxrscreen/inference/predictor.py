@@ -39,6 +39,7 @@ from cxrscreen.inference.options import (  # noqa: F401 - re-exported: the CLI a
 from cxrscreen.inference.backends import InferenceBackend, NetOutputs, TorchBackend, softmax  # noqa: F401
 from cxrscreen.inference.preparation import PreparedBatch, failure_reason, prepare_batch, source_name
 from cxrscreen.inference.results import Explanation, Prediction, PredictionFailure
+from cxrscreen.models.bundled import WEIGHTS_DIR, bundled_model, bundled_models, is_bundled_name
 from cxrscreen.run_dir import RunDir
 
 # torch, ONNX Runtime, the lung segmenter, the guard's network and Grad-CAM are imported where first used, for
@@ -49,7 +50,7 @@ if TYPE_CHECKING:  # torch is imported only where a network runs in it
     from cxrscreen.models.checkpoint import ModelMeta
     from cxrscreen.models.registry import XrayClassifier
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "weights" / "default.pt"
+DEFAULT_MODEL = WEIGHTS_DIR / "default.pt"  # the bundled model called "default" (models/weights/bundled.json)
 OUT_OF_DISTRIBUTION_LABEL = "not a chest X-ray?"
 T = TypeVar("T")
 R = TypeVar("R")
@@ -320,7 +321,10 @@ class Predictor:
 
 
 def resolve_model_path(path: str | os.PathLike | None) -> Path:
-    """A model file from a path: None -> the bundled default; a run directory -> ``RUN/best.pt``."""
+    """A model file from a path: None -> the bundled default; a bundled model's name (``cxrscreen models``) -> its
+    file; a run directory -> ``RUN/best.pt``."""
+    if path is not None and is_bundled_name(str(path)):
+        return bundled_model(str(path)).path
     if path is None:
         if not DEFAULT_MODEL.is_file():
             raise ModelError(
@@ -335,7 +339,7 @@ def resolve_model_path(path: str | os.PathLike | None) -> Path:
             raise ModelError(f"{model_path}: run directory holds no {best.name}")
         return best
     if not model_path.exists():
-        raise ModelError(f"{model_path}: model file not found")
+        raise ModelError(f"{model_path}: model file not found (bundled models, by name: {', '.join(bundled_models())})")
     return model_path
 
 
