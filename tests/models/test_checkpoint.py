@@ -56,3 +56,30 @@ def test_foreign_and_newer_files_are_refused(tmp_path: Path) -> None:
         read_checkpoint(newer)
     with pytest.raises(ModelError, match="model file not found"):
         read_checkpoint(tmp_path / "absent.pt")
+
+
+def test_a_shipping_copy_drops_resuming_state_and_a_half_copy_loads_back_close(tmp_path):
+    import torch
+
+    from cxrscreen.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, save_shipping_copy
+    from cxrscreen.models.meta import ModelMeta
+    from cxrscreen.models.registry import create_model
+    from cxrscreen.data.transforms import Preprocessing
+
+    model = create_model("efficientnet_lite0", 2, pretrained=False).eval()
+    meta = ModelMeta(arch="efficientnet_lite0", classes=["covid", "other"], preprocessing=Preprocessing(img_size=64))
+    source = tmp_path / "last.pt"
+    save_checkpoint(source, model, meta, extra={"optimizer": {"step": 3}})
+    full, half = tmp_path / "full.pt", tmp_path / "half.pt"
+    save_shipping_copy(source, full)
+    save_shipping_copy(source, half, half=True)
+    assert "extra" not in read_checkpoint(full) and "extra" not in read_checkpoint(half)
+    assert read_checkpoint(half)["state_dict"]["head.weight"].dtype == torch.float16
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        reference = model(x)
+        assert torch.equal(load_checkpoint(full)[0](x), reference)
+        widened = load_checkpoint(half)[0]
+        assert next(widened.parameters()).dtype == torch.float32
+        assert torch.allclose(widened(x), reference, atol=0.05)

@@ -39,6 +39,20 @@ def save_checkpoint(path: str | Path, model: XrayClassifier, meta: ModelMeta, ex
         fh.write(buffer.getvalue())
 
 
+def save_shipping_copy(source: str | Path, target: str | Path, half: bool = False) -> None:
+    """Copy a checkpoint without its resuming state; ``half`` stores the floating-point weights as float16 (half
+    the file; :func:`load_checkpoint` widens them back). Whether a half copy's answers still hold is the caller's
+    to check."""
+    payload = read_checkpoint(source)
+    payload.pop("extra", None)
+    if half:
+        payload["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_write(target, "wb") as fh:
+        fh.write(buffer.getvalue())
+
+
 def read_weight_file(path: str | Path, file_format: str, what: str) -> dict[str, Any]:
     """A ``torch.save``d dict whose ``format`` is ``file_format``, loaded safely (``weights_only``); raises
     :class:`ModelError` naming the path and the cause (``what`` names the kind of file in messages)."""

@@ -1,0 +1,81 @@
+"""Ship a trained model inside the package under a name: its weights checked (float16 where that changes no
+answer) and listed in ``src/cxrscreen/models/weights/bundled.json`` (what ``cxrscreen models`` prints and
+``--model NAME`` resolves).
+
+    .venv/bin/python scripts/bundle_model.py RUN_DIR_OR_CHECKPOINT NAME --use "what it is for" \\
+        --external "ieee8023 COVID-vs-rest AUROC=0.70 [0.63, 0.77]" [--external ...] [--check DIR] [--images 64]
+
+The weights are stored as float16 (half the file) if its probabilities stay within 1e-3 of the float32 model's on
+``--images`` X-rays from ``--check`` (default: the Radiography DB), through the torch backend, lung preparation
+included; otherwise as float32. Resuming state is left out either way. The external figures are those measured by ``benchmarks/generalisation.py`` (MODEL_CARD.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cxrscreen.inference.predictor import load_predictor, resolve_model_path
+from cxrscreen.models.bundled import MANIFEST, WEIGHTS_DIR
+from cxrscreen.models.checkpoint import save_shipping_copy
+
+TOLERANCE = 1e-3
+DEFAULT_CHECK = Path(__file__).resolve().parents[2] / "shared" / "data" / "COVID-19_Radiography_Dataset"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="run directory or checkpoint to ship")
+    p.add_argument("name", help="the name users give to --model (letters, digits, '-')")
+    p.add_argument("--use", required=True, help="one line: what the model is for")
+    p.add_argument("--external", action="append", default=[], metavar="MEASURE=FIGURE",
+                   help="a figure on a collection it never saw (repeat)")
+    p.add_argument("--check", type=Path, default=DEFAULT_CHECK, help="folder of X-rays for the float16 check")
+    p.add_argument("--images", type=int, default=64, help="how many X-rays the float16 check scores")
+    return p.parse_args(argv)
+
+
+def max_probability_change(full: Path, half: Path, images: list[Path]) -> float:
+    """Largest absolute difference in any class probability between the two checkpoints on ``images``."""
+    probs = []
+    for path in (full, half):
+        predictor = load_predictor(path, backend="torch")
+        results = predictor.predict_batch([str(path) for path in images])
+        probs.append(np.array([[r.probabilities[c] for c in predictor.classes] for r in results]))
+    return float(np.abs(probs[0] - probs[1]).max())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.name.replace("-", "").isalnum():
+        sys.exit(f"bundle_model: name {args.name!r} must be letters, digits and '-'")
+    external = dict(item.split("=", 1) for item in args.external)
+    source = resolve_model_path(args.model)
+    images = sorted(p for p in args.check.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    images = [images[i] for i in np.linspace(0, len(images) - 1, min(args.images, len(images))).astype(int)]
+    target = WEIGHTS_DIR / f"{args.name}.pt"
+    with tempfile.TemporaryDirectory() as tmp:
+        half = Path(tmp) / target.name
+        save_shipping_copy(source, half, half=True)
+        change = max_probability_change(source, half, images)
+        keep_half = change <= TOLERANCE
+        print(f"float16 weights: largest probability change {change:.2e} on {len(images)} X-rays: "
+              + ("kept" if keep_half else f"over {TOLERANCE}, so float32 it is"))
+        if keep_half:
+            target.write_bytes(half.read_bytes())
+        else:
+            save_shipping_copy(source, target)
+    manifest = json.loads(MANIFEST.read_text(encoding="utf-8"))
+    manifest[args.name] = {"file": target.name, "use": args.use, "external": external}
+    MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    print(f"bundled {source} as {args.name!r}: {target} ({target.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
