@@ -29,8 +29,9 @@ tested on the very same images. For each recipe, side by side:
 Budget: ``--limit-per-class N`` draws at most N images per class (seeded) and keeps each class's natural mix of
 collections; ``--cap-per-cell N`` keeps at most N images of each (class, collection) cell, which evens the
 collections out by itself (so it does part of R2's work: prefer ``--limit-per-class`` to measure the levers).
-A recipe the trainer refuses (``--adversary source`` where fewer collections than it needs hold two classes: in
-``covid,other`` only the Radiography DB holds COVID) is shown as refused, with the trainer's reason.
+A recipe the trainer refuses (e.g. ``--adversary source`` on data where every class comes from one collection) is
+shown as refused, with the trainer's reason; in ``covid,other`` the class ``other`` comes from five collections, so
+R4's class-conditional adversary trains.
 
 All images are hashed and prepared before any training (the caches are on disk), then the trainings run, up to
 ``--jobs`` at a time, each process pinned to its share of the CPUs (``--jobs 2`` on two cores: two trainings with
@@ -253,7 +254,7 @@ def run_job(job: Job, args: argparse.Namespace) -> dict[str, Any]:
     log = lambda line: print(f"[{job.name}] {line}", file=sys.stderr, flush=True)  # noqa: E731
     try:
         train_s = ensure_trained(job, log)
-    except ConfigError as exc:  # e.g. the adversary where no two collections share a class: a row says so
+    except ConfigError as exc:  # e.g. the adversary where every class comes from one collection: a row says so
         log(f"refused: {exc}")
         return {"job": job.name, "recipe": job.recipe, "refused": str(exc), "left_out": {},
                 "seconds": {"train": None, "measure": 0.0}}
