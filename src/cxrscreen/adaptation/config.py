@@ -42,11 +42,11 @@ class AdaptConfig:
     train_blocks: int = 3
     views: int = 4
     augment: str = "default"
-    epochs: int = 8
-    patience: int = 2
+    epochs: int = 12
+    patience: int = 3
     batch_size: int = 32
-    lr: float = 3e-4
-    backbone_lr_factor: float = 1.0
+    lr: float = 1e-3
+    backbone_lr_factor: float = 0.3
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
     inner_fraction: float = 0.2

@@ -25,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sizes", default="10,25,50,100", help="learning curve: labelled images per class (none = no curve)")
     p.add_argument("--repeats", type=int, default=3, help="learning curve: draws per size")
     p.add_argument("--train-blocks", type=int, default=3, help="last backbone blocks fine-tuned (with the final convolution and the head)")
-    p.add_argument("--epochs", type=int, default=8, help="most epochs per fine-tuning (early stopping on an inner split)")
-    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
-    p.add_argument("--backbone-lr-factor", type=float, default=1.0, metavar="F",
+    p.add_argument("--epochs", type=int, default=12, help="most epochs per fine-tuning (early stopping on an inner split)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    p.add_argument("--backbone-lr-factor", type=float, default=0.3, metavar="F",
                    help="the fine-tuned backbone layers learn at --lr times F (the head at --lr)")
     p.add_argument("--by", choices=["source"], help="also print the figures per source (default: pooled only)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples for the CIs")
