@@ -75,7 +75,8 @@ def site_evaluator(cfg: AdaptConfig) -> Evaluator:
     """The evaluator of the parent model on the site: every image (``split=all``), the site's classes."""
     return Evaluator(EvaluationConfig(data=list(cfg.data), model=cfg.model, split="all", classes=cfg.classes,
                                       label_map=dict(cfg.label_map), dedup_distance=cfg.dedup_distance,
-                                      n_resamples=cfg.n_resamples, seed=cfg.seed, progress=cfg.progress))
+                                      n_resamples=cfg.n_resamples, seed=cfg.seed, progress=cfg.progress,
+                                      backend="torch"))  # fine-tuning needs the torch network: export nothing
 
 
 def check_classes(where: str, counts: dict[str, int], positive: str) -> list[str]:

@@ -373,7 +373,8 @@ def audit_model(cfg: AuditConfig | None = None, log: Callable[[str], None] = pri
     elif kwargs:
         raise ConfigError("pass either an AuditConfig or keyword arguments, not both")
     evaluator = Evaluator(EvaluationConfig(data=list(cfg.data), model=cfg.model, split=cfg.split, seed=cfg.seed,
-                                           dedup_distance=cfg.dedup_distance, progress=cfg.progress))
+                                           dedup_distance=cfg.dedup_distance, progress=cfg.progress,
+                                           backend="torch"))  # Grad-CAM runs in torch: export nothing
     data = list(cfg.data) or evaluator.train_data
     if not data:
         raise ConfigError("--data is required: the model does not name the data it was trained on")

@@ -174,7 +174,8 @@ def leave_one_source_out(
                 train(fold_cfg, overwrite=True, progress=progress, log=log)
             evaluation = evaluate_model(EvaluationConfig(
                 data=[str(test_csv)], model=str(fold.run_dir), split="all", n_resamples=n_resamples, seed=cfg.seed,
-                dedup_distance=cfg.dedup_distance, out=str(RunDir(fold.run_dir).eval_dir), progress=progress))
+                dedup_distance=cfg.dedup_distance, out=str(RunDir(fold.run_dir).eval_dir), progress=progress,
+                backend="torch"))  # one small held-out fold per model: an ONNX export would cost more than it saves
             fold_scores(fold, evaluation)
         except CxrError as exc:
             fold.error = str(exc)

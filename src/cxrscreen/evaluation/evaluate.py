@@ -61,6 +61,8 @@ class EvaluationConfig:
     together); empty means the data the run was trained on. ``classes``: evaluate on these classes (e.g.
     ``covid,other``) by summing the probabilities of the model's classes that fall into each; None = the model's.
     ``out``: output folder (default ``RUN/eval`` for a run directory; nothing is written for a file without it).
+    ``backend``: where the classifier runs (:data:`cxrscreen.inference.options.BACKENDS`); callers that need the torch
+    network anyway (fine-tuning, Grad-CAM) pass ``torch`` so that no ONNX graph is exported for nothing.
     """
 
     data: list[str] = field(default_factory=list)
@@ -75,6 +77,7 @@ class EvaluationConfig:
     dedup_distance: int = DEFAULT_MAX_DISTANCE
     progress: bool = True
     label_map: dict[str, str] = field(default_factory=dict)
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         if self.split not in SPLIT_CHOICES:
@@ -171,7 +174,7 @@ class Evaluator:
 
     def __init__(self, cfg: EvaluationConfig):
         self.cfg = cfg
-        self.predictor = load_predictor(cfg.model)
+        self.predictor = load_predictor(cfg.model, backend=cfg.backend)
         self.meta = self.predictor.meta
         self.run_dir = find_run_dir(cfg.model)
         # The user's --label-map adds to (and overrides) the mapping the model was trained with.

@@ -300,7 +300,7 @@ def gradcam_section(run_dir: Path, eval_dir: Path, per_class: int, log: Callable
     if not rows or per_class == 0:
         hint = "No predictions to explain: run `cxrscreen evaluate --model RUN_DIR` first."
         return html.section("gradcam", "Grad-CAM examples", html.paragraph(hint, "muted"))
-    predictor = load_predictor(run_dir)
+    predictor = load_predictor(run_dir, backend="torch")  # for Grad-CAM: export nothing
     parts = [html.paragraph("Where the evidence for the predicted class lies (Grad-CAM), on the most confident correct "
                             "and wrong predictions of each class of the first evaluated collection (eval/predictions.csv); "
                             "wrong ones are captioned in red.", "muted")]
