@@ -58,7 +58,9 @@ def test_a_default_is_shown_once(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert text.count("(default: table)") == 1 and text.count("(default: torch)") == 1
+    assert text.count("(default: table)") == 1
+    backend = text[text.index("--backend {auto,torch,onnx} "):text.index("--batch-size N ")]
+    assert backend.count("(default:") == 1 and "(default: auto = ONNX Runtime on the CPU, torch on a CUDA GPU)" in backend
 
 
 def test_misspelt_option_prints_the_subcommands_usage(capsys) -> None:

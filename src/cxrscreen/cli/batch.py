@@ -21,6 +21,9 @@ def image_files(paths: list[str]) -> list[Path]:
         say(f"{folder}: skipped {count} file(s) that are not PNG, JPEG or DICOM", sys.stderr)
     if not listing.files:
         raise ConfigError(f"{', '.join(paths)}: no PNG, JPEG or DICOM files found")
+    if not any(path.exists() for path in listing.files):  # before a model is loaded (or prepared) for nothing
+        missing = [str(path) for path in listing.files]
+        raise ConfigError(f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}: file not found")
     return listing.files
 
 

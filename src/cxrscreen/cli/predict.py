@@ -88,6 +88,8 @@ def report_failure(failure: PredictionFailure | str) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     files = image_files(args.paths)
+    if args.explain:
+        args.explain.mkdir(parents=True, exist_ok=True)  # an unwritable --explain fails before a model loads
     predictor = load_for_inference(args, backend=args.backend, batch_size=args.batch_size)
     if args.explain:
         check_target(args.target, predictor.classes)
@@ -125,6 +127,7 @@ def explain_one(predictor, path: Path, out_prefix: Path, target: str | None, sav
 
 def run_explain(args: argparse.Namespace) -> int:
     files = image_files(args.paths)
+    args.out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails before a model loads
     predictor = load_for_inference(args)
     check_target(args.target, predictor.classes)
     stems = UniqueStems()
