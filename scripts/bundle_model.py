@@ -4,7 +4,7 @@ answer) and listed in ``src/cxrscreen/models/weights/bundled.json`` (what ``cxrs
 
     .venv/bin/python scripts/bundle_model.py RUN_DIR_OR_CHECKPOINT NAME --use "what it is for" \\
         --external "ieee8023 COVID-vs-rest AUROC=0.70 [0.63, 0.77]" [--external ...] [--check DIR] [--images 64] \
-        [--operating-point covid=0.90]
+        [--operating-point covid=0.90] [--known-limit TEXT ...]
 
 The weights are stored as float16 (half the file) if its probabilities stay within 1e-3 of the float32 model's on
 ``--images`` X-rays from ``--check`` (default: the Radiography DB), through the torch backend, lung preparation
@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="a figure on a collection it never saw (repeat)")
     p.add_argument("--check", type=Path, default=DEFAULT_CHECK, help="folder of X-rays for the float16 check")
     p.add_argument("--images", type=int, default=64, help="how many X-rays the float16 check scores")
+    p.add_argument("--known-limit", action="append", default=[], metavar="TEXT",
+                   help="a weakness every prediction of this model reports (repeat)")
     p.add_argument("--operating-point", metavar="CLASS=SENSITIVITY",
                    help="store CLASS's threshold for this sensitivity on the run's validation split")
     return p.parse_args(argv)
@@ -68,10 +70,12 @@ def validation_threshold(run_dir: str, spec: str) -> tuple[str, float]:
     return name, threshold
 
 
-def with_thresholds(checkpoint: Path, thresholds: dict[str, float]) -> None:
-    """Rewrite ``checkpoint`` with ``thresholds`` as its stored operating point."""
+def with_use_notes(checkpoint: Path, thresholds: dict[str, float], known_limits: list[str]) -> None:
+    """Rewrite ``checkpoint`` with ``thresholds`` as its stored operating point and ``known_limits`` added to the
+    weaknesses every prediction reports."""
     model, meta = load_checkpoint(checkpoint)
-    meta.thresholds = dict(thresholds)
+    meta.thresholds = {**meta.thresholds, **thresholds}
+    meta.known_limits = [*meta.known_limits, *known_limits]
     save_checkpoint(checkpoint, model, meta)
 
 
@@ -86,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     images = [images[i] for i in np.linspace(0, len(images) - 1, min(args.images, len(images))).astype(int)]
     target = WEIGHTS_DIR / f"{args.name}.pt"
     with tempfile.TemporaryDirectory() as tmp:
-        if thresholds:
+        if thresholds or args.known_limit:
             decided = Path(tmp) / "decided.pt"
             save_shipping_copy(source, decided)
-            with_thresholds(decided, thresholds)
+            with_use_notes(decided, thresholds, args.known_limit)
             source = decided
         half = Path(tmp) / target.name
         save_shipping_copy(source, half, half=True)
