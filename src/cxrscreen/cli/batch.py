@@ -21,10 +21,17 @@ def image_files(paths: list[str]) -> list[Path]:
         say(f"{folder}: skipped {count} file(s) that are not PNG, JPEG or DICOM", sys.stderr)
     if not listing.files:
         raise ConfigError(f"{', '.join(paths)}: no PNG, JPEG or DICOM files found")
-    if not any(path.exists() for path in listing.files):  # before a model is loaded (or prepared) for nothing
-        missing = [str(path) for path in listing.files]
-        raise ConfigError(f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}: file not found")
     return listing.files
+
+
+def only_missing_files(files: list[Path]) -> bool:
+    """True when none of ``files`` exists, after one ``PATH: file not found`` line each on stderr (as a batch reports
+    a file it cannot read): the command exits 2 before it loads, or prepares, a model for nothing."""
+    if any(path.exists() for path in files):
+        return False
+    for path in files:
+        say(f"{path}: file not found", sys.stderr)
+    return True
 
 
 def progress(total: int, desc: str) -> tqdm:

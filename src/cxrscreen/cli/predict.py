@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from cxrscreen import SCREENING_NOTICE
-from cxrscreen.cli.batch import UniqueStems, batch_exit_code, image_files, progress, say
+from cxrscreen.cli.batch import UniqueStems, batch_exit_code, image_files, only_missing_files, progress, say
 from cxrscreen.errors import CxrError
 from cxrscreen.inference.predictor import (
     BACKENDS,
@@ -88,6 +88,8 @@ def report_failure(failure: PredictionFailure | str) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     files = image_files(args.paths)
+    if only_missing_files(files):
+        return 2
     if args.explain:
         args.explain.mkdir(parents=True, exist_ok=True)  # an unwritable --explain fails before a model loads
     predictor = load_for_inference(args, backend=args.backend, batch_size=args.batch_size)
@@ -127,6 +129,8 @@ def explain_one(predictor, path: Path, out_prefix: Path, target: str | None, sav
 
 def run_explain(args: argparse.Namespace) -> int:
     files = image_files(args.paths)
+    if only_missing_files(files):
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails before a model loads
     predictor = load_for_inference(args)
     check_target(args.target, predictor.classes)
