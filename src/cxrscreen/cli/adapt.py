@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(after, on the same images), draw a learning curve, and save the model fine-tuned on all of them with its "
         "lineage, temperature, threshold and OOD guard. A screening aid, not a diagnosis.",
     )
-    p.add_argument("--model", metavar="RUN_DIR_OR_FILE", help="model to adapt (default: the bundled model)")
+    p.add_argument("--model", metavar="MODEL", help="model to adapt: run directory, checkpoint or a bundled model's name (`cxrscreen models`; default: the bundled default)")
     p.add_argument("--data", action="append", required=True, metavar="PATH", help="the site's labelled images (repeat to combine)")
     p.add_argument("--classes", help="the site's classes, e.g. covid,other (default: the model's); merged classes start from the model's head rows")
     p.add_argument("--label-map", action="append", metavar="FROM=TO", help="map a site label onto a class (repeatable; default: the built-in label table only)")

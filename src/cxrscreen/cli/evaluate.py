@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a model on its test split or on other collections (near-duplicates of its training "
         "images left out), with bootstrap CIs, calibration and figures. A screening aid, not a diagnosis.",
     )
-    p.add_argument("--model", metavar="RUN_DIR_OR_FILE", help="run directory or checkpoint (default: the bundled model)")
+    p.add_argument("--model", metavar="MODEL", help="run directory, checkpoint or a bundled model's name (`cxrscreen models`; default: the bundled default)")
     p.add_argument("--data", action="append", metavar="PATH", help="collection to evaluate (repeat to combine; default: the run's training data)")
     p.add_argument("--split", default="test", choices=["test", "val", "train", "all"],
                    help="side of the run's split when --data is its training data; all = every image")

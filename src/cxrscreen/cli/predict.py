@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="FILE", help="checkpoint .pt, run directory or .onnx (default: bundled model)")
+    parser.add_argument("--model", metavar="MODEL", help="checkpoint .pt, run directory, .onnx or a bundled model's name (`cxrscreen models`; default: the bundled default)")
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:

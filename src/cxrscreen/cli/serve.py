@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--port", type=int, default=defaults.port,
         help="port (default: %(default)s; 0 picks a free one); the address is printed once bound",
     )
-    parser.add_argument("--model", default=None, metavar="FILE", help="model file (default: the bundled model)")
+    parser.add_argument("--model", default=None, metavar="MODEL", help="checkpoint .pt, run directory, .onnx or a bundled model's name (`cxrscreen models`; default: the bundled default)")
     parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                         help="inference engine (default: %(default)s = ONNX Runtime on the CPU, torch on a CUDA GPU)")
     parser.add_argument(

@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "fields hidden and with only the lung fields kept, measures the Grad-CAM mass inside the lungs and, with "
         "several sources, whether the model's features reveal the source. Writes audit.json.",
     )
-    a.add_argument("--model", metavar="RUN_DIR_OR_FILE", help="run directory or checkpoint (default: the bundled model)")
+    a.add_argument("--model", metavar="MODEL", help="run directory, checkpoint or a bundled model's name (`cxrscreen models`; default: the bundled default)")
     a.add_argument("--data", action="append", metavar="PATH", help="collection to audit (repeat to combine; default: the run's training data)")
     a.add_argument("--split", default="test", choices=["test", "val", "train", "all"],
                    help="side of the run's split when --data is its training data")
