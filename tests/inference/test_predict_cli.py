@@ -294,3 +294,29 @@ def test_progress_bar_only_on_a_terminal(capsys, monkeypatch, tiny_checkpoint: P
     assert code == 0
     assert f"{'predicting' if command == 'predict' else 'explaining'}:   0%|          | 0/4" in terminal.getvalue()
     assert out_tty == out  # the bar never reaches stdout
+
+
+def test_predict_explain_without_target_explains_the_predicted_class_without_scoring_again(
+    capsys, tiny_checkpoint: Path, real_xrays: list[Path], tmp_path: Path, monkeypatch
+) -> None:
+    """`predict --explain` explains the class each row says, from that row's scores: no second classifier pass."""
+    from cxrscreen.inference import predictor as predictor_module
+
+    explained: list[str | None] = []
+    original_explain = predictor_module.Predictor.explain
+
+    def spy(self, source, target=None, name=None):
+        explained.append(target)
+        return original_explain(self, source, target, name)
+
+    def scored_again(self, *args, **kwargs):
+        raise AssertionError("explain scored the image again")
+
+    monkeypatch.setattr(predictor_module.Predictor, "explain", spy)
+    monkeypatch.setattr(predictor_module.Predictor, "predict_prepared", scored_again)
+    images = real_xrays[:3]
+    code, out, err = run(capsys, "predict", *map(str, images), "--model", str(tiny_checkpoint), "--format", "csv",
+                         "--explain", str(tmp_path / "cams"))
+    assert code == 0, err
+    labels = [row["label"] for row in csv.DictReader(io.StringIO(out))]
+    assert explained == labels and len(labels) == len(images)

@@ -106,7 +106,8 @@ def run_predict(args: argparse.Namespace) -> int:
                     failed += 1
                     report_failure(result)
                     continue
-                if args.explain and not explain_one(predictor, path, args.explain / stems(path), args.target, False):
+                target = args.target or predictor.decided_class(result)  # Grad-CAM need not score it again
+                if args.explain and not explain_one(predictor, path, args.explain / stems(path), target, False):
                     failed += 1
                 writer.row(result)
             bar.update(len(chunk))

@@ -110,6 +110,11 @@ class Predictor:
         """The predicted class of one probability row (C,) under :attr:`thresholds` (see :func:`decide`)."""
         return self.classes[decide(probs, self.classes, self.thresholds)]
 
+    def decided_class(self, prediction: Prediction) -> str:
+        """The class ``prediction`` decided under the thresholds, the OOD guard aside (its label may be
+        "not a chest X-ray?"): the target :meth:`explain` would choose, without scoring the image again."""
+        return self.decide(np.array([prediction.probabilities[name] for name in self.classes]))
+
     @property
     def img_size(self) -> int:
         return self.meta.preprocessing.img_size

@@ -1,8 +1,8 @@
 """The REST service and its web page.
 
 ``create_app(predictor, settings)`` builds the FastAPI application around any object that follows the
-Predictor contract (``meta``, ``classes``, ``predict(source, name)``, ``explain(source, target)``), so tests
-inject one. Endpoints:
+Predictor contract (``meta``, ``classes``, ``predict(source, name)``, ``decided_class(prediction)``,
+``explain(source, target)``), so tests inject one. Endpoints:
 
 - ``POST /v1/predict`` (multipart field ``file``; ``?explain=true`` adds the Grad-CAM overlay, ``?image=true``
   the decoded X-ray as PNG, e.g. to show a DICOM in a browser): label, probabilities, model, OOD flag, notice.
@@ -254,8 +254,8 @@ def analyse_upload(predictor: Any, gate: ModelGate, upload: Upload, explain: boo
     meta = predictor.meta
     body = {**prediction.to_dict(), "model": {"name": meta.name, "version": meta.version, "arch": meta.arch}}
     if explain:
-        with gate.exclusive():
-            explanation = predictor.explain(xray, name=upload.filename)
+        with gate.exclusive():  # the class just predicted (thresholds included, the guard aside): no second pass
+            explanation = predictor.explain(xray, target=predictor.decided_class(prediction), name=upload.filename)
         body["explanation"] = {"target": explanation.target, "overlay_png": base64_png(explanation.overlay_png)}
     if render:
         body["image_png"] = base64_png(xray_to_png(xray))
