@@ -134,12 +134,13 @@ class AugmentParams:
     noise_std: torch.Tensor  # (N,), 0 where no noise
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+def uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    """``n`` draws in [low, high) from ``generator``, on its device (so a seed gives the same draws anywhere)."""
     return low + (high - low) * torch.rand(n, generator=generator, device=generator.device)
 
 
-def _log_uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
-    return torch.exp(_uniform(n, math.log(low), math.log(high), generator))
+def log_uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.exp(uniform(n, math.log(low), math.log(high), generator))
 
 
 def _bernoulli(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
@@ -164,14 +165,14 @@ class BatchAugment:
     def sample(self, n: int, generator: torch.Generator) -> AugmentParams:
         """Draw the parameters of ``n`` images (always the same number of draws, so seeds stay aligned)."""
         cfg = self.cfg
-        area = _uniform(n, *cfg.crop_area, generator)
-        aspect = _log_uniform(n, *cfg.crop_aspect, generator)
+        area = uniform(n, *cfg.crop_area, generator)
+        aspect = log_uniform(n, *cfg.crop_aspect, generator)
         half_x = torch.sqrt(area * aspect).clamp(max=1.0)
         half_y = torch.sqrt(area / aspect).clamp(max=1.0)
         # Crop centre anywhere that keeps the crop inside the image, then the extra shift (2 = one side).
-        centre_x = (1 - half_x) * _uniform(n, -1, 1, generator) + 2 * _uniform(n, -1, 1, generator) * cfg.max_translate
-        centre_y = (1 - half_y) * _uniform(n, -1, 1, generator) + 2 * _uniform(n, -1, 1, generator) * cfg.max_translate
-        angle = torch.deg2rad(_uniform(n, -cfg.max_rotation_deg, cfg.max_rotation_deg, generator))
+        centre_x = (1 - half_x) * uniform(n, -1, 1, generator) + 2 * uniform(n, -1, 1, generator) * cfg.max_translate
+        centre_y = (1 - half_y) * uniform(n, -1, 1, generator) + 2 * uniform(n, -1, 1, generator) * cfg.max_translate
+        angle = torch.deg2rad(uniform(n, -cfg.max_rotation_deg, cfg.max_rotation_deg, generator))
         flip = torch.where(_bernoulli(n, cfg.hflip_p, generator), -1.0, 1.0)
         cos, sin = torch.cos(angle), torch.sin(angle)
         theta = torch.stack(
@@ -185,14 +186,14 @@ class BatchAugment:
             theta=theta,
             erase=_bernoulli(n, cfg.erase_p, generator),
             erase_kind=torch.randint(0, 8, (n,), generator=generator, device=generator.device),
-            erase_size=_uniform(n, *cfg.erase_size, generator),
-            erase_fill=_uniform(n, 0.0, 1.0, generator),
-            gamma=_log_uniform(n, 1 / cfg.max_gamma, cfg.max_gamma, generator),
-            contrast=_uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, generator),
-            brightness=_uniform(n, -cfg.brightness, cfg.brightness, generator),
+            erase_size=uniform(n, *cfg.erase_size, generator),
+            erase_fill=uniform(n, 0.0, 1.0, generator),
+            gamma=log_uniform(n, 1 / cfg.max_gamma, cfg.max_gamma, generator),
+            contrast=uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, generator),
+            brightness=uniform(n, -cfg.brightness, cfg.brightness, generator),
             blur=_bernoulli(n, cfg.blur_p, generator),
-            blur_sigma=_uniform(n, *cfg.blur_sigma, generator),
-            noise_std=_uniform(n, 0.0, cfg.max_noise_std, generator) * _bernoulli(n, cfg.noise_p, generator),
+            blur_sigma=uniform(n, *cfg.blur_sigma, generator),
+            noise_std=uniform(n, 0.0, cfg.max_noise_std, generator) * _bernoulli(n, cfg.noise_p, generator),
         )
 
     def apply(

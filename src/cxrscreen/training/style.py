@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from cxrscreen.errors import ConfigError
+from cxrscreen.training.augment import uniform
 
 STYLE_KINDS = ("histmatch", "tone", "mixstyle")
 PIXEL_KINDS = ("histmatch", "tone")
@@ -158,10 +159,6 @@ def tone_curve(
     return torch.where(images > 0, curve, 0.0).to(images.dtype)
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
-    return low + (high - low) * torch.rand(n, generator=generator, device=generator.device)
-
-
 class StyleAugment:
     """The pixel style augmentations of ``cfg`` (``histmatch``, then ``tone``) on a training batch.
 
@@ -187,8 +184,8 @@ class StyleAugment:
                 out = match_histograms(out, reference.to(images.device), selected)
         if "tone" in self.cfg.kinds:
             selected = torch.rand(n, generator=generator, device=generator.device) < self.cfg.p
-            gamma = torch.exp(_uniform(n, -math.log(MAX_TONE_GAMMA), math.log(MAX_TONE_GAMMA), generator))
-            slope, centre = _uniform(n, *TONE_SLOPE, generator), _uniform(n, *TONE_CENTRE, generator)
+            gamma = torch.exp(uniform(n, -math.log(MAX_TONE_GAMMA), math.log(MAX_TONE_GAMMA), generator))
+            slope, centre = uniform(n, *TONE_SLOPE, generator), uniform(n, *TONE_CENTRE, generator)
             lower = torch.rand(n, generator=generator, device=generator.device) < 0.5
             if selected.any():
                 curved = tone_curve(out, gamma, slope, centre, lower)
