@@ -3,7 +3,7 @@
 A checkpoint is prepared for ONNX Runtime once (:mod:`cxrscreen.inference.onnx_export`, which imports torch) into a
 folder of :func:`cxrscreen.models.onnx.cache_dir` named after the file's content and the exporting torch release::
 
-    <sha256 of the .pt>-opset17-torch2.13.0/
+    <content hash of the .pt>-opset17-torch2.13.0/
         model.onnx   the graph: image (N, 1, S, S) in [0, 1] -> logits (N, C), features (N, F); ModelMeta inside too
         meta.json    {"meta": ModelMeta without the OOD guard's matrices, "guard_graph": the guard network's export}
         guard.npz    the OOD guard's matrices (``meta.ood``'s lists, as arrays)
@@ -14,7 +14,6 @@ for 15 MB), read the folder and start ONNX Runtime sessions: no torch, no ``onnx
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrscreen.data.cache import content_hash
 from cxrscreen.errors import ConfigError, ModelError
 from cxrscreen.models.meta import ModelMeta
 from cxrscreen.models.onnx import INPUT_NAME, OPSET, cache_dir, cpu_session, session_metadata, torch_tag
@@ -49,8 +49,7 @@ class OnnxModel:
 
 def bundle_folder(checkpoint: Path) -> Path:
     """The cache folder of a checkpoint's ONNX bundle, keyed by the file's bytes and the exporting torch release."""
-    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:24]
-    return cache_dir() / f"{digest}-opset{OPSET}-torch{torch_tag()}"
+    return cache_dir() / f"{content_hash(checkpoint.read_bytes())}-opset{OPSET}-torch{torch_tag()}"
 
 
 def split_guard(ood: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
