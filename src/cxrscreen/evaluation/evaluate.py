@@ -30,7 +30,7 @@ from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE, hash_files, leave_out_nea
 from cxrscreen.data.imageio import to_float
 from cxrscreen.data.labels import CLASS_GROUPS, OTHER, LabelSet
 from cxrscreen.data.records import Record
-from cxrscreen.data.sources import load_dataset, locate, scan_paths, task_class
+from cxrscreen.data.sources import check_exists, load_dataset, scan_paths, task_class
 from cxrscreen.data.sources.base import read_csv_rows
 from cxrscreen.data.splits import load_split
 from cxrscreen.errors import ConfigError, DatasetLayoutError
@@ -174,8 +174,8 @@ class Evaluator:
 
     def __init__(self, cfg: EvaluationConfig):
         self.cfg = cfg
-        for path in [*cfg.data, *cfg.external]:  # a wrong path fails before a model loads
-            locate(path)
+        for path in [*cfg.data, *cfg.external]:  # a missing path fails before a model loads
+            check_exists(path)
         self.predictor = load_predictor(cfg.model, backend=cfg.backend)
         self.meta = self.predictor.meta
         self.run_dir = find_run_dir(cfg.model)

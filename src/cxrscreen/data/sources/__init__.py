@@ -97,11 +97,17 @@ def detect_specific(path: Path) -> tuple[Source, Path] | None:
     return None
 
 
-def locate(path: str | os.PathLike) -> tuple[Source, Path]:
-    """The source whose layout ``path`` holds, and the collection's root (maybe a folder below ``path``)."""
+def check_exists(path: str | os.PathLike) -> Path:
+    """``path`` made absolute; :class:`DatasetLayoutError` when there is nothing there (cheap: no layout detection)."""
     target = Path(os.path.abspath(path))
     if not target.exists():
         raise DatasetLayoutError(f"{path}: no such file or folder")
+    return target
+
+
+def locate(path: str | os.PathLike) -> tuple[Source, Path]:
+    """The source whose layout ``path`` holds, and the collection's root (maybe a folder below ``path``)."""
+    target = check_exists(path)
     if not target.is_dir() and target.suffix.lower() != ".csv":
         raise DatasetLayoutError(f"{path}: not a folder or a CSV manifest")
     found = detect_specific(target)
