@@ -68,7 +68,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--threads`` and ``--threshold``: how and where a loaded model decides."""
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where the model runs; auto = a CUDA GPU if torch sees one")
-    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: the idle CPUs, at most 4)")
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads: workers, each with single-threaded networks (default: the usable CPUs, at most 4)")
     parser.add_argument(
         "--threshold", action="append", metavar="CLASS=P",
         help="decision threshold: CLASS is predicted when its probability is at least P (repeatable; default: the "

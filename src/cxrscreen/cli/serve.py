@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--threads", type=int, default=None, metavar="N",
-        help="CPU threads of the model: workers, each with a single-threaded network (default: the idle CPUs, at most 4)",
+        help="CPU threads of the model: workers, each with a single-threaded network (default: the usable CPUs, at most 4)",
     )
     parser.add_argument(
         "--threshold", action="append", metavar="CLASS=P",

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from cxrscreen.errors import ConfigError
-from cxrscreen.threads import available_cpus, idle_cpus
+from cxrscreen.threads import available_cpus
 
 BACKENDS = ("auto", "torch", "onnx")
 DEFAULT_BACKEND = "auto"
@@ -116,15 +116,16 @@ def resolve_device(device: str, backend: str) -> str:
 
 
 def default_threads() -> int:
-    """CPU threads a predictor uses when none are asked for: the CPUs not already busy, at most 4.
+    """CPU threads a predictor uses when none are asked for: the CPUs this process may use, at most 4.
 
     They are spent on images, not on operators: that many workers each prepare and score their own batches with
     single-threaded networks. Intra-op threads wait at barriers for each other: beside another busy process on a
-    2-core machine, torch's default of 2 took 1,181 ms for one prediction against 80 ms with 1, and the 1-minute
-    load average counted here lags a new load by a minute. Workers never wait for each other. At most 4,
-    because a server runs several requests side by side.
+    2-core machine, torch's default of 2 took 1,181 ms for one prediction against 80 ms with 1. Workers never wait
+    for each other, so a busy CPU only slows the worker it shares; counting busy CPUs out (by the 1-minute load
+    average, which lags) halved a folder's speed for a minute after any other command had run, the benchmark's
+    previous process included. At most 4, because a server runs several requests side by side.
     """
-    return min(4, idle_cpus(available_cpus()))
+    return min(4, available_cpus())
 
 
 def chunk_size(count: int, workers: int, batch_size: int) -> int:

@@ -367,7 +367,7 @@ def load_predictor(
     ``device``: ``auto`` (a CUDA GPU when torch sees one, else the CPU), ``cpu`` or ``cuda`` (refused when no GPU
     is available, and for the onnx backend, which runs on the CPU).
     ``threads``: CPU threads, spent as that many workers that prepare and score batches side by side, each
-    network single-threaded (None: :func:`default_threads`, the idle CPUs up to 4). ``thresholds``: {class: probability}
+    network single-threaded (None: :func:`default_threads`, the usable CPUs up to 4). ``thresholds``: {class: probability}
     decision thresholds (rule in :func:`decide`; None: the operating point stored in the model, if any, else
     the most probable class). ``channels_last``: torch memory layout (faster for EfficientNet-Lite's depthwise
     convolutions on CPU, see benchmarks/infer.py).
