@@ -71,8 +71,12 @@ import json, sys
 from cxrscreen import load_model
 model = load_model()
 result = model.predict(sys.argv[2])
+from threadpoolctl import threadpool_info
+import cv2
+blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
 with open(sys.argv[1], "w") as fh:
-    json.dump({"backend": model.backend_name, "result": result.to_dict(), "modules": sorted(sys.modules)}, fh)
+    json.dump({"backend": model.backend_name, "result": result.to_dict(), "modules": sorted(sys.modules),
+               "blas_threads": blas, "opencv_threads": cv2.getNumThreads()}, fh)
 """
 HEAVY = ("torch", "monai", "matplotlib", "sklearn", "skimage", "scipy", "onnx")
 
@@ -99,6 +103,8 @@ def test_default_model_on_the_cpu_predicts_without_torch_once_cached(tmp_path, b
     loaded = [package for package in HEAVY if under(second["modules"], package)]
     assert not loaded, f"load_model().predict imported {loaded} with a warm cache"
     assert "onnxruntime" in second["modules"]
+    # Workers run side by side; the libraries' own thread pools would wait for each other (options.single_threaded_libraries).
+    assert second["blas_threads"] and set(second["blas_threads"]) == {1} and second["opencv_threads"] == 1
     expected = bundled_predictors["torch"].predict(image)
     for answer in (first["result"], second["result"]):
         assert answer["label"] == expected.label and answer["lungs_found"] == expected.lungs_found

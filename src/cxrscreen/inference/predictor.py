@@ -35,6 +35,7 @@ from cxrscreen.inference.options import (  # noqa: F401 - re-exported: the CLI a
     parse_thresholds,
     resolve_backend,
     resolve_device,
+    single_threaded_libraries,
 )
 from cxrscreen.inference.backends import InferenceBackend, NetOutputs, TorchBackend, softmax  # noqa: F401
 from cxrscreen.inference.preparation import PreparedBatch, failure_reason, prepare_batch, source_name
@@ -100,6 +101,7 @@ class Predictor:
         # Networks made on first use (exports included) are made once, whichever worker or request needs them
         # first: torch's exporter and tracer hold global state and fail when two threads use them at once.
         self._first_use = threading.Lock()
+        single_threaded_libraries(opencv=meta.preprocessing.needs_lungs)  # parallel over images (default_threads)
 
     @property
     def known_limits(self) -> list[str]:
