@@ -109,8 +109,7 @@ def test_serve_flags_reach_the_predictor(monkeypatch: pytest.MonkeyPatch, tiny_c
     ("flags", "message"),
     [(["--threshold", "covid"], "--threshold 'covid': expected CLASS=P"),
      (["--threshold", "martian=0.5"], "--threshold martian: not one of the model's classes"),
-     (["--threads", "0"], "--threads must be at least 1"),
-     (["--device", "tpu"], "--device must be one of auto, cpu, cuda")],
+     (["--threads", "0"], "--threads must be at least 1")],
 )
 def test_bad_predictor_flags_are_one_line_errors(
     tiny_checkpoint: Path, capsys, monkeypatch: pytest.MonkeyPatch, flags: list[str], message: str
@@ -119,6 +118,17 @@ def test_bad_predictor_flags_are_one_line_errors(
     assert main(["serve", "--model", str(tiny_checkpoint), "--port", "0", *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_serve_takes_predicts_inference_flags(tiny_checkpoint: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve declares --device, --threads, --threshold and --backend through predict's own helpers: the same
+    choices, refused by argparse alike."""
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: pytest.fail("served despite a bad flag"))
+    for command in ("serve", "predict"):
+        with pytest.raises(SystemExit) as exited:
+            main([command, "--model", str(tiny_checkpoint), "--device", "tpu", *(["x.png"] if command == "predict" else [])])
+        assert exited.value.code == 2
+        assert "argument --device: invalid choice: 'tpu'" in capsys.readouterr().err
 
 
 def test_port_in_use_is_a_one_line_error(tiny_checkpoint: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:

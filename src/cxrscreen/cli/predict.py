@@ -41,8 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--explain", type=Path, metavar="DIR",
                          help="also write <stem>_gradcam.png per image into DIR (default: no overlays)")
     predict.add_argument("--target", metavar="CLASS", help="class Grad-CAM explains (default: the predicted class)")
-    predict.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
-                         help="inference engine (default: %(default)s = ONNX Runtime on the CPU, torch on a CUDA GPU)")
+    add_backend_argument(predict)
     predict.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N", help="images per forward pass")
     predict.set_defaults(func=run_predict)
 
@@ -63,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="MODEL", help="checkpoint .pt, run directory, .onnx or a bundled model's name (`cxrscreen models`; default: the bundled default)")
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                        help="inference engine (default: %(default)s = ONNX Runtime on the CPU, torch on a CUDA GPU)")
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:

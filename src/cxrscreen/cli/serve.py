@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cxrscreen.inference.options import BACKENDS, DEFAULT_BACKEND
+from cxrscreen.cli.predict import add_backend_argument, add_inference_arguments, add_model_arguments
 from cxrscreen.serve.settings import API_KEY_ENV, ServeSettings, resolve_api_key
 
 
@@ -20,21 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--port", type=int, default=defaults.port,
         help="port (default: %(default)s; 0 picks a free one); the address is printed once bound",
     )
-    parser.add_argument("--model", default=None, metavar="MODEL", help="checkpoint .pt, run directory, .onnx or a bundled model's name (`cxrscreen models`; default: the bundled default)")
-    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
-                        help="inference engine (default: %(default)s = ONNX Runtime on the CPU, torch on a CUDA GPU)")
-    parser.add_argument(
-        "--device", default="auto", metavar="auto|cpu|cuda",
-        help="where the torch network runs (default: %(default)s, a CUDA GPU when torch sees one)",
-    )
-    parser.add_argument(
-        "--threads", type=int, default=None, metavar="N",
-        help="CPU threads of the model: workers, each with a single-threaded network (default: the usable CPUs, at most 4)",
-    )
-    parser.add_argument(
-        "--threshold", action="append", metavar="CLASS=P",
-        help="decision threshold of a class, repeatable, e.g. covid=0.3 (default: the model's own, else argmax)",
-    )
+    add_model_arguments(parser)
+    add_backend_argument(parser)
+    add_inference_arguments(parser)  # --device, --threads, --threshold: as predict has them
     parser.add_argument(
         "--workers", type=int, default=defaults.workers, metavar="N",
         help="predictions run at once, each on its own thread (default: %(default)s)",
