@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 from cxrscreen.errors import ConfigError
 
@@ -59,3 +62,28 @@ def configure_threads(num_threads: int | None = None) -> ThreadSettings:
     settings = choose_thread_settings(num_threads)
     torch.set_num_threads(settings.torch_threads)
     return settings
+
+
+def threads_per_worker(workers: int, cpus: int | None = None) -> int:
+    """Intra-op threads of each of ``workers`` threads running networks side by side, so that workers x threads
+    does not exceed the CPUs (``cpus``, default :func:`available_cpus`): at least 1."""
+    return max(1, (cpus or available_cpus()) // max(1, workers))
+
+
+@contextmanager
+def worker_threads(workers: int) -> Iterator[None]:
+    """While ``workers`` threads run networks side by side (the prepared-image cache's decode workers): torch's
+    intra-op threads set to :func:`threads_per_worker`, restored on exit, so that a torch network does not
+    multiply its threads with the workers; what :func:`configure_threads` chose for the training step comes back
+    after. Touches torch only when it is imported already (no torch network can run otherwise); ONNX Runtime
+    sessions carry their own thread count."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads_per_worker(workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

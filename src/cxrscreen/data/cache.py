@@ -7,7 +7,9 @@ preprocessing) under ``<cache>/prepared/<variant>/<hash[:2]>/<hash>.npy``, where
 - ``hash`` is the blake2b digest of the file's bytes (renaming or copying a file keeps its entry; editing it
   makes a new one), and
 - ``variant`` is a digest of :data:`PREPARATION_VERSION`, :meth:`Preprocessing.cache_key` and, for lung-focused
-  preprocessing, the digest of the lung segmenter's weight file, so changing any of them starts a new cache.
+  preprocessing, the lung finder's digest (the segmenter's weight file and the engine running it: ONNX Runtime
+  and torch do not give the same image for every file, see :mod:`cxrscreen.lungs.finder`), so changing any of
+  them starts a new cache.
 
 The cache lives under :func:`cache_root`, cxrscreen's one cache folder (the pHash and ONNX caches use it too). Entries are written atomically (temporary
 file + rename), so processes building the same cache at once (DDP ranks) never read a half-written entry.
@@ -29,7 +31,7 @@ from cxrscreen.data.imageio import iter_image_files, load_xray, read_image_file,
 from cxrscreen.data.transforms import FindLungsBatch, LungFinder, Preprocessing
 from cxrscreen.errors import ConfigError, CxrError, DatasetLayoutError, ImageDecodeError, ModelError
 from cxrscreen.io_utils import atomic_write, write_json
-from cxrscreen.threads import choose_thread_settings
+from cxrscreen.threads import choose_thread_settings, worker_threads
 
 ON_BAD_IMAGE = ("skip", "fail")
 # Below this many cache misses a thread pool costs more than it saves.
@@ -248,7 +250,9 @@ def _prepare_each(
                 bar.update()
                 yield outcome
             return
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr-decode") as pool:
+        # Each worker runs the segmenter: its threads are divided among them, not multiplied (ONNX Runtime: one
+        # thread per session, see cxrscreen.lungs.finder; torch: cxrscreen.threads.worker_threads).
+        with worker_threads(workers), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr-decode") as pool:
             try:
                 for outcome in (outcome for done in pool.map(complete, batches) for outcome in done):
                     bar.update()
