@@ -57,7 +57,7 @@ def xrays(shared_data: Path) -> list[Path]:
 def test_finder_runs_onnx_runtime_on_one_thread(weights, loads, monkeypatch):
     threads = []
     real_session = segmenter.cpu_session
-    monkeypatch.setattr(segmenter, "cpu_session", lambda model, n, *a: threads.append(n) or real_session(model, n, *a))
+    monkeypatch.setattr(segmenter, "cpu_session", lambda model, n, **kw: threads.append(n) or real_session(model, n, **kw))
     lungs = finder.segmenter_lungs(weights)
     assert lungs.digest == f"{finder.weights_digest(weights)}|onnx"
     find_lungs = lungs.load()

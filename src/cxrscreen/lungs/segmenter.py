@@ -34,6 +34,9 @@ from cxrscreen.models.onnx import cache_dir as onnx_cache_dir
 
 LUNG_MASK_VALUES = (150, 200, 255)
 BACKENDS = ("torch", "onnx")
+# ONNX Runtime's Conv+activation fusion computes the export's LeakyRelus (cxrscreen.lungs.network.with_leaky_relus)
+# otherwise than the PRelus they replace (up to 8e-7 apart); without it, the probabilities are the PRelu graph's.
+UNFUSED = ("ConvActivationFusion",)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -178,7 +181,7 @@ class LungSegmenter:
 def onnx_predictor(model: bytes | str | os.PathLike, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """An ONNX Runtime session over the exported network (its bytes or its file) as a batch predictor;
     ``threads``: intra-op threads (None: ONNX Runtime's default, one per core)."""
-    return session_predictor(cpu_session(model, threads))
+    return session_predictor(cpu_session(model, threads, disabled=UNFUSED))
 
 
 def session_predictor(session: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -192,7 +195,7 @@ def onnx_segmenter(model: Path | bytes, threads: int | None, name: str) -> LungS
     """The segmenter of an exported network (its file or bytes) in ONNX Runtime, described by the ``info`` its
     export stored in the model's metadata; a :class:`ModelError` naming ``name`` for a foreign file."""
     try:
-        session = cpu_session(model, threads)
+        session = cpu_session(model, threads, disabled=UNFUSED)
     except Exception as exc:  # onnxruntime raises its own exception types for unusable files
         raise ModelError(f"{name}: not a readable ONNX model ({type(exc).__name__})") from exc
     props = session_metadata(session)
@@ -205,7 +208,7 @@ def exported_segmenter(weights: Path) -> Path | bytes:
     """The ONNX export of a segmenter weight file, made once and kept in cxrscreen's cache folder (``onnx/``, keyed
     by the file's content and the exporting torch): exporting takes seconds and torch, which every ONNX Runtime
     process paid at start-up. Finding it loads no torch. Its bytes when the cache folder cannot be written."""
-    target = onnx_cache_dir() / f"lungs-{content_hash(weights.read_bytes())}-opset{OPSET}-torch{torch_tag()}.onnx"
+    target = onnx_cache_dir() / f"lungs-{content_hash(weights.read_bytes())}-leaky-opset{OPSET}-torch{torch_tag()}.onnx"
     if target.is_file():
         return target
     from cxrscreen.lungs.network import build_network, onnx_model_bytes  # torch: only to export, once

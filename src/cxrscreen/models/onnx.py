@@ -63,9 +63,10 @@ def traced_onnx(module: nn.Module, example: torch.Tensor, output_names: tuple[st
     return buffer.getvalue()
 
 
-def cpu_session(model: str | Path | bytes, threads: int | None, level: Any = None) -> Any:
+def cpu_session(model: str | Path | bytes, threads: int | None, level: Any = None, disabled: tuple[str, ...] = ()) -> Any:
     """An ONNX Runtime CPU session over ``model`` (a path or the bytes of one); ``threads`` intra-op threads (None:
-    ONNX Runtime's default), one inter-op thread; ``level`` an ``ort.GraphOptimizationLevel`` (None: all)."""
+    ONNX Runtime's default), one inter-op thread; ``level`` an ``ort.GraphOptimizationLevel`` (None: all);
+    ``disabled``: names of graph optimizers not to apply."""
     import onnxruntime as ort  # only where a network runs in ONNX Runtime (start-up time)
 
     options = ort.SessionOptions()
@@ -75,7 +76,7 @@ def cpu_session(model: str | Path | bytes, threads: int | None, level: Any = Non
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled))
 
 
 def session_metadata(session: Any) -> dict[str, str]:
