@@ -99,6 +99,7 @@ class PreparedCache:
         self.variant = content_hash(key.encode())
         self.root = Path(cache_dir or cache_root()) / "prepared" / self.variant
         self._key = key
+        self._described = False  # preprocessing.json known to be written (one stat per put cost 0.08 ms)
 
     def entry_path(self, digest: str) -> Path:
         return self.root / digest[:2] / f"{digest}.npy"
@@ -113,8 +114,9 @@ class PreparedCache:
         return image if image.dtype == np.uint8 and image.shape == (side, side) else None
 
     def put(self, digest: str, image: np.ndarray) -> None:
-        if not (self.root / "preprocessing.json").exists():
+        if not self._described and not (self.root / "preprocessing.json").exists():
             write_json(self.root / "preprocessing.json", {"key": self._key, **self.pp.to_dict()})
+        self._described = True
         # No fsync: a torn entry after a crash fails validation in get() and is rebuilt.
         with atomic_write(self.entry_path(digest), fsync=False) as fh:
             np.save(fh, image, allow_pickle=False)
