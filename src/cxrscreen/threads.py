@@ -73,16 +73,16 @@ def threads_per_worker(workers: int, cpus: int | None = None) -> int:
 @contextmanager
 def worker_threads(workers: int) -> Iterator[None]:
     """While ``workers`` threads run networks side by side (the prepared-image cache's decode workers): torch's
-    intra-op threads set to :func:`threads_per_worker`, restored on exit, so that a torch network does not
-    multiply its threads with the workers; what :func:`configure_threads` chose for the training step comes back
-    after. Touches torch only when it is imported already (no torch network can run otherwise); ONNX Runtime
-    sessions carry their own thread count."""
+    intra-op threads lowered to :func:`threads_per_worker` (never raised), restored on exit, so that a torch network
+    does not multiply its threads with the workers; what :func:`configure_threads` chose for the training step
+    comes back after. Touches torch only when it is imported already (no torch network can run otherwise); ONNX
+    Runtime sessions carry their own thread count."""
     torch = sys.modules.get("torch")
     if torch is None:
         yield
         return
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads_per_worker(workers))
+    torch.set_num_threads(min(previous, threads_per_worker(workers)))
     try:
         yield
     finally:

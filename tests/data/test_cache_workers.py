@@ -44,5 +44,8 @@ def test_cache_workers_run_torch_on_their_share_of_the_cpus(small_radiography: P
         with worker_threads(cpus):
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == cpus
+        torch.set_num_threads(1)  # a busy machine's setting is never raised
+        with worker_threads(1):
+            assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
