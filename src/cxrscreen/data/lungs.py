@@ -8,6 +8,7 @@ An empty mask means no lungs to focus on: the image is returned as it is.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,12 +28,22 @@ def lung_box(mask: np.ndarray, margin: float = 0.0) -> tuple[int, int, int, int]
     """(top, bottom, left, right), bottom/right exclusive, of the mask's bounding box widened on each side by
     ``margin`` times the box's height/width and clipped to the image. The whole image when the mask is empty."""
     height, width = mask.shape
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
+    box = mask_box(mask)
+    if box is None:
         return 0, height, 0, width
-    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    top, bottom, left, right = box
     pad_y, pad_x = int(round(margin * (bottom - top))), int(round(margin * (right - left)))
     return max(0, top - pad_y), min(height, bottom + pad_y), max(0, left - pad_x), min(width, right + pad_x)
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of the non-zero pixels of ``mask`` (H, W), bottom/right exclusive; None when
+    there are none. OpenCV's bounding rectangle: 3x faster than numpy's any() along both axes."""
+    import cv2  # here: importing OpenCV costs start-up time to commands that never crop to the lungs
+
+    nonzero = mask if mask.dtype == bool else mask != 0
+    left, top, width, height = cv2.boundingRect(np.ascontiguousarray(nonzero).view(np.uint8))
+    return None if width == 0 else (top, top + height, left, left + width)
 
 
 # Where the lungs usually are, as fractions of the image (centre y, centre x, half-height, half-width), measured
@@ -46,6 +57,11 @@ def typical_lung_mask(shape: tuple[int, int]) -> np.ndarray:
     Used when the segmenter finds no plausible lungs: such images (often lungs filled by pneumonia) then get the
     same framing as the others, so the crop itself does not tell the model which images were hard to segment.
     """
+    return _typical_lung_mask(tuple(shape)).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _typical_lung_mask(shape: tuple[int, int]) -> np.ndarray:
     height, width = shape
     yy, xx = np.mgrid[0:height, 0:width]
     mask = np.zeros(shape, dtype=bool)
@@ -54,23 +70,64 @@ def typical_lung_mask(shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def dilate(mask: np.ndarray, fraction: float) -> np.ndarray:
+def dilate(mask: np.ndarray, fraction: float, frame: Frame | None = None) -> np.ndarray:
     """Grow ``mask`` by a disc of radius ``fraction`` x the shorter image side (pixels): every pixel within that
     Euclidean distance of the mask. The same pixels as ``distance_transform_edt(~mask) <= radius`` (the disc's
-    offsets are chosen with the same float64 square root), as one OpenCV dilation: 0.2 ms instead of 5 ms."""
-    import cv2  # here: importing OpenCV costs start-up time to commands that never crop to the lungs
+    offsets are chosen with the same float64 square root), as OpenCV dilations (:func:`grow`): 0.1 ms, not 5 ms.
 
+    With ``frame`` (top, bottom, left, right), only that part of the result, bool (bottom - top, right - left):
+    when the whole mask lies inside it (a lung crop does), only that part is dilated."""
     radius = fraction * min(mask.shape)
-    if radius <= 0 or not mask.any():
-        return mask.copy()
-    return cv2.dilate(mask.astype(np.uint8), disc(radius)).astype(bool)
+    top, bottom, left, right = frame if frame is not None else (0, mask.shape[0], 0, mask.shape[1])
+    box = mask_box(mask)
+    if radius <= 0 or box is None:
+        return mask[top:bottom, left:right].copy()
+    inside = top <= box[0] and box[1] <= bottom and left <= box[2] and box[3] <= right
+    # OpenCV's dilation takes the pixels beyond the border as background: a window holding the whole mask gives
+    # the same pixels as the whole image does.
+    grown = grow(mask[top:bottom, left:right] if inside else mask, radius)
+    return grown if inside else grown[top:bottom, left:right]
 
 
+def grow(mask: np.ndarray, radius: float) -> np.ndarray:
+    """``mask`` (H, W) dilated by :func:`disc` (``radius``) -> bool (H, W), the pixels beyond the border taken as
+    background. One OpenCV dilation per rectangle of :func:`disc_rectangles` (two 1-D passes each), on a copy
+    padded to a width of a multiple of 16: half the time of one dilation by the disc at radius 9, a third at 18."""
+    import cv2
+
+    height, width = mask.shape
+    padded = np.zeros((height, -(-width // 16) * 16), dtype=np.uint8)  # OpenCV is 2x slower at other widths
+    padded[:, :width] = mask
+    grown = None
+    for rectangle in disc_rectangles(radius):
+        part = cv2.dilate(padded, rectangle)
+        grown = part if grown is None else cv2.bitwise_or(grown, part, dst=grown)
+    return grown[:, :width].astype(bool)
+
+
+@functools.lru_cache(maxsize=8)
+def disc_rectangles(radius: float) -> tuple[np.ndarray, ...]:
+    """:func:`disc` as the union of its widest rectangles, one per half-width its rows have (all ones, uint8,
+    read-only): dilating by each and joining the results is dilating by the disc."""
+    kernel = disc(radius)
+    reach = kernel.shape[0] // 2
+    half = [(int(np.count_nonzero(row)) - 1) // 2 for row in kernel[reach:]]  # the rows from the centre down
+    rectangles = [np.ones((2 * dy + 1, 2 * half[dy] + 1), dtype=np.uint8)
+                  for dy in range(reach + 1) if dy == reach or half[dy + 1] < half[dy]]
+    for rectangle in rectangles:
+        rectangle.flags.writeable = False  # shared by every call with this radius
+    return tuple(rectangles)
+
+
+@functools.lru_cache(maxsize=8)
 def disc(radius: float) -> np.ndarray:
-    """uint8 (2R+1, 2R+1), R = floor(radius): 1 where the offset from the centre is at most ``radius`` long."""
+    """uint8 (2R+1, 2R+1), R = floor(radius): 1 where the offset from the centre is at most ``radius`` long
+    (read-only: one array per radius)."""
     reach = int(np.floor(radius))
     dy, dx = np.mgrid[-reach : reach + 1, -reach : reach + 1]
-    return (np.sqrt((dy * dy + dx * dx).astype(np.float64)) <= radius).astype(np.uint8)
+    kernel = (np.sqrt((dy * dy + dx * dx).astype(np.float64)) <= radius).astype(np.uint8)
+    kernel.flags.writeable = False
+    return kernel
 
 
 def fill_where(image: np.ndarray, where: np.ndarray) -> np.ndarray:
@@ -98,13 +155,15 @@ def apply_lung_mode(image: np.ndarray, mask: np.ndarray, pp: Preprocessing) -> n
     the fill value is the whole image's mean). ``none`` returns the image unchanged. Output size varies with the
     crop; :func:`cxrscreen.data.transforms.prepare_image` resizes it afterwards."""
     mask = check_mask(image, mask)
-    out = image.astype(np.float32, copy=False)
+    image = image.astype(np.float32, copy=False)
     if not mask.any():
-        return out.copy()
-    if pp.masks_outside_lungs:
-        out = fill_where(out, ~dilate(mask, pp.mask_dilation))
-    top, bottom, left, right = lung_frame(mask, pp)
-    return np.ascontiguousarray(out[top:bottom, left:right], dtype=np.float32)
+        return image.copy()
+    frame = lung_frame(mask, pp)
+    top, bottom, left, right = frame
+    out = image[top:bottom, left:right]
+    if pp.masks_outside_lungs:  # the frame's part of the filled image, without filling all of it
+        out = np.where(dilate(mask, pp.mask_dilation, frame), out, np.float32(image.mean()))
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def lung_frame(mask: np.ndarray, pp: Preprocessing) -> Frame:
