@@ -116,7 +116,9 @@ def edge_case_masks() -> list[np.ndarray]:
     corner = np.zeros((30, 30), bool)
     corner[:20, :20], corner[5:10, :5] = True, False  # a notch open to the border: not a hole
     corner[-3:, -4:] = True  # a speck in the other corner
-    return masks + [ring, corner]
+    cup = np.zeros((30, 30), bool)
+    cup[5:25, 5:25], cup[10:20, 10:25] = True, False  # open to the edge of its own box, far from the border
+    return masks + [ring, corner, cup]
 
 
 def test_mask_clean_up_is_scipys(xrays, probabilities):
