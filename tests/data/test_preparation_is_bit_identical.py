@@ -29,6 +29,7 @@ from cxrscreen.lungs.segmenter import (
     load_segmenter,
     probabilities_to_segmentation,
 )
+from references import scipy_clean_mask
 
 SOURCES = (
     "COVID-19_Radiography_Dataset/COVID/images",
@@ -93,17 +94,6 @@ def test_histogram_clipping_is_scikit_images(xrays):
     for hist, limit in cases:
         expected = np.stack([clip_histogram(row.copy(), limit) for row in hist])
         np.testing.assert_array_equal(clip_histograms(hist, limit), expected)
-
-
-def scipy_clean_mask(mask: np.ndarray) -> np.ndarray:
-    """The clean-up as the bundled model's training cache computed it (two largest components >= 10%, holes filled)."""
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return np.zeros(mask.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())[1:]
-    order = np.argsort(sizes)[::-1][:2]
-    kept = [i + 1 for i in order if sizes[i] >= 0.1 * sizes[order[0]]]
-    return ndimage.binary_fill_holes(np.isin(labels, kept))
 
 
 def edge_case_masks() -> list[np.ndarray]:

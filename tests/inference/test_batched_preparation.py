@@ -22,6 +22,7 @@ from cxrscreen.data.lungs import dilate
 from cxrscreen.data.transforms import Preprocessing, resize
 from cxrscreen.inference.predictor import PredictionFailure
 from cxrscreen.lungs.segmenter import batch_lung_finder, clean_mask, load_segmenter, lung_finder
+from references import scipy_clean_mask
 
 BUNDLED_PP = Preprocessing(img_size=160, lung_mode="crop_mask", crop_margin=0.10, mask_dilation=0.04, equalize="clahe")
 
@@ -44,17 +45,6 @@ def test_clahe_is_scikit_images_to_the_bit(xrays):
     for image in images:
         expected = exposure.equalize_adapthist(image, clip_limit=0.01).astype(np.float32)
         np.testing.assert_array_equal(equalize_adapthist(image, clip_limit=0.01), expected)
-
-
-def scipy_clean_mask(mask: np.ndarray) -> np.ndarray:
-    """The clean-up as the bundled model's training cache computed it (two largest components >= 10%, holes filled)."""
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return np.zeros(mask.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())[1:]
-    order = np.argsort(sizes)[::-1][:2]
-    kept = [i + 1 for i in order if sizes[i] >= 0.1 * sizes[order[0]]]
-    return ndimage.binary_fill_holes(np.isin(labels, kept))
 
 
 def test_mask_clean_up_and_dilation_are_scipys(xrays):
