@@ -83,8 +83,8 @@ def clean_mask(mask: np.ndarray, keep: int = 2, min_relative_size: float = 0.1) 
     sizes = component_sizes(labels, count)
     order = np.argsort(sizes)[::-1][:keep]
     chosen = [index + 1 for index in order if sizes[index] >= min_relative_size * sizes[order[0]]]
-    if len(chosen) == count - 1:  # every component stays (two lungs, nothing else): the mask is the choice
-        return fill_holes(mask.astype(bool, copy=False))
+    if len(chosen) == count - 1 and mask.dtype == bool:  # every component stays (two lungs, nothing else)
+        return fill_holes(mask)
     kept = labels == chosen[0]
     for label in chosen[1:]:
         kept |= labels == label
