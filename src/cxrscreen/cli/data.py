@@ -92,7 +92,7 @@ def run_split(args: argparse.Namespace) -> int:
 
 
 def lung_finder(pp: Preprocessing) -> LungFinder | None:
-    """The bundled segmenter when ``pp`` is lung-focused; imported only then (it loads torch)."""
+    """The bundled segmenter when ``pp`` is lung-focused; imported only then (its ONNX export is made once with torch)."""
     if not pp.needs_lungs:
         return None
     from cxrscreen.lungs.finder import segmenter_lungs
