@@ -1,7 +1,7 @@
 """Site-adaptation benchmark: the bundled model adapted to two "new hospitals" with ``cxrscreen adapt``.
 
     .venv/bin/python benchmarks/adapt.py [--out runs/bench_adapt] [--quick] [--kermany-per-class 150]
-        [--sizes 10,25,50,100] [--repeats 3] [--bootstrap 1000] [--skip ieee8023|kermany] [--json FILE]
+        [--sizes 10,25,50,100] [--repeats 3] [--bootstrap 1000] [--skip ieee8023|kermany] [--model NAME] [--json FILE]
 
 1. **ieee8023** (covid-chestxray-dataset, many hospitals): frontal views, near-duplicates of the bundled model's
    training images left out, classes ``covid,other`` (the parent's normal and viral rows merged into ``other``),
@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--kermany-per-class", type=int, default=150, help="Kermany train images per class (normal, pneumonia)")
     p.add_argument("--skip", choices=["ieee8023", "kermany"], action="append", default=[])
+    p.add_argument("--model", default=None, help="parent model of the ieee8023 adaptation (a path or a bundled name, "
+                   "e.g. adult-binary; default: the bundled default). Kermany always adapts the default, whose "
+                   "viral class its pneumonias map onto")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
     if args.quick:
@@ -63,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_ieee(args: argparse.Namespace) -> dict[str, Any]:
     start = time.time()
-    result = adapt(AdaptConfig(data=[str(IEEE)], classes="covid,other", out=str(args.out / "ieee8023"), folds=5,
+    result = adapt(AdaptConfig(data=[str(IEEE)], model=args.model, classes="covid,other", out=str(args.out / "ieee8023"), folds=5,
                                sizes=parse_sizes(args.sizes), repeats=args.repeats, n_resamples=args.bootstrap,
                                by_source=True, overwrite=True, progress=False), log=print)
     seconds = time.time() - start
