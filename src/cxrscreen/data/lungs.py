@@ -154,11 +154,16 @@ def apply_lung_mode(image: np.ndarray, mask: np.ndarray, pp: Preprocessing) -> n
     image mean; ``crop`` cuts to the lungs' box plus ``pp.crop_margin``; ``crop_mask`` does both (mask first, so
     the fill value is the whole image's mean). ``none`` returns the image unchanged. Output size varies with the
     crop; :func:`cxrscreen.data.transforms.prepare_image` resizes it afterwards."""
+    return lung_focus(image, mask, pp)[0]
+
+
+def lung_focus(image: np.ndarray, mask: np.ndarray, pp: Preprocessing) -> tuple[np.ndarray, Frame]:
+    """(:func:`apply_lung_mode`'s image, the :func:`lung_frame` it shows): the frame found once for both."""
     mask = check_mask(image, mask)
     image = image.astype(np.float32, copy=False)
-    if not mask.any():
-        return image.copy()
     frame = lung_frame(mask, pp)
+    if not mask.any():
+        return image.copy(), frame
     top, bottom, left, right = frame
     out = image[top:bottom, left:right]
     if pp.masks_outside_lungs:  # the frame's part of the filled image, without filling all of it
@@ -167,7 +172,7 @@ def apply_lung_mode(image: np.ndarray, mask: np.ndarray, pp: Preprocessing) -> n
         kept = dilate(mask, pp.mask_dilation, frame).view(np.uint8)
         # OpenCV's masked copy: 3x faster than numpy's where() on a lung mask, 7x on a ragged one.
         out = cv2.copyTo(out, kept, np.full(kept.shape, image.mean(), dtype=np.float32))
-    return np.ascontiguousarray(out, dtype=np.float32)
+    return np.ascontiguousarray(out, dtype=np.float32), frame
 
 
 def lung_frame(mask: np.ndarray, pp: Preprocessing) -> Frame:

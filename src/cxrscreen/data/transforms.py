@@ -19,7 +19,7 @@ from PIL import Image
 
 from cxrscreen.data.clahe import equalize_adapthist
 from cxrscreen.data.imageio import load_xray
-from cxrscreen.data.lungs import apply_lung_mode, lung_frame, typical_lung_mask
+from cxrscreen.data.lungs import lung_focus, typical_lung_mask
 from cxrscreen.errors import ConfigError
 
 # Side of the square network input when nothing else says: the ``default_img_size`` every registered architecture
@@ -138,8 +138,7 @@ class Preprocessing:
             lungs_found = mask is not None
             if mask is None:
                 mask = typical_lung_mask(image.shape)
-            frame = lung_frame(mask, self)
-            image = apply_lung_mode(image, mask, self)
+            image, frame = lung_focus(image, mask, self)
         out = resize(image, self.img_size)
         out = np.clip(equalize(out, self.equalize), 0.0, 1.0).astype(np.float32)
         return Prepared(out, frame, lungs_found, shape)
