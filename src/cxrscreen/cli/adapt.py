@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
+from cxrscreen.data.defaults import DEFAULT_MAX_DISTANCE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from tqdm import tqdm
-
-from cxrscreen.data.imageio import IMAGE_SUFFIXES, list_image_files
+from cxrscreen.data.defaults import IMAGE_SUFFIXES
 from cxrscreen.errors import ConfigError
+
+if TYPE_CHECKING:  # tqdm and the image code are imported when a command runs, not to build the parser
+    from tqdm import tqdm
 
 
 def image_files(paths: list[str]) -> list[Path]:
     """The image files of ``paths`` (folders recursed, read by content); says on stderr how many files of each
     folder were skipped as not images. A :class:`ConfigError` when there is none."""
+    from cxrscreen.data.imageio import list_image_files
+
     listing = list_image_files(paths)
     for folder, count in listing.skipped.items():
         say(f"{folder}: skipped {count} file(s) that are not PNG, JPEG or DICOM", sys.stderr)
@@ -36,11 +39,15 @@ def only_missing_files(files: list[Path]) -> bool:
 
 def progress(total: int, desc: str) -> tqdm:
     """A bar on stderr while it is a terminal (``disable=None``); piped or logged runs show none."""
+    from tqdm import tqdm
+
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=None, leave=False)
 
 
 def say(line: str, stream: TextIO) -> None:
     """Print ``line`` to ``stream`` without tearing a progress bar on the same terminal."""
+    from tqdm import tqdm
+
     tqdm.write(line, file=stream)
 
 

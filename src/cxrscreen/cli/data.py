@@ -7,9 +7,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from cxrscreen.cli.batch import batch_exit_code, image_files
-from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
+from cxrscreen.data.defaults import DEFAULT_MAX_DISTANCE
 from cxrscreen.data.labels import LabelSet, parse_label_map
-from cxrscreen.data.transforms import DEFAULT_IMG_SIZE
+from cxrscreen.data.defaults import DEFAULT_IMG_SIZE
 
 if TYPE_CHECKING:
     from cxrscreen.data.transforms import LungFinder, Preprocessing

@@ -8,23 +8,15 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from cxrscreen import SCREENING_NOTICE
 from cxrscreen.cli.batch import UniqueStems, batch_exit_code, image_files, only_missing_files, progress, say
 from cxrscreen.errors import CxrError
-from cxrscreen.inference.predictor import (
-    BACKENDS,
-    DEFAULT_BACKEND,
-    DEFAULT_BATCH_SIZE,
-    DEVICES,
-    Prediction,
-    PredictionFailure,
-    Predictor,
-    check_target,
-    load_predictor,
-    parse_thresholds,
-)
+from cxrscreen.inference.options import BACKENDS, DEFAULT_BACKEND, DEFAULT_BATCH_SIZE, DEVICES, check_target, parse_thresholds
+
+if TYPE_CHECKING:  # the predictor (numpy, the networks' libraries) is imported when a command runs, not for --help
+    from cxrscreen.inference.predictor import Prediction, PredictionFailure, Predictor
 
 FORMATS = ("table", "csv", "json")
 
@@ -82,6 +74,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_for_inference(args: argparse.Namespace, **options) -> Predictor:
     """The predictor the inference flags of ``args`` ask for (``options``: more :func:`load_predictor` keywords)."""
+    from cxrscreen.inference.predictor import load_predictor
+
     return load_predictor(args.model, device=args.device, threads=args.threads,
                           thresholds=parse_thresholds(args.threshold or []) or None, **options)
 
@@ -91,6 +85,8 @@ def report_failure(failure: PredictionFailure | str) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from cxrscreen.inference.results import PredictionFailure
+
     files = image_files(args.paths)
     if only_missing_files(files):
         return 2

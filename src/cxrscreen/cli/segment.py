@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from cxrscreen.cli.batch import UniqueStems, batch_exit_code, image_files, progress, say
 from cxrscreen.errors import ConfigError, CxrError
 from cxrscreen.io_utils import atomic_write
 from cxrscreen.lungs.defaults import CLI_OUT, TEST_DATA, TRAIN_DATA
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TRAIN_ONLY = ("data", "test_data", "img_size", "epochs", "threads")
 
@@ -89,5 +90,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
     with atomic_write(path, "wb") as fh:
         Image.fromarray(array).save(fh, format="PNG")

@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from cxrscreen.inference.predictor import parse_thresholds
+    from cxrscreen.inference.options import parse_thresholds
     from cxrscreen.serve.app import serve
 
     settings = ServeSettings(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
+from cxrscreen.data.defaults import DEFAULT_MAX_DISTANCE
 from cxrscreen.errors import ConfigError
 
 # Flags of `cxrscreen train` that make no sense for cross-validation, whose folds make their own splits and runs.

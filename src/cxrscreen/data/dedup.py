@@ -28,11 +28,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from cxrscreen.data.cache import cache_root
+from cxrscreen.data.defaults import DEFAULT_MAX_DISTANCE  # noqa: F401 - re-exported
 from cxrscreen.data.imageio import load_xray, to_uint8
 from cxrscreen.data.records import Record
 from cxrscreen.errors import ConfigError, CxrError
 
-DEFAULT_MAX_DISTANCE = 6
 PHASH_SIZE = 16  # imagehash's hash_size: a 16x16 DCT block, 256 bits
 DISTANCE_UNIT_BITS = 64  # distances are reported per 64 bits of hash
 CACHE_FILE_NAME = f"phash{PHASH_SIZE * PHASH_SIZE}-v1.sqlite"

@@ -27,6 +27,7 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin
 
+from cxrscreen.data.defaults import IMAGE_SUFFIXES
 from cxrscreen.errors import ImageDecodeError
 
 # The largest detectors make ~20-megapixel radiographs; decoding and preparing a 90-megapixel image takes half a
@@ -34,7 +35,6 @@ from cxrscreen.errors import ImageDecodeError
 MAX_PIXELS = 50_000_000
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MIN_SIDE = 2
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Pillow's plugin openers read only the header, and (unlike ``Image.open``) apply no decompression-bomb check of
 # their own, so MAX_PIXELS is the one limit and its message the one the user sees.

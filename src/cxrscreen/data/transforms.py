@@ -18,13 +18,11 @@ import numpy as np
 from PIL import Image
 
 from cxrscreen.data.clahe import equalize_adapthist
+from cxrscreen.data.defaults import DEFAULT_IMG_SIZE
 from cxrscreen.data.imageio import load_xray
 from cxrscreen.data.lungs import lung_focus, typical_lung_mask
 from cxrscreen.errors import ConfigError
 
-# Side of the square network input when nothing else says: the ``default_img_size`` every registered architecture
-# declares (a training run takes its architecture's own, :class:`cxrscreen.training.config.TrainConfig`).
-DEFAULT_IMG_SIZE = 224
 LUNG_MODES = ("none", "crop", "mask", "crop_mask")
 EQUALIZE_MODES = ("none", "hist", "clahe")
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
-from typing import Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Sequence
 
 from cxrscreen.errors import ConfigError
 from cxrscreen.threads import available_cpus
+
+if TYPE_CHECKING:  # no numpy here: the command line's parser reads this module
+    import numpy as np
 
 BACKENDS = ("auto", "torch", "onnx")
 DEFAULT_BACKEND = "auto"
@@ -68,11 +69,11 @@ def decide(probs: np.ndarray, classes: Sequence[str], thresholds: dict[str, floa
     threshold wins (among all classes when every class has one). Without thresholds this is the argmax. E.g.
     ``{"covid": 0.3}``: COVID when p(covid) >= 0.3, else the likelier of the other classes.
     """
-    probs = np.asarray(probs, dtype=np.float64)
-    passed = [i for i, c in enumerate(classes) if c in thresholds and probs[i] >= thresholds[c]]
+    values = [float(p) for p in probs]
+    passed = [i for i, c in enumerate(classes) if c in thresholds and values[i] >= thresholds[c]]
     if not passed:
         passed = [i for i, c in enumerate(classes) if c not in thresholds] or list(range(len(classes)))
-    return max(passed, key=lambda i: probs[i])
+    return max(passed, key=lambda i: values[i])
 
 
 def resolve_backend(backend: str, device: str, model_path: Path) -> str:
