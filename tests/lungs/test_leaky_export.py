@@ -39,3 +39,30 @@ def test_leaky_export_gives_the_prelu_graphs_probabilities(shared_data: Path):
     prelu = segmenter.session_predictor(cpu_session(prelu_graph, 1))  # as the PRelu graph ran before
     for start in range(0, len(batch), 32):
         np.testing.assert_array_equal(leaky.predict_probs(batch[start : start + 32]), prelu(batch[start : start + 32]))
+
+
+class CountingSession:
+    """An ONNX Runtime session that counts its runs and the images of each."""
+
+    def __init__(self, session):
+        self.session = session
+        self.batches: list[int] = []
+
+    def run(self, outputs, feeds):
+        self.batches.append(len(next(iter(feeds.values()))))
+        return self.session.run(outputs, feeds)
+
+
+def test_a_one_thread_segmenter_runs_one_image_at_a_time_with_the_batchs_probabilities(shared_data: Path):
+    files = sorted((shared_data / "COVID-19_Radiography_Dataset" / "COVID" / "images").glob("*.jpg"))[:4]
+    files += sorted((shared_data / "covid-chestxray-dataset" / "images").glob("*.jpg"))[:3]
+    graph = segmenter.exported_segmenter(DEFAULT_WEIGHTS)
+    session = CountingSession(cpu_session(graph, 1, disabled=segmenter.UNFUSED))
+    batch = segmenter.load_segmenter(backend="onnx", threads=1).network_input([load_xray(p) for p in files])
+    whole = segmenter.session_predictor(session)(batch)
+    assert session.batches == [7]
+    one_at_a_time = segmenter.session_predictor(session, threads=1)(batch)
+    assert session.batches[1:] == [segmenter.ONE_THREAD_CHUNK] * 7
+    np.testing.assert_array_equal(one_at_a_time, whole)
+    segmenter.session_predictor(session, threads=2)(batch)
+    assert session.batches[-1] == 7  # more threads: the batch whole

@@ -37,6 +37,11 @@ BACKENDS = ("torch", "onnx")
 # ONNX Runtime's Conv+activation fusion computes the export's LeakyRelus (cxrscreen.lungs.network.with_leaky_relus)
 # otherwise than the PRelus they replace (up to 8e-7 apart); without it, the probabilities are the PRelu graph's.
 UNFUSED = ("ConvActivationFusion",)
+# A single-threaded session runs the network one image at a time: at 160 px a batch's activations (1.6 MB per image
+# and layer) spill out of the core's cache, and 32 images at once took 15-20% longer per image than one at a time,
+# with the same probabilities to the bit (tests/lungs/test_leaky_export.py). A session with more threads takes
+# the batch whole, which keeps its threads busy.
+ONE_THREAD_CHUNK = 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -203,12 +208,17 @@ class LungSegmenter:
 def onnx_predictor(model: bytes | str | os.PathLike, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """An ONNX Runtime session over the exported network (its bytes or its file) as a batch predictor;
     ``threads``: intra-op threads (None: ONNX Runtime's default, one per core)."""
-    return session_predictor(cpu_session(model, threads, disabled=UNFUSED))
+    return session_predictor(cpu_session(model, threads, disabled=UNFUSED), threads)
 
 
-def session_predictor(session: Any) -> Callable[[np.ndarray], np.ndarray]:
+def session_predictor(session: Any, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """``session`` as a batch predictor; with ``threads`` == 1, run :data:`ONE_THREAD_CHUNK` images at a time."""
+    chunk = ONE_THREAD_CHUNK if threads == 1 else None
+
     def predict(batch: np.ndarray) -> np.ndarray:
-        return session.run(None, {INPUT_NAME: batch})[0]
+        if chunk is None or len(batch) <= chunk:
+            return session.run(None, {INPUT_NAME: batch})[0]
+        return np.concatenate([session.run(None, {INPUT_NAME: batch[i : i + chunk]})[0] for i in range(0, len(batch), chunk)])
 
     return predict
 
@@ -223,7 +233,7 @@ def onnx_segmenter(model: Path | bytes, threads: int | None, name: str) -> LungS
     props = session_metadata(session)
     if ONNX_META_KEY not in props:
         raise ModelError(f"{name}: not a cxrscreen lung segmenter (no metadata)")
-    return LungSegmenter(session_predictor(session), json.loads(props[ONNX_META_KEY]), "onnx")
+    return LungSegmenter(session_predictor(session, threads), json.loads(props[ONNX_META_KEY]), "onnx")
 
 
 def exported_segmenter(weights: Path) -> Path | bytes:
