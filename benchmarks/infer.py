@@ -16,6 +16,9 @@ absolute figures, between runs):
 - the classifier's own throughput on batches of 32 prepared images: torch eager and ONNX Runtime as the predictor
   runs them (workers), and one ONNX Runtime session with its default threads; the whole ``predict`` as a share of
   each (target >= 50%);
+- the ceiling that the lung segmenter leaves: ``predict_batch`` on the same files in one process (no start-up),
+  as it runs and with every lung mask handed to it ready (the segmenter and its post-processing cost nothing),
+  each as a share of one ONNX Runtime session of the classifier measured between them;
 - a breakdown of the per-image cost of each stage (ms/image, batches of 32, ONNX Runtime where there is a choice):
   decode, lung segmenter network, mask post-processing + lung crop/mask, CLAHE, classifier, OOD guard, and the
   start-up of a process (import + load) for each backend.
@@ -203,6 +206,49 @@ def classifier_throughput(model: Path | None, files: list[Path], repeats: int) -
     return {name: statistics.median(values) for name, values in speeds.items()}
 
 
+def lungs_given_ceiling(model: Path | None, files: list[Path], repeats: int) -> dict[str, float]:
+    """Images/s of ``predict_batch`` over ``files`` in this process (defaults: ONNX Runtime, workers) as it runs and
+    with the lungs given (each image's mask found beforehand and looked up by its pixels), and of the classifier
+    alone in one ONNX Runtime session (batch 32, its own threads); rounds interleaved."""
+    import hashlib
+
+    from cxrscreen.inference.onnx_runtime import OnnxRuntimeBackend, prepared_for_onnx
+    from cxrscreen.inference.predictor import load_predictor, resolve_model_path
+
+    predictor = load_predictor(model)
+    paths = [str(p) for p in files]
+    find_lungs = predictor.find_lungs_batch
+    masks: dict[bytes, np.ndarray | None] = {}
+
+    def key(image: np.ndarray) -> bytes:
+        return hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+
+    def finding(images):
+        found = find_lungs(images)
+        masks.update((key(image), mask) for image, mask in zip(images, found))
+        return found
+
+    predictor.find_lungs_batch = finding
+    expected = predictor.predict_batch(paths)  # finds every mask once
+    session = OnnxRuntimeBackend(prepared_for_onnx(resolve_model_path(model)).graph)
+    batch = np.random.default_rng(0).random((BATCH, 1, predictor.img_size, predictor.img_size), dtype=np.float32)
+    session.run(batch)
+    finders = {"as_run": find_lungs, "lungs_given": lambda images: [masks[key(image)] for image in images]}
+    speeds: dict[str, list[float]] = {"as_run": [], "lungs_given": [], "classifier_session": []}
+    for _ in range(max(repeats, 3)):
+        for name, finder in finders.items():
+            predictor.find_lungs_batch = finder
+            start = time.perf_counter()
+            results = predictor.predict_batch(paths)
+            speeds[name].append(len(paths) / (time.perf_counter() - start))
+            assert results == expected, "the lungs given must give the same predictions"
+        start = time.perf_counter()
+        for _ in range(4):
+            session.run(batch)
+        speeds["classifier_session"].append(4 * BATCH / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in speeds.items()}
+
+
 def run(args: argparse.Namespace, tmp: Path) -> dict:
     files = pick_files(args.data, max(args.images, args.latency_images + 3))
     folder = linked_folder(files[: args.images], tmp / "images")
@@ -232,6 +278,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     results["latency_busy"] = latency(sample, env, busy=True)
     results["prepare_img_s"] = preparation_rate(files[: args.images], 1)
     results["classifier_img_s"] = classifier_throughput(args.model, files, args.repeats)
+    results["ceiling_img_s"] = lungs_given_ceiling(args.model, files[: args.images], args.repeats)
     results["breakdown_ms"] = stage_breakdown(args.model, files, args.repeats)
     return results
 
@@ -256,6 +303,14 @@ def print_table(r: dict) -> None:
          f"{classifier['onnx'] / classifier['torch']:.2f}x torch; whole predict {onnx_rate / classifier['onnx']:.0%} of it"),
         ("classifier alone, one ONNX Runtime session @32", f"{classifier['onnx_session']:.0f} img/s", "",
          f"whole predict {onnx_rate / classifier['onnx_session']:.0%} of it (>= 50%)"),
+    ]
+    ceiling = r["ceiling_img_s"]
+    session = ceiling["classifier_session"]
+    rows += [
+        ("in one process: predict_batch, as it runs", f"{ceiling['as_run']:.0f} img/s", "",
+         f"{ceiling['as_run'] / session:.0%} of the classifier's session ({session:.0f} img/s, same loop)"),
+        ("the same with the lungs given (segmenter free)", f"{ceiling['lungs_given']:.0f} img/s", "",
+         f"{ceiling['lungs_given'] / session:.0%} of it: the ceiling without start-up"),
     ]
     print(f"{'measure (median of ' + str(r['repeats']) + ')':<48} {'value':>11} {'':>13}  ratio / target")
     for name, value, extra, note in rows:
