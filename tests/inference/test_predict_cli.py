@@ -320,3 +320,28 @@ def test_predict_explain_without_target_explains_the_predicted_class_without_sco
     assert code == 0, err
     labels = [row["label"] for row in csv.DictReader(io.StringIO(out))]
     assert explained == labels and len(labels) == len(images)
+
+
+def test_predict_hands_the_whole_folder_to_the_workers_at_once(
+    capsys, tiny_checkpoint: Path, image_dir: Path, monkeypatch
+) -> None:
+    """The command streams one predict_iter over every file (the workers take batch after batch), rather than
+    waiting at each --batch-size chunk for the slowest worker; rows still come in file order."""
+    from cxrscreen.inference import predictor as predictor_module
+
+    calls: list[int] = []
+    original = predictor_module.Predictor.predict_iter
+
+    def spy(self, sources, names=None):
+        calls.append(len(sources))
+        return original(self, sources, names)
+
+    monkeypatch.setattr(predictor_module.Predictor, "predict_iter", spy)
+    code, out, err = run(capsys, "predict", str(image_dir), "--model", str(tiny_checkpoint), "--format", "csv",
+                         "--batch-size", "2")
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert calls == [len(rows)] and len(rows) >= 3
+    from cxrscreen.cli.batch import image_files
+
+    assert [row["path"] for row in rows] == [str(path) for path in image_files([str(image_dir)])]

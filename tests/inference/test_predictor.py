@@ -104,6 +104,36 @@ def test_predict_batch_is_chunked_without_changing_results(tiny_checkpoint: Path
     assert spread.max() > 0.05  # the images get different answers, so the comparison above means something
 
 
+def test_predict_iter_streams_the_results_while_the_workers_go_on(
+    tiny_checkpoint: Path, real_xrays: list[Path], tmp_path: Path
+) -> None:
+    """The folder command's path: the same results as predict_batch, in order (a bad file among them), and the
+    workers prepare every batch without waiting for the caller to take the results of the first."""
+    import time
+
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    sources = [*real_xrays[:3], bad, *real_xrays[3:]]
+    predictor = load_predictor(tiny_checkpoint, batch_size=2, threads=2)
+    expected = predictor.predict_batch(sources)
+    prepared: list[int] = []
+    prepare = predictor.prepare_batch
+
+    def counting(batch_sources, names):
+        prepared.append(len(batch_sources))
+        return prepare(batch_sources, names)
+
+    predictor.prepare_batch = counting
+    results = predictor.predict_iter(sources)
+    first = next(results)
+    deadline = time.monotonic() + 30
+    while sum(prepared) < len(sources) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sum(prepared) == len(sources)  # all 5 batches, while the caller held the first result only
+    assert [first, *results] == expected
+    assert isinstance(expected[3], PredictionFailure) and expected[3].source == str(bad)
+
+
 def test_predict_prepared_matches_predict(predictor, real_xrays: list[Path]) -> None:
     images = np.stack([prepare_from_source(p, predictor.meta.preprocessing) for p in real_xrays[:4]])
     probs, features, guard_features = predictor.predict_prepared(images)

@@ -99,18 +99,16 @@ def run_predict(args: argparse.Namespace) -> int:
     failed = 0
     writer = OutputWriter(args.format, predictor.classes, sys.stdout, predictor.known_limits)
     with progress(len(files), "predicting") as bar:
-        for start in range(0, len(files), args.batch_size):
-            chunk = files[start : start + args.batch_size]
-            for path, result in zip(chunk, predictor.predict_batch([str(p) for p in chunk])):
-                if isinstance(result, PredictionFailure):
-                    failed += 1
-                    report_failure(result)
-                    continue
-                target = args.target or predictor.decided_class(result)  # Grad-CAM need not score it again
-                if args.explain and not explain_one(predictor, path, args.explain / stems(path), target, False):
-                    failed += 1
-                writer.row(result)
-            bar.update(len(chunk))
+        for path, result in zip(files, predictor.predict_iter([str(p) for p in files])):
+            bar.update()
+            if isinstance(result, PredictionFailure):
+                failed += 1
+                report_failure(result)
+                continue
+            target = args.target or predictor.decided_class(result)  # Grad-CAM need not score it again
+            if args.explain and not explain_one(predictor, path, args.explain / stems(path), target, False):
+                failed += 1
+            writer.row(result)
     writer.finish(failed)
     return batch_exit_code(writer.count, failed)
 

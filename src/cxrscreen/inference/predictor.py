@@ -14,7 +14,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar, overload
 
 import numpy as np
 
@@ -279,6 +279,14 @@ class Predictor:
         """Predict many inputs; one result per input, in order. An input that cannot be read gives a
         :class:`PredictionFailure` (source + reason) and the others are still predicted. The inputs are shared
         by the workers in batches of at most ``batch_size``, each decoded, prepared and scored as a batch."""
+        return list(self.predict_iter(sources, names))
+
+    def predict_iter(
+        self, sources: Sequence[ImageSource], names: Sequence[str] | None = None
+    ) -> Iterator[Prediction | PredictionFailure]:
+        """:meth:`predict_batch`, each result given as soon as it and those before it are ready: the workers take
+        one batch after another without waiting for the caller (a folder streams at the rate of the whole set,
+        not of a batch at a time), while the caller writes the results it has."""
         if names is not None and len(names) != len(sources):
             raise ConfigError(f"names: {len(names)} names for {len(sources)} sources")
         labels = [source_name(s, None if names is None else names[i]) for i, s in enumerate(sources)]
@@ -294,7 +302,8 @@ class Predictor:
                 results[position] = PredictionFailure(chunk_names[position], failure_reason(error, chunk_names[position]))
             return results  # type: ignore[return-value]
 
-        return [result for chunk in self._map(run, range(0, len(sources), step)) for result in chunk]
+        for chunk in self._map(run, range(0, len(sources), step)):
+            yield from chunk
 
     @property
     def torch_model(self) -> XrayClassifier:
