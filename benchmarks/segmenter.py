@@ -18,7 +18,7 @@ import torch
 
 from cxrscreen.data.imageio import load_xray
 from cxrscreen.lungs.network import build_network, onnx_model_bytes
-from cxrscreen.lungs.segmenter import DEFAULT_WEIGHTS, LungSegmenter, load_segmenter, onnx_predictor
+from cxrscreen.lungs.segmenter import DEFAULT_WEIGHTS, load_segmenter, onnx_segmenter
 from cxrscreen.lungs.metrics import evaluate_segmenter
 from cxrscreen.lungs.pairs import segmentation_pairs
 
@@ -47,7 +47,7 @@ def latency_rows(model: str | None, image: np.ndarray, runs: int) -> list[tuple[
     net, info = build_network(model or DEFAULT_WEIGHTS)
     data = onnx_model_bytes(net, info)
     for threads in (1, 2):
-        segmenter = LungSegmenter(onnx_predictor(data, threads=threads), info, "onnx")
+        segmenter = onnx_segmenter(data, threads, "the exported segmenter")
         batch = segmenter.network_input([image])
         rows.append(("onnx", threads, median_ms(lambda: segmenter.predict_probs(batch), runs),
                      median_ms(lambda: segmenter.segment(image), runs)))

@@ -7,9 +7,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from cxrscreen.cli.batch import batch_exit_code, image_files
-from cxrscreen.data.defaults import DEFAULT_MAX_DISTANCE
+from cxrscreen.data.defaults import DEFAULT_IMG_SIZE, DEFAULT_MAX_DISTANCE
 from cxrscreen.data.labels import LabelSet, parse_label_map
-from cxrscreen.data.defaults import DEFAULT_IMG_SIZE
 
 if TYPE_CHECKING:
     from cxrscreen.data.transforms import LungFinder, Preprocessing

@@ -205,12 +205,6 @@ class LungSegmenter:
         return out
 
 
-def onnx_predictor(model: bytes | str | os.PathLike, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """An ONNX Runtime session over the exported network (its bytes or its file) as a batch predictor;
-    ``threads``: intra-op threads (None: ONNX Runtime's default, one per core)."""
-    return session_predictor(cpu_session(model, threads, disabled=UNFUSED), threads)
-
-
 def session_predictor(session: Any, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """``session`` as a batch predictor; with ``threads`` == 1, run :data:`ONE_THREAD_CHUNK` images at a time."""
     chunk = ONE_THREAD_CHUNK if threads == 1 else None
