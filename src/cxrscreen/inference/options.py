@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -74,6 +75,65 @@ def decide(probs: np.ndarray, classes: Sequence[str], thresholds: dict[str, floa
     if not passed:
         passed = [i for i, c in enumerate(classes) if c not in thresholds] or list(range(len(classes)))
     return max(passed, key=lambda i: values[i])
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How :func:`decide` chose ``label`` for one image, for every place that shows the label.
+
+    ``rule``: ``most_probable`` (no threshold applies: the label is the most probable class), ``threshold``
+    (``label`` reached its own threshold ``cutoff``), or ``below_threshold`` (every class with a threshold stayed
+    below it - ``below`` maps each to its cut-off - and ``label`` is the most probable of the rest).
+    ``most_probable`` is the class with the largest probability, which a threshold may overrule.
+    """
+
+    label: str
+    rule: str
+    most_probable: str
+    probability: float
+    cutoff: float | None = None
+    below: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def overrules_most_probable(self) -> bool:
+        """Whether the label is not the most probable class (a threshold decided against the largest bar)."""
+        return self.label != self.most_probable
+
+    def describe(self) -> str:
+        """One line for people: why this label (e.g. ``p(covid) 0.35 >= threshold 0.30``)."""
+        if self.rule == "threshold":
+            text = f"p({self.label}) {self.probability:.2f} >= threshold {self.cutoff:.2f}"
+        elif self.rule == "below_threshold":
+            cut = ", ".join(f"{name} < {value:.2f}" for name, value in self.below.items())
+            text = f"below threshold ({cut}); most probable of the rest"
+        else:
+            return "most probable class"
+        if self.overrules_most_probable:
+            text += f"; most probable class is {self.most_probable}"
+        return text
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "rule": self.rule,
+            "label": self.label,
+            "threshold": self.cutoff,
+            "below_threshold": dict(self.below),
+            "most_probable": self.most_probable,
+            "text": self.describe(),
+        }
+
+
+def explain_decision(probs: np.ndarray, classes: Sequence[str], thresholds: dict[str, float]) -> Decision:
+    """The :class:`Decision` :func:`decide` makes on one probability row (C,)."""
+    values = [float(p) for p in probs]
+    index = decide(probs, classes, thresholds)
+    label = classes[index]
+    top = classes[max(range(len(values)), key=values.__getitem__)]
+    if label in thresholds and values[index] >= thresholds[label]:
+        return Decision(label, "threshold", top, values[index], cutoff=thresholds[label])
+    below = {c: thresholds[c] for c in classes if c in thresholds}
+    rule = "below_threshold" if below else "most_probable"
+    return Decision(label, rule, top, values[index], below=below)
 
 
 def resolve_backend(backend: str, device: str, model_path: Path) -> str:

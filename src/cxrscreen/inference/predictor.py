@@ -30,8 +30,10 @@ from cxrscreen.inference.options import (  # noqa: F401 - re-exported: the CLI a
     check_target,
     check_thresholds,
     chunk_size,
+    Decision,
     decide,
     default_threads,
+    explain_decision,
     parse_thresholds,
     resolve_backend,
     resolve_device,
@@ -111,6 +113,10 @@ class Predictor:
     def decide(self, probs: np.ndarray) -> str:
         """The predicted class of one probability row (C,) under :attr:`thresholds` (see :func:`decide`)."""
         return self.classes[decide(probs, self.classes, self.thresholds)]
+
+    def decision(self, probs: np.ndarray) -> Decision:
+        """How one probability row (C,) is decided under :attr:`thresholds`: the rule and the cut-off."""
+        return explain_decision(probs, self.classes, self.thresholds)
 
     def decided_class(self, prediction: Prediction) -> str:
         """The class ``prediction`` decided under the thresholds, the OOD guard aside (its label may be
@@ -234,10 +240,12 @@ class Predictor:
         accepted, scores = self.ood_check(outputs)
         results = []
         for i, position in enumerate(batch.positions):
+            decision = self.decision(outputs.probs[i]) if accepted[i] else None
             results.append(
                 Prediction(
                     source=names[position],
-                    label=self.decide(outputs.probs[i]) if accepted[i] else OUT_OF_DISTRIBUTION_LABEL,
+                    label=decision.label if decision else OUT_OF_DISTRIBUTION_LABEL,
+                    decision=decision,
                     probabilities={c: float(p) for c, p in zip(self.classes, outputs.probs[i])},
                     in_distribution=bool(accepted[i]),
                     ood_score=None if scores is None else float(scores[i]),

@@ -9,6 +9,7 @@ import numpy as np
 
 from cxrscreen import SCREENING_NOTICE
 from cxrscreen.data import transforms
+from cxrscreen.inference.options import Decision
 
 
 @dataclass
@@ -16,7 +17,8 @@ class Prediction:
     """One image's result. ``probabilities`` (class -> p, summing to 1) are temperature-scaled.
 
     ``label`` is the class chosen by :func:`decide` (the most probable class unless decision thresholds are set),
-    or ``"not a chest X-ray?"`` when the OOD guard rejects the image (``in_distribution`` False). ``ood_score``
+    or ``"not a chest X-ray?"`` when the OOD guard rejects the image (``in_distribution`` False).
+    ``decision`` says how the label was chosen (rule and cut-off; None when the guard rejected the image). ``ood_score``
     is None when the model has no guard; ``lungs_found`` is None when the model's preprocessing does not look for
     the lungs. ``known_limits``: the model's known weaknesses (:attr:`Predictor.known_limits`).
     """
@@ -28,6 +30,7 @@ class Prediction:
     ood_score: float | None
     lungs_found: bool | None
     known_limits: list[str] = field(default_factory=list)
+    decision: Decision | None = None
 
     @property
     def top_class(self) -> str:
@@ -42,6 +45,7 @@ class Prediction:
             "in_distribution": self.in_distribution,
             "ood_score": self.ood_score,
             "lungs_found": self.lungs_found,
+            "decision": self.decision.to_dict() if self.decision else None,
             "known_limits": list(self.known_limits),
             "notice": SCREENING_NOTICE,
         }
