@@ -54,13 +54,14 @@ def test_csv_schema(capsys, tiny_checkpoint: Path, image_dir: Path) -> None:
     code, out, err = run(capsys, "predict", str(image_dir), "--model", str(tiny_checkpoint), "--format", "csv")
     assert code == 0, err
     rows = list(csv.reader(io.StringIO(out)))
-    assert rows[0] == ["path", "label", "p_covid", "p_normal", "p_viral"]
+    assert rows[0] == ["path", "label", "p_covid", "p_normal", "p_viral", "rule", "cutoff", "most_probable"]
     assert len(rows) == 1 + 4
     assert {Path(r[0]).name for r in rows[1:]} == {p.name for p in image_dir.rglob("*.jpg")}
     for row in rows[1:]:
-        probs = [float(x) for x in row[2:]]
+        probs = [float(x) for x in row[2:5]]
         assert sum(probs) == pytest.approx(1.0, abs=1e-5)
-        assert row[1] == CLASSES[int(np.argmax(probs))]
+        assert row[1] == row[7] == CLASSES[int(np.argmax(probs))]
+        assert row[5:7] == ["most_probable", ""]  # the tiny model stores no threshold
 
 
 def test_json_schema_and_batch_size(capsys, tiny_checkpoint: Path, image_dir: Path) -> None:
@@ -70,18 +71,27 @@ def test_json_schema_and_batch_size(capsys, tiny_checkpoint: Path, image_dir: Pa
     assert data["notice"] == SCREENING_NOTICE
     assert len(data["predictions"]) == 4
     for item in data["predictions"]:
-        assert set(item) == {"path", "label", "probabilities", "in_distribution", "ood_score", "lungs_found", "known_limits"}
+        assert set(item) == {"path", "label", "probabilities", "in_distribution", "ood_score", "lungs_found", "known_limits",
+                             "decision"}
+        assert item["decision"]["rule"] == "most_probable" and item["decision"]["label"] == item["label"]
         assert list(item["probabilities"]) == CLASSES
         assert sum(item["probabilities"].values()) == pytest.approx(1.0)
         assert item["label"] in CLASSES and item["in_distribution"] is True
+
+
+def test_a_table_with_unreadable_files_keeps_stdout_for_results(capsys, tiny_checkpoint: Path, real_xrays, bad_files) -> None:
+    code, out, err = run(capsys, "predict", str(bad_files["text"]), str(real_xrays[0]), "--model", str(tiny_checkpoint))
+    assert code == 1
+    assert err.strip().splitlines()[-1] == "1 file(s) could not be read (see above)."
+    assert "could not be read" not in out and str(real_xrays[0]) in out
 
 
 def test_table_has_the_screening_footer(capsys, tiny_checkpoint: Path, real_xrays: list[Path]) -> None:
     code, out, _ = run(capsys, "predict", str(real_xrays[0]), "--model", str(tiny_checkpoint))
     assert code == 0
     lines = out.strip().splitlines()
-    assert lines[0].split() == ["label", "p_covid", "p_normal", "p_viral", "path"]
-    label, *probs, path = lines[1].split(maxsplit=4)
+    assert lines[0].split() == ["label", "p_covid", "p_normal", "p_viral", "rule", "path"]
+    label, *probs, path = lines[1].replace("most probable", "").split(maxsplit=4)
     assert path == str(real_xrays[0]) and label in CLASSES
     assert sum(map(float, probs)) == pytest.approx(1.0, abs=2e-3)
     assert lines[-1] == SCREENING_NOTICE
@@ -192,7 +202,8 @@ def test_export_then_predict_with_onnx(capsys, tiny_checkpoint: Path, real_xrays
         torch_rows, onnx_rows = (list(csv.reader(io.StringIO(t)))[1:] for t in (torch_out, onnx_out))
         for t_row, o_row in zip(torch_rows, onnx_rows, strict=True):
             assert t_row[:2] == o_row[:2]
-            np.testing.assert_allclose([float(x) for x in o_row[2:]], [float(x) for x in t_row[2:]], atol=1e-4)
+            np.testing.assert_allclose([float(x) for x in o_row[2:5]], [float(x) for x in t_row[2:5]], atol=1e-4)
+            assert t_row[5:] == o_row[5:]
 
 
 def test_bad_input_corpus_through_predict(capsys, tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ def test_predict_real_jpeg(client, predictor, covid_jpeg: Path) -> None:
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     expected = predictor.predict(covid_jpeg)
     assert body["label"] == expected.label
+    assert body["decision"]["rule"] == "most_probable" and body["decision"]["most_probable"] == expected.top_class
     assert body["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
     assert body["model"] == {"name": "serve-test-model", "version": "7", "arch": "efficientnet_lite0"}
     assert body["notice"] == SCREENING_NOTICE

@@ -38,12 +38,12 @@ def require_chromium() -> None:
 @pytest.fixture
 def browser_page(request, predictor, serve_live):
     """A page open on a live server. ``@pytest.mark.parametrize("browser_page", [{...}], indirect=True)`` sets
-    ``api_key`` and/or ``guarded`` (serve the model with an OOD guard and known limits)."""
+    ``api_key`` and/or ``served``: the fixture whose predictor to serve (default ``predictor``)."""
     require_chromium()
     from playwright.sync_api import sync_playwright
 
     options = getattr(request, "param", {})
-    served = request.getfixturevalue("guarded_predictor") if options.get("guarded") else predictor
+    served = request.getfixturevalue(options["served"]) if "served" in options else predictor
     settings = ServeSettings(api_key=options.get("api_key"))
     with serve_live(create_app(served, settings)) as base_url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -86,6 +86,8 @@ def test_upload_predict_and_toggle_heatmap(
     page.set_input_files("#file-input", str(covid_jpeg))
     expect(page.locator("#result")).to_be_visible(timeout=30_000)
     expect(page.locator("#predicted-class")).to_have_text(predictor.predict(covid_jpeg).label)
+    expect(page.locator("#verdict-lead")).to_have_text("Most likely:")  # no threshold: the most probable class
+    expect(page.locator("#decision-note")).to_be_hidden()
     bars = page.locator("#probabilities li")
     expect(bars).to_have_count(len(predictor.classes))
     names = page.locator("#probabilities .bar-name").all_inner_texts()
@@ -140,7 +142,7 @@ def test_page_asks_for_the_api_key(browser_page) -> None:
     assert [p.split(" ")[0] for p in problems] == ["401"]
 
 
-@pytest.mark.parametrize("browser_page", [{"guarded": True}], indirect=True)
+@pytest.mark.parametrize("browser_page", [{"served": "guarded_predictor"}], indirect=True)
 def test_page_flags_an_image_that_is_not_a_chest_xray(
     browser_page, guarded_predictor, photo_png: bytes, radiography_root: Path
 ) -> None:
@@ -163,6 +165,44 @@ def test_page_flags_an_image_that_is_not_a_chest_xray(
     expect(page.locator("#caption")).to_contain_text(accepted.name, timeout=30_000)
     expect(page.locator("#ood-warning")).to_be_hidden()
     expect(page.locator("#predicted-class")).not_to_have_text(OUT_OF_DISTRIBUTION_LABEL)
+    assert problems == []
+
+
+@pytest.fixture
+def overruling_predictor(tmp_path: Path, checkpoint_factory, predictor, covid_jpeg: Path):
+    """The served model with a threshold stored in the checkpoint that names, for ``covid_jpeg``, its second most
+    probable class: the label is not the class with the longest bar."""
+    from cxrscreen.inference.predictor import load_predictor
+
+    probabilities = predictor.predict(covid_jpeg).probabilities
+    second = sorted(probabilities, key=probabilities.__getitem__)[-2]
+    path = checkpoint_factory(tmp_path / "threshold.pt", head_scale=1.0, name="serve-test-model",
+                              thresholds={second: round(probabilities[second] - 0.0005, 4)})
+    return load_predictor(path, device="cpu", threads=1)
+
+
+@pytest.mark.parametrize("browser_page", [{"served": "overruling_predictor"}], indirect=True)
+def test_page_names_the_threshold_that_overruled_the_most_probable_class(
+    browser_page, overruling_predictor, covid_jpeg: Path, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page, problems = browser_page
+    expected = overruling_predictor.predict(covid_jpeg)
+    decision = expected.decision
+    assert decision.rule == "threshold" and decision.overrules_most_probable  # the case the page must not hide
+    page.set_input_files("#file-input", str(covid_jpeg))
+    expect(page.locator("#result")).to_be_visible(timeout=30_000)
+    expect(page.locator("#predicted-class")).to_have_text(decision.label)
+    expect(page.locator(".verdict")).not_to_contain_text("Most likely")  # the label is not the most probable class
+    expect(page.locator("#verdict-lead")).to_have_text("Screening label:")
+    note = page.locator("#decision-note")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text(f"reaches {decision.cutoff * 100:.1f}%")
+    expect(note).to_contain_text(f"The most probable class is {decision.most_probable}")
+    expect(page.locator("#probabilities li.top .bar-name")).to_have_text(decision.most_probable)
+    if os.environ.get("CXRSCREEN_SCREENSHOT_DIR"):
+        page.screenshot(path=str(Path(os.environ["CXRSCREEN_SCREENSHOT_DIR"]) / "serve-threshold.png"), full_page=True)
     assert problems == []
 
 

@@ -171,6 +171,7 @@ class OutputWriter:
         self.stream = stream
         self.known_limits = known_limits
         self.count = 0
+        self.overruled = 0  # labels a threshold chose over the most probable class
         self.rows: list[dict] = []
 
     def _line(self, line: str) -> None:
@@ -182,22 +183,24 @@ class OutputWriter:
         self._line(buffer.getvalue())
 
     @staticmethod
-    def _table_line(label: str, cells: list[str], path: str) -> str:
+    def _table_line(label: str, cells: list[str], rule: str, path: str) -> str:
         # The path goes last so that long paths are never cut.
-        return f"{label:<18}  " + "  ".join(f"{c:>10}" for c in cells) + f"  {path}"
+        return f"{label:<18}  " + "  ".join(f"{c:>10}" for c in cells) + f"  {rule:<24}  {path}"
 
     def row(self, prediction: Prediction) -> None:
         if self.count == 0:  # the header waits for a first row: no empty table when every file failed
             if self.fmt == "csv":
                 self._csv_line(csv_header(self.classes))
             elif self.fmt == "table":
-                self._line(self._table_line("label", [f"p_{c}" for c in self.classes], "path"))
+                self._line(self._table_line("label", [f"p_{c}" for c in self.classes], "rule", "path"))
         self.count += 1
         probs = [prediction.probabilities[c] for c in self.classes]
         if self.fmt == "csv":
             self._csv_line(csv_row(prediction, self.classes))
         elif self.fmt == "table":
-            self._line(self._table_line(prediction.label, [f"{p:.3f}" for p in probs], prediction.source))
+            self.overruled += bool(prediction.decision and prediction.decision.overrules_most_probable)
+            rule = prediction.decision.brief() if prediction.decision else "OOD guard"
+            self._line(self._table_line(prediction.label, [f"{p:.3f}" for p in probs], rule, prediction.source))
         else:
             self.rows.append(json_row(prediction))
 
@@ -208,19 +211,33 @@ class OutputWriter:
             json.dump({"notice": SCREENING_NOTICE, "predictions": self.rows}, self.stream, indent=2)
             self.stream.write("\n")
         elif self.fmt == "table":
-            if failed:
-                self._line(f"{failed} file(s) could not be read (see above).")
+            if failed:  # the errors' summary goes beside them, on stderr: stdout holds the results alone
+                say(f"{failed} file(s) could not be read (see above).", sys.stderr)
+            if self.overruled:
+                self._line(f"{self.overruled} label(s) are not the most probable class: a decision threshold decided "
+                           "(rule CLASS>=P: CLASS reached its threshold P; CLASS<P: CLASS stayed below it).")
             for limit in self.known_limits:
                 self._line(f"Known limit: {limit}")
             self._line(SCREENING_NOTICE)
 
 
 def csv_header(classes: list[str]) -> list[str]:
-    return ["path", "label", *[f"p_{c}" for c in classes]]
+    # How the label was decided comes after the columns earlier versions wrote, so their readers keep working.
+    return ["path", "label", *[f"p_{c}" for c in classes], "rule", "cutoff", "most_probable"]
 
 
 def csv_row(prediction: Prediction, classes: list[str]) -> list[str]:
-    return [prediction.source, prediction.label, *[f"{prediction.probabilities[c]:.6f}" for c in classes]]
+    """``rule``: most_probable, threshold, below_threshold or out_of_distribution (the OOD guard named it);
+    ``cutoff``: the threshold the label reached, or ``class<P`` for each threshold no class reached."""
+    decision = prediction.decision
+    if decision is None:
+        rule, cutoff = "out_of_distribution", ""
+    elif decision.rule == "threshold":
+        rule, cutoff = decision.rule, f"{decision.cutoff:g}"
+    else:
+        rule, cutoff = decision.rule, ";".join(f"{name}<{value:g}" for name, value in decision.below.items())
+    probabilities = [f"{prediction.probabilities[c]:.6f}" for c in classes]
+    return [prediction.source, prediction.label, *probabilities, rule, cutoff, prediction.top_class]
 
 
 def json_row(prediction: Prediction) -> dict:

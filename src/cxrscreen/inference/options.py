@@ -100,17 +100,28 @@ class Decision:
         return self.label != self.most_probable
 
     def describe(self) -> str:
-        """One line for people: why this label (e.g. ``p(covid) 0.35 >= threshold 0.30``)."""
+        """One line for people: why this label (e.g. ``p(covid) 0.352 >= threshold 0.3``)."""
         if self.rule == "threshold":
-            text = f"p({self.label}) {self.probability:.2f} >= threshold {self.cutoff:.2f}"
+            text = f"p({self.label}) {self.probability:.3f} >= threshold {self.cutoff:g}"
         elif self.rule == "below_threshold":
-            cut = ", ".join(f"{name} < {value:.2f}" for name, value in self.below.items())
+            cut = ", ".join(f"{name} < {value:g}" for name, value in self.below.items())
             text = f"below threshold ({cut}); most probable of the rest"
         else:
             return "most probable class"
         if self.overrules_most_probable:
             text += f"; most probable class is {self.most_probable}"
         return text
+
+    def brief(self) -> str:
+        """A short table cell: ``most probable``, ``viral>=0.3`` (its threshold named it) or ``covid<0.3`` (below
+        its threshold), with ``, top normal`` when the label is not the most probable class."""
+        if self.rule == "threshold":
+            text = f"{self.label}>={self.cutoff:g}"
+        elif self.rule == "below_threshold":
+            text = ",".join(f"{name}<{value:g}" for name, value in self.below.items())
+        else:
+            return "most probable"
+        return f"{text}, top {self.most_probable}" if self.overrules_most_probable else text
 
     def to_dict(self) -> dict[str, object]:
         return {

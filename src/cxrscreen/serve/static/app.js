@@ -110,6 +110,33 @@ function renderKnownLimits(limits) {
   $("known-limits").hidden = list.childElementCount === 0;
 }
 
+const percent = (p) => `${(p * 100).toFixed(1)}%`;
+
+// "Most likely" is said only of the most probable class; when a decision threshold chose the label, the page names
+// the threshold, its cut-off and the class with the longest bar.
+function decisionText(decision, probabilities) {
+  if (!decision || decision.rule === "most_probable") return "";
+  const top = decision.most_probable;
+  const topNote = decision.label === top ? "" : ` The most probable class is ${top} (${percent(probabilities[top])}).`;
+  if (decision.rule === "threshold") {
+    const p = probabilities[decision.label];
+    return `Decided by a decision threshold: ${decision.label} is named when its probability reaches ` +
+      `${percent(decision.threshold)} (here ${percent(p)}).${topNote}`;
+  }
+  const below = Object.entries(decision.below_threshold).map(([name, cut]) => `${name} below ${percent(cut)}`);
+  return `No class reached its decision threshold (${below.join(", ")}), so the label is the most probable ` +
+    `of the other classes.${topNote}`;
+}
+
+function showDecision(result) {
+  const decision = result.decision;
+  const mostLikely = decision ? decision.label === decision.most_probable : false;
+  $("verdict-lead").textContent = mostLikely ? "Most likely:" : decision ? "Screening label:" : "Result:";
+  const note = decisionText(decision, result.probabilities);
+  $("decision-note").textContent = note;
+  $("decision-note").hidden = note === "";
+}
+
 function showResult(fileName, result) {
   const top = Object.entries(result.probabilities).reduce((a, b) => (b[1] > a[1] ? b : a))[0];
   page.imageUrl = `data:image/png;base64,${result.image_png}`;
@@ -120,6 +147,7 @@ function showResult(fileName, result) {
   showImage();
 
   $("predicted-class").textContent = result.label;
+  showDecision(result);
   $("ood-warning").hidden = result.in_distribution !== false;
   $("lungs-warning").hidden = result.lungs_found !== false;
   renderBars(result.probabilities, top);
