@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +83,44 @@ def test_checkpoint_is_exported_once_to_the_cache(
     for predictor in (first, second):
         assert predictor.predict(real_xrays[0]).probabilities == pytest.approx(expected, abs=1e-4)
     assert first.backend_name == "onnx" and first.meta.classes == ["covid", "normal", "viral"]
+
+
+def test_an_unwritable_cache_exports_once_into_a_private_fallback(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch, capfd
+) -> None:
+    """A cache that cannot be written: the export goes to a private folder in the temp dir, which the next run finds
+    (no export every run, nothing left behind per run) and the message says where it really is."""
+    import tempfile
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    monkeypatch.setenv("CXRSCREEN_CACHE", str(blocker / "cache"))  # unwritable even for root
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    load_predictor(tiny_checkpoint, backend="onnx")
+    err = capfd.readouterr().err
+    (fallback,) = (tmp_path / "tmp").iterdir()
+    assert fallback.name == f"cxrscreen-cache-{os.getuid()}" and fallback.stat().st_mode & 0o777 == 0o700
+    (bundle,) = [path for path in (fallback / "onnx").iterdir() if path.is_dir()]
+    assert f"cached in {bundle} ({blocker / 'cache' / 'onnx'} cannot be written)" in err
+    assert str(blocker) + "/cache/onnx/" not in err  # never "cached in" the path that cannot be written
+    stamp = (bundle / GRAPH_FILE).stat().st_mtime_ns
+    load_predictor(tiny_checkpoint, backend="onnx")
+    assert capfd.readouterr().err == "" and (bundle / GRAPH_FILE).stat().st_mtime_ns == stamp
+    assert [path.name for path in (tmp_path / "tmp").iterdir()] == [fallback.name]
+
+
+def test_a_fallback_folder_another_user_could_fill_is_not_used(tmp_path: Path, monkeypatch) -> None:
+    import tempfile
+
+    from cxrscreen.models.onnx import fallback_cache_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    shared = tmp_path / f"cxrscreen-cache-{os.getuid()}"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # world-writable: someone could have put a graph there
+    own = fallback_cache_dir()
+    assert own.parent != shared and own.parent.parent == tmp_path and own.parent.stat().st_mode & 0o077 == 0
 
 
 def test_foreign_files_are_refused(tmp_path: Path, tiny_checkpoint: Path) -> None:

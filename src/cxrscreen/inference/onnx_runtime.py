@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 from cxrscreen.data.cache import content_hash
 from cxrscreen.errors import ConfigError, ModelError
 from cxrscreen.models.meta import ModelMeta
-from cxrscreen.models.onnx import INPUT_NAME, OPSET, cache_dir, cpu_session, session_metadata, torch_tag
+from cxrscreen.models.onnx import INPUT_NAME, OPSET, cache_dir, cpu_session, preferred_cache_dir, session_metadata, torch_tag
 
 META_KEY = "cxrscreen_meta"
 OUTPUT_NAMES = ("logits", "features")
@@ -67,7 +66,8 @@ def read_bundle(folder: Path) -> OnnxModel | None:
         meta = ModelMeta.from_dict({**manifest["meta"], "ood": {**manifest["meta"]["ood"], **matrices}})
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    guard_graph = cache_dir() / manifest["guard_graph"] if manifest.get("guard_graph") else None
+    # The guard network's export lies in the same cache folder as the bundle.
+    guard_graph = folder.parent / manifest["guard_graph"] if manifest.get("guard_graph") else None
     if not (folder / GRAPH_FILE).is_file() or (guard_graph is not None and not guard_graph.is_file()):
         return None
     return OnnxModel(folder / GRAPH_FILE, meta, guard_graph)
@@ -76,22 +76,20 @@ def read_bundle(folder: Path) -> OnnxModel | None:
 def prepared_for_onnx(checkpoint: Path) -> OnnxModel:
     """The checkpoint's ONNX bundle (see the module's docstring), prepared on first use: that once, torch is
     imported, the graph exported and one line said on stderr. When the cache cannot be written, the bundle is
-    prepared in a temporary folder for this process."""
+    prepared in :func:`~cxrscreen.models.onnx.fallback_cache_dir`, where later runs find it."""
     folder = bundle_folder(checkpoint)
-    found = read_bundle(folder)
-    if found is not None:
-        return found
+    preferred = preferred_cache_dir() / folder.name
+    for candidate in dict.fromkeys((preferred, folder)):  # a read-only cache may hold it already
+        found = read_bundle(candidate)
+        if found is not None:
+            return found
     from cxrscreen.inference.onnx_export import write_bundle  # torch and the exporter: only on a cache miss
 
-    print(f"cxrscreen: preparing {checkpoint.name} for ONNX Runtime once (exporting its graph); cached in {folder}",
+    print(f"cxrscreen: preparing {checkpoint.name} for ONNX Runtime once (exporting its graph) ...",
           file=sys.stderr, flush=True)
-    try:
-        write_bundle(checkpoint, folder)
-    except OSError as exc:
-        folder = Path(tempfile.mkdtemp(prefix="cxrscreen-onnx-"))
-        print(f"cxrscreen: the cache cannot be written ({exc.strerror}); prepared in {folder} for this run",
-              file=sys.stderr, flush=True)
-        write_bundle(checkpoint, folder)
+    write_bundle(checkpoint, folder)
+    unwritable = "" if folder == preferred else f" ({preferred.parent} cannot be written)"
+    print(f"cxrscreen: cached in {folder}{unwritable}", file=sys.stderr, flush=True)
     found = read_bundle(folder)
     if found is None:
         raise ModelError(f"{folder}: the ONNX bundle just written cannot be read back")

@@ -7,8 +7,14 @@ running a cached graph needs no torch, and torch is imported only to export one 
 
 from __future__ import annotations
 
+import atexit
+import functools
 import importlib.metadata
 import io
+import os
+import shutil
+import stat
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,8 +39,44 @@ def torch_tag() -> str:
 
 
 def cache_dir() -> Path:
-    """Where networks exported on first use are kept: ``onnx/`` in :func:`cxrscreen.data.cache.cache_root`."""
+    """Where networks exported on first use are kept: ``onnx/`` in :func:`cxrscreen.data.cache.cache_root`, or,
+    when that cannot be written, :func:`fallback_cache_dir` (else every run would export them again)."""
+    return writable_or_fallback(preferred_cache_dir())
+
+
+def preferred_cache_dir() -> Path:
+    """``onnx/`` in :func:`cxrscreen.data.cache.cache_root`, writable or not (what :func:`cache_dir` tries first)."""
     return cache_root() / "onnx"
+
+
+@functools.lru_cache(maxsize=4)
+def writable_or_fallback(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder
+    except OSError:
+        pass
+    return fallback_cache_dir()
+
+
+def fallback_cache_dir() -> Path:
+    """Where exports go when the cache cannot be written: ``cxrscreen-cache-<uid>/onnx`` in the system's temporary
+    folder, kept between runs so that the next one finds its exports instead of making them again.
+
+    Only a folder private to this user (0700, its own, not a link) is used, never one another user could have
+    filled: when the name is taken, a folder of this process's own is made instead, removed when the process ends."""
+    root = Path(tempfile.gettempdir()) / f"cxrscreen-cache-{os.getuid()}"
+    try:
+        root.mkdir(mode=0o700, exist_ok=True)
+        status = root.lstat()
+        if stat.S_ISDIR(status.st_mode) and status.st_uid == os.getuid() and not status.st_mode & 0o077:
+            return root / "onnx"
+    except OSError:
+        pass
+    private = tempfile.mkdtemp(prefix="cxrscreen-cache-")
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    return Path(private) / "onnx"
 
 
 def traced_onnx(module: nn.Module, example: torch.Tensor, output_names: tuple[str, ...]) -> bytes:
