@@ -29,3 +29,7 @@ class ModelError(CxrError):
 
 class RunDirError(CxrError):
     """A run directory cannot be used (already finished, missing, incompatible resume)."""
+
+
+class OutputError(CxrError):
+    """An output path cannot be written (a file where a folder should be, no permission, a read-only disk)."""

@@ -129,3 +129,23 @@ def test_cli_summary_prints_age_tables_for_several_data_flags(many_sources: list
     assert "age groups" in out and "warning: pediatric share" in out and "near-duplicate groups" in out
     montgomery = len(list((many_sources[4] / "images").glob("MCUCXR*")))
     assert montgomery and any(line.split() == ["montgomery", str(montgomery), "0", "0", "0"] for line in out.splitlines())
+
+
+def test_any_collection_can_be_looked_at_one_class_or_labels_the_task_does_not_use(
+    many_sources: list[Path], capsys
+) -> None:
+    """`data summary` of the TB database (one class, no label of the default task) and of Kermany (no covid; bacterial
+    pneumonia unused) with the default classes: summarised, each unused label as its own class, not refused."""
+    kermany, tb = many_sources[1], many_sources[3]
+    assert main(["data", "summary", str(tb), "--quiet", "--no-dedup"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.split()[:1] in (["covid"], ["Tuberculosis"])}
+    assert rows == {"covid": "0", "Tuberculosis": str(len(list(tb.rglob("*.jpg"))))}
+    assert "each shown as a class of its own: Tuberculosis" in out and "--label-map" in out
+
+    dataset = load_dataset(kermany, keep_unused_labels=True)
+    counts = dataset.class_counts()
+    assert counts["covid"] == 0 and counts["normal"] > 0 and counts["viral"] > 0 and counts["bacteria"] > 0
+    assert len(dataset) == len(list(kermany.rglob("*.jpeg")) + list(kermany.rglob("*.jpg")))
+    with pytest.raises(Exception, match="no image of class covid"):  # a task to train on still needs every class
+        load_dataset(kermany)

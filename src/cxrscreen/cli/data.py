@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from cxrscreen.cli.batch import batch_exit_code, image_files
 from cxrscreen.data.defaults import DEFAULT_IMG_SIZE, DEFAULT_MAX_DISTANCE
 from cxrscreen.data.labels import LabelSet, parse_label_map
+from cxrscreen.io_utils import writable_folder
 
 if TYPE_CHECKING:
     from cxrscreen.data.transforms import LungFinder, Preprocessing
@@ -21,12 +22,14 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include-lateral", action="store_true", help="keep lateral views (ieee8023)")
 
 
-def load_task_dataset(paths: list[str], args: argparse.Namespace, allow_missing_classes: bool = False):
+def load_task_dataset(paths: list[str], args: argparse.Namespace, allow_missing_classes: bool = False,
+                      keep_unused_labels: bool = False):
     """The :class:`~cxrscreen.data.sources.Dataset` named by ``paths`` and the task flags of ``args``."""
     from cxrscreen.data.sources import load_dataset
 
     label_set = LabelSet.parse(args.classes, parse_label_map(args.label_map))
-    return load_dataset(paths, label_set, frontal_only=not args.include_lateral, allow_missing_classes=allow_missing_classes)
+    return load_dataset(paths, label_set, frontal_only=not args.include_lateral,
+                        allow_missing_classes=allow_missing_classes, keep_unused_labels=keep_unused_labels)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -65,7 +68,10 @@ def run_summary(args: argparse.Namespace) -> int:
     from cxrscreen.data.dedup import hash_files
     from cxrscreen.data.summary import save_plots, summarize
 
-    dataset = load_task_dataset([*args.paths, *args.data], args)
+    if args.plots:  # checked before anything is printed: no summary on stdout followed by a failure
+        writable_folder(args.plots, "--plots")
+    # Looking at a collection works whatever it holds: one class, or labels the task does not use.
+    dataset = load_task_dataset([*args.paths, *args.data], args, keep_unused_labels=True)
     hashes = None if args.no_dedup else hash_files(dataset.paths, progress=not args.quiet).hashes
     print(summarize(dataset, hashes, args.max_distance).format())
     if args.plots:

@@ -14,6 +14,7 @@ from cxrscreen import SCREENING_NOTICE
 from cxrscreen.cli.batch import UniqueStems, batch_exit_code, image_files, only_missing_files, progress, say
 from cxrscreen.errors import CxrError
 from cxrscreen.inference.options import BACKENDS, DEFAULT_BACKEND, DEFAULT_BATCH_SIZE, DEVICES, check_target, parse_thresholds
+from cxrscreen.io_utils import writable_folder
 
 if TYPE_CHECKING:  # the predictor (numpy, the networks' libraries) is imported when a command runs, not for --help
     from cxrscreen.inference.predictor import Prediction, PredictionFailure, Predictor
@@ -91,7 +92,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if only_missing_files(files):
         return 2
     if args.explain:
-        args.explain.mkdir(parents=True, exist_ok=True)  # an unwritable --explain fails before a model loads
+        writable_folder(args.explain, "--explain")  # an unwritable --explain fails before a model loads
     predictor = load_for_inference(args, backend=args.backend, batch_size=args.batch_size)
     if args.explain:
         check_target(args.target, predictor.classes)
@@ -130,7 +131,7 @@ def run_explain(args: argparse.Namespace) -> int:
     files = image_files(args.paths)
     if only_missing_files(files):
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails before a model loads
+    writable_folder(args.out, "--out")  # an unwritable --out fails before a model loads
     predictor = load_for_inference(args)
     check_target(args.target, predictor.classes)
     stems = UniqueStems()

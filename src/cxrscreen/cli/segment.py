@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from cxrscreen.cli.batch import UniqueStems, batch_exit_code, image_files, progress, say
 from cxrscreen.errors import ConfigError, CxrError
-from cxrscreen.io_utils import atomic_write
+from cxrscreen.io_utils import atomic_write, writable_folder
 from cxrscreen.lungs.defaults import CLI_OUT, TEST_DATA, TRAIN_DATA
 
 if TYPE_CHECKING:
@@ -52,8 +52,8 @@ def run_segment(args: argparse.Namespace) -> int:
     from cxrscreen.lungs.segmenter import load_segmenter
 
     files = image_files(args.paths)
+    out_dir = writable_folder(args.out, "--out")  # before the network loads and the first image is read
     segmenter = load_segmenter(args.model, backend=args.backend)
-    out_dir = Path(args.out)
     stems = UniqueStems()
     failed = 0
     with progress(len(files), "segmenting") as bar:

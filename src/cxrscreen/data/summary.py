@@ -71,7 +71,7 @@ class DataSummary:
                 str(c.images),
                 format_patients(c),
                 str(len(c.sources)),
-                " / ".join(format_size(s) for s in (c.size_min, c.size_median, c.size_max)),
+                " / ".join(format_size(s) for s in (c.size_min, c.size_median, c.size_max)) if c.images else "-",
                 "-" if c.duplicate_groups is None else f"{c.duplicate_groups} ({c.images_in_duplicate_groups} images)",
             ]
             for c in self.classes

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +79,9 @@ def write_bundle(checkpoint_path: Path, folder: Path) -> None:
     guard_graph = guard_export() if reads_whole_image(meta.ood) else None
     plain, matrices = split_guard(meta.ood)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    # Not mkdtemp (0700): the folder renamed into the cache gets the mode the user's umask gives, as its files do.
+    staging = folder.parent / f".{folder.name}-{secrets.token_hex(4)}"
+    staging.mkdir()
     try:
         (staging / GRAPH_FILE).write_bytes(onnx_bytes(model, meta))
         np.savez(staging / GUARD_FILE, **matrices)

@@ -167,11 +167,14 @@ def load_dataset(
     label_set: LabelSet | None = None,
     frontal_only: bool = True,
     allow_missing_classes: bool = False,
+    keep_unused_labels: bool = False,
 ) -> Dataset:
     """Load one or more collections as a task's dataset (default task: :data:`cxrscreen.data.labels.DEFAULT_CLASSES`).
 
     Raises :class:`DatasetLayoutError` for a missing path, an unrecognised layout, no usable image, or a class of
     the task without any image (unless ``allow_missing_classes``, e.g. for an external test set).
+    ``keep_unused_labels`` (for looking at a collection, ``data summary``): no image is dropped; each label the task
+    has no class for becomes a class of its own, named after the label, and empty task classes are kept.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -190,16 +193,33 @@ def load_dataset(
         records.append(record)
         targets.append(label_set.classes.index(name))
     where = ", ".join(str(p) for p in paths)
+    if keep_unused_labels and dropped:
+        dataset = load_dataset(paths, with_unused_labels(label_set, dropped), frontal_only, allow_missing_classes=True)
+        listed = ", ".join(f"{label} {n}" for label, n in dropped.most_common())
+        dataset.notes.append(f"labels the task {','.join(label_set.classes)} has no class for, each shown as a class of "
+                             f"its own: {listed} (--label-map LABEL=CLASS maps one onto a task class)")
+        return dataset
     if not records:
         found = ", ".join(f"{label} {n}" for label, n in dropped.most_common()) or "no images"
         raise DatasetLayoutError(f"{where}: no image has a label the task {','.join(label_set.classes)} uses (found: {found})")
     dataset = Dataset(records, np.asarray(targets, dtype=np.int64), label_set, dropped, scan.excluded, scan.notes, layouts)
     empty = [name for name, n in dataset.class_counts().items() if n == 0]
-    if empty and not allow_missing_classes:
+    if empty and not (allow_missing_classes or keep_unused_labels):
         counts = ", ".join(f"{name} {n}" for name, n in dataset.class_counts().items() if n)
         raise DatasetLayoutError(
             f"{where}: no image of class {', '.join(empty)} (found: {counts}); drop it from --classes or add a collection that has it"
         )
     return dataset
+
+def with_unused_labels(label_set: LabelSet, unused: Counter) -> LabelSet:
+    """``label_set`` plus one class per label in ``unused`` (raw label -> count), mapped from that label."""
+    extra = dict(label_set.extra)
+    added: list[str] = []
+    for label in unused:
+        name = label if label.lower() not in label_set.classes else f"{label} (label)"
+        extra[label.strip().lower()] = name
+        added.append(name)
+    return LabelSet((*label_set.classes, *added), extra)
+
 
 __all__ = ["Dataset", "SOURCES", "Source", "SourceScan", "detect_layout", "load_dataset", "locate", "register_source"]
