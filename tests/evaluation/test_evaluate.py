@@ -263,10 +263,28 @@ def test_label_map_maps_a_collections_own_labels(run_dir: Path, radiography_root
     manifest.write_text("path,label\n" + "".join(f"{p},positive\n" for p in covid) + "".join(f"{p},negative\n" for p in normal))
     base = ["evaluate", "--model", str(run_dir / "best.pt"), "--data", str(manifest), "--bootstrap", "0", "--quiet"]
     assert main(base) == 2  # no label the model knows
-    assert "positive" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "positive" in err and "--label-map LABEL=CLASS" in err  # what to do about it, too
     out = tmp_path / "eval"
     assert main(base + ["--label-map", "positive=covid", "--label-map", "negative=normal", "--out", str(out)]) == 0
     collection = json.loads((out / "metrics.json").read_text())["collections"][0]
     assert collection["images_evaluated"] == 12
     assert collection["covid_vs_rest"]["n_positive"] == 6
     assert collection["multiclass"]["support"] == {"covid": 6, "normal": 6, "viral": 0}
+
+
+def test_nothing_left_to_evaluate_says_how_many_were_left_out_and_why(
+    run_dir: Path, small_ieee: Path, tmp_path: Path, capsys
+) -> None:
+    """Every image a near-duplicate of the training images (the run's re-encoded copies), two with a label the model
+    has no class for: the one-line error counts both and names --label-map."""
+    copies = sorted((run_dir / "copies").glob("*.jpg"))
+    others = sorted((small_ieee / "images").glob("*.jpg"))[5:7]
+    manifest = tmp_path / "site.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p},COVID-19\n" for p in copies)
+                        + "".join(f"{p},zebra\n" for p in others), encoding="utf-8")
+    assert main(["evaluate", "--model", str(run_dir / "best.pt"), "--data", str(manifest), "--bootstrap", "0", "--quiet"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after the one-off ONNX export's lines
+    assert f"{manifest}: no image left to evaluate: 3 of the 3 image(s) are near-duplicates of the model's training images" in line
+    assert "(pHash distance <= 6 of 64 bits) and were left out" in line
+    assert "labels without a class: zebra 2 (--label-map LABEL=CLASS" in line

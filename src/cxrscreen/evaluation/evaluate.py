@@ -169,6 +169,22 @@ class LoadedImages:
     thumbnails: np.ndarray | None
 
 
+def nothing_left_because(n_listed: int, left_out: int | None, unknown_labels: Counter, distance: int) -> str:
+    """Why a collection left no image to evaluate: how many were listed, left out as near-duplicates of the
+    training images, or carried labels without a class (with the flag that maps them)."""
+    reasons = []
+    if left_out:
+        reasons.append(f"{left_out} of the {n_listed} image(s) are near-duplicates of the model's training images "
+                       f"(pHash distance <= {distance} of 64 bits) and were left out, as scores on them would "
+                       "flatter the model; evaluate images it was not trained on")
+    elif not n_listed:
+        reasons.append("no image listed")
+    if unknown_labels:
+        counts = ", ".join(f"{label} {n}" for label, n in unknown_labels.most_common())
+        reasons.append(f"labels without a class: {counts} (--label-map LABEL=CLASS maps one onto a class)")
+    return "; ".join(reasons)
+
+
 class Evaluator:
     """Evaluates collections with one loaded predictor; :func:`evaluate_model` builds and runs it."""
 
@@ -322,7 +338,8 @@ class Evaluator:
         notes: list[str],
     ) -> CollectionResult:
         if not records:
-            raise DatasetLayoutError(f"{name}: no image left to evaluate")
+            raise DatasetLayoutError(f"{name}: no image left to evaluate: "
+                                     + nothing_left_because(n_listed, left_out, unknown_labels, self.cfg.dedup_distance))
         ok, unreadable, model_probs, flagged = self.predict([r.path for r in records])
         records = [records[i] for i in ok]
         if not records:

@@ -61,7 +61,7 @@ def collection_report(result: "CollectionResult") -> str:
         lines.append(f"no model class (COVID-vs-rest only): {counts}")
     if result.unknown_labels:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(result.unknown_labels.items()))
-        lines.append(f"unknown labels, not evaluated: {counts}")
+        lines.append(f"unknown labels, not evaluated: {counts} (--label-map LABEL=CLASS maps one onto a class)")
     if result.flagged_out_of_distribution:
         lines.append(f"{result.flagged_out_of_distribution} image(s) flagged as out of distribution by the model's guard (still scored)")
     lines.extend(f"note: {note}" for note in result.notes)

@@ -201,7 +201,8 @@ def load_dataset(
         return dataset
     if not records:
         found = ", ".join(f"{label} {n}" for label, n in dropped.most_common()) or "no images"
-        raise DatasetLayoutError(f"{where}: no image has a label the task {','.join(label_set.classes)} uses (found: {found})")
+        raise DatasetLayoutError(f"{where}: no image has a label the task {','.join(label_set.classes)} uses (found: {found}); "
+                                 "--label-map LABEL=CLASS maps a label onto a class")
     dataset = Dataset(records, np.asarray(targets, dtype=np.int64), label_set, dropped, scan.excluded, scan.notes, layouts)
     empty = [name for name, n in dataset.class_counts().items() if n == 0]
     if empty and not (allow_missing_classes or keep_unused_labels):
