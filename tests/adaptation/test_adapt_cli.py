@@ -101,6 +101,9 @@ def test_adapted_model_predicts_exports_and_reports(adapted, ieee_rows, tmp_path
 
     html = write_report(out, gradcam_per_class=0, log=lambda _m: None).read_text()
     assert "Adaptation to a site" in html and "after (out of fold)" in html
+    # An adaptation has folds, not a training run's fractions or per-epoch curves: nothing reads as missing.
+    assert "fractions ?" not in html and "?" not in html.split("Split rule:")[1].split("</p>")[0]
+    assert "folds 3" in html and "No metrics.csv" not in html
 
 
 def test_existing_adaptation_is_not_overwritten(adapted, tiny_parent, capsys):

@@ -117,8 +117,9 @@ def data_section(train_summary: dict, config: dict) -> str:
         parts.append(html.table(["source", "images"], [[s, str(n)] for s, n in sources.items()]))
     rule = train_summary.get("split_rule")
     if rule:
-        parts.append(html.paragraph(f"Split rule: {rule} (seed {config.get('seed', '?')}, fractions "
-                                    f"{config.get('fractions', '?')})."))
+        # A training run has fractions, an adaptation folds: only the settings the run has are named.
+        settings = ", ".join(f"{key} {config[key]}" for key in ("seed", "fractions", "folds") if config.get(key) is not None)
+        parts.append(html.paragraph(f"Split rule: {rule}" + (f" ({settings})." if settings else ".")))
     dropped = train_summary.get("dropped_labels") or {}
     if dropped:
         parts.append(html.paragraph("Dropped (no class in this task): " + ", ".join(f"{k} {v}" for k, v in dropped.items())))
@@ -127,7 +128,11 @@ def data_section(train_summary: dict, config: dict) -> str:
     return html.section("data", "Training data and split", "\n".join(parts))
 
 
-def curves_section(history: list[dict[str, str]]) -> str:
+def curves_section(history: list[dict[str, str]], adapted: bool = False) -> str:
+    """Training curves from metrics.csv; nothing for an adaptation, which fine-tunes in folds and shows its
+    learning curve instead (:func:`adaptation_section`)."""
+    if not history and adapted:
+        return ""
     if not history:
         return html.section("curves", "Training curves", html.paragraph("No metrics.csv in the run directory.", "muted"))
     import matplotlib
@@ -338,7 +343,7 @@ def build_report(run_dir: str | Path, gradcam_per_class: int = 3, log: Callable[
         html.paragraph(SCREENING_NOTICE, "notice"),
         overview_section(meta, summary),
         data_section(meta.train_summary or (summary or {}).get("data", {}), config),
-        curves_section(read_csv(files.metrics)),
+        curves_section(read_csv(files.metrics), adapted=files.adapt.is_file()),
         adaptation_section(read_json(files.adapt), run_dir),
         evaluation_section(read_json(eval_dir / "metrics.json"), eval_dir,
                            (summary or {}).get("test") or meta.metrics.get("test")),
