@@ -101,6 +101,15 @@ def test_plausibility_reasons(box, uncertain, reason):
     assert reason in check_plausibility(mask, uncertain, PlausibilityLimits())
 
 
+def test_the_area_in_a_reason_is_rounded_as_segment_prints_it():
+    """``segment`` prints ``lung area 0.3%``; the reason must not then say 0% (one rounding, with the limit)."""
+    mask = np.zeros((100, 100), dtype=bool)
+    mask[40:45, 40:46] = True  # 30 pixels: 0.3%
+    assert check_plausibility(mask, 0.0, PlausibilityLimits()) == "lung area 0.3% of the image is too small (under 6.0%)"
+    mask[:, :] = True
+    assert check_plausibility(mask, 0.0, PlausibilityLimits()) == "lung area 100.0% of the image is too large (over 60.0%)"
+
+
 @pytest.mark.parametrize("kind", ["blank", "noise"])
 def test_blank_or_noise_image_is_not_plausible(kind):
     image = np.full((200, 200), 0.5, np.float32) if kind == "blank" else np.random.default_rng(0).random((200, 200))

@@ -130,9 +130,9 @@ def check_plausibility(mask: np.ndarray, uncertain_fraction: float, limits: Plau
     if area == 0.0:
         return "no lungs found"
     if area < limits.min_area:
-        return f"lung area {area:.0%} of the image is too small"
+        return f"lung area {area:.1%} of the image is too small (under {limits.min_area:.1%})"
     if area > limits.max_area:
-        return f"lung area {area:.0%} of the image is too large"
+        return f"lung area {area:.1%} of the image is too large (over {limits.max_area:.1%})"
     half = mask.shape[1] // 2
     left_share = float(np.count_nonzero(mask[:, :half])) / float(lung)
     if min(left_share, 1.0 - left_share) < limits.min_side_share:
