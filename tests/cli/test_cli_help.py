@@ -4,6 +4,7 @@ of the subcommand it was given to."""
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -38,7 +39,7 @@ def help_problems(parser: argparse.ArgumentParser, name: str) -> list[str]:
             problems.append(f"{flag}: no help text")
         elif action.nargs == 0 or action.required or "%(default)" in action.help:
             continue  # a flag (default: off), a required option, or help that shows the default itself
-        elif action.default is None:
+        elif action.default is None or action.default == []:
             # Nothing for argparse to show: the help itself must say what happens without the option.
             if "default" not in action.help and "required" not in action.help:
                 problems.append(f"{flag}: default None and the help does not say what that means")
@@ -46,6 +47,8 @@ def help_problems(parser: argparse.ArgumentParser, name: str) -> list[str]:
             shown = parser._get_formatter()._expand_help(action)  # the help line as `--help` prints it
             if shown.count(f"(default: {action.default})") != 1:
                 problems.append(f"{flag}: default {action.default!r} not shown once in {shown!r}")
+            elif len(re.findall(r"\bdefault\b(?::| [a-z0-9])", shown)) != 1:  # "(default none...) (default: none)"
+                problems.append(f"{flag}: the default is stated more than once in {shown!r}")
     return problems
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from cxrscreen.errors import CxrError
@@ -23,13 +24,20 @@ COMMAND_MODULES = (
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends ``(default: X)`` to every option's help, except where there is nothing to show: a default of None
-    (the help says what happens then) and flags that take no value."""
+    """Appends ``(default: X)`` to every option's help, except where there is nothing to show: a default of None or
+    an empty list (the help says what happens then), flags that take no value, and help that states its default
+    itself (``default: ...``), which would otherwise be said twice."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.nargs == 0:
+        if action.default is None or action.default == [] or action.nargs == 0 or states_default(action.help):
             return action.help
         return super()._get_help_string(action)
+
+
+def states_default(help_text: str | None) -> bool:
+    """Whether an option's help says its default itself (``(default: all)``, ``default none``); a choice named
+    ``default`` (``default, none or strong``) is not a statement."""
+    return bool(help_text) and re.search(r"\bdefault\b(:| [a-z0-9])", help_text) is not None
 
 
 class CliParser(argparse.ArgumentParser):

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     summary = commands.add_parser("summary", help="images, patients, sources, sizes, near-duplicates per class")
     summary.add_argument("paths", nargs="*", metavar="PATH", help="collection folder or CSV manifest (layout detected)")
-    summary.add_argument("--data", action="append", default=[], metavar="PATH", help="a collection, like PATH (repeatable, as in train)")
+    summary.add_argument("--data", action="append", default=[], metavar="PATH", help="a collection, like PATH (repeatable, as in train; default: the PATHs only)")
     add_task_arguments(summary)
     summary.add_argument("--plots", metavar="DIR", help="write intensity histograms and sample grids per class here (default: no plots)")
     summary.add_argument("--max-distance", type=int, default=DEFAULT_MAX_DISTANCE, help="pHash Hamming distance of near-duplicates")

@@ -27,10 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=int, default=3, help="early stopping: epochs without improvement")
     p.add_argument("--monitor", default="macro_f1", choices=["macro_f1", "auc"],
                    help="validation metric that picks the best epoch and drives early stopping")
-    p.add_argument("--augment", default="default", help="augmentation preset (default, none, strong)")
+    p.add_argument("--augment", default="default", help="augmentation preset: default, none or strong")
     p.add_argument("--balance", default="none", choices=["none", "class", "class_source", "source"],
                    help="draw each epoch evenly over classes, collections or (class, collection) cells, with "
-                   "replacement where a cell is small (default none: a plain shuffle)")
+                   "replacement where a cell is small; none: a plain shuffle")
     p.add_argument("--balance-cap", type=float, default=10.0, metavar="X",
                    help="with --balance: a cell is drawn at most X times its size per epoch; its unused share goes to the others")
     p.add_argument("--adversary", default="none", choices=["none", "source"],
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--style", default="none", metavar="KINDS",
                    help="augmentation that breaks a scanner's look, comma-separated: histmatch (grey levels of an image "
                    "of another collection), tone (random tone curve), mixstyle (feature statistics mixed across "
-                   "collections in early layers); default none")
+                   "collections in early layers); none: no such augmentation")
     p.add_argument("--seed", type=int, default=0, help="random seed of the split, initialisation and augmentation")
     p.add_argument("--split", metavar="FILE", help="reuse a saved split.csv (default: a new split by patient and near-duplicate)")
     p.add_argument("--limit-per-class", type=int, metavar="N", help="use at most N images per class (default: all)")
