@@ -168,17 +168,28 @@ def test_page_flags_an_image_that_is_not_a_chest_xray(
     assert problems == []
 
 
-@pytest.fixture
-def overruling_predictor(tmp_path: Path, checkpoint_factory, predictor, covid_jpeg: Path):
-    """The served model with a threshold stored in the checkpoint that names, for ``covid_jpeg``, its second most
-    probable class: the label is not the class with the longest bar."""
+def stored_threshold_predictor(tmp_path: Path, checkpoint_factory, thresholds: dict[str, float]):
+    """The served model (same weights) with ``thresholds`` stored in its checkpoint, as `train` stores them."""
     from cxrscreen.inference.predictor import load_predictor
 
+    path = checkpoint_factory(tmp_path / "threshold.pt", head_scale=1.0, name="serve-test-model", thresholds=thresholds)
+    return load_predictor(path, device="cpu", threads=1)
+
+
+@pytest.fixture
+def overruling_predictor(tmp_path: Path, checkpoint_factory, predictor, covid_jpeg: Path):
+    """A stored threshold that names, for ``covid_jpeg``, its second most probable class: the label is not the
+    class with the longest bar."""
     probabilities = predictor.predict(covid_jpeg).probabilities
     second = sorted(probabilities, key=probabilities.__getitem__)[-2]
-    path = checkpoint_factory(tmp_path / "threshold.pt", head_scale=1.0, name="serve-test-model",
-                              thresholds={second: round(probabilities[second] - 0.0005, 4)})
-    return load_predictor(path, device="cpu", threads=1)
+    return stored_threshold_predictor(tmp_path, checkpoint_factory, {second: round(probabilities[second] - 0.0005, 4)})
+
+
+@pytest.fixture
+def unreached_predictor(tmp_path: Path, checkpoint_factory, predictor, covid_jpeg: Path):
+    """A stored threshold the most probable class of ``covid_jpeg`` does not reach: the next class is named."""
+    top = predictor.predict(covid_jpeg).top_class
+    return stored_threshold_predictor(tmp_path, checkpoint_factory, {top: 0.99})
 
 
 @pytest.mark.parametrize("browser_page", [{"served": "overruling_predictor"}], indirect=True)
@@ -203,6 +214,25 @@ def test_page_names_the_threshold_that_overruled_the_most_probable_class(
     expect(page.locator("#probabilities li.top .bar-name")).to_have_text(decision.most_probable)
     if os.environ.get("CXRSCREEN_SCREENSHOT_DIR"):
         page.screenshot(path=str(Path(os.environ["CXRSCREEN_SCREENSHOT_DIR"]) / "serve-threshold.png"), full_page=True)
+    assert problems == []
+
+
+@pytest.mark.parametrize("browser_page", [{"served": "unreached_predictor"}], indirect=True)
+def test_page_says_when_the_most_probable_class_stayed_below_its_threshold(
+    browser_page, unreached_predictor, covid_jpeg: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page, problems = browser_page
+    decision = unreached_predictor.predict(covid_jpeg).decision
+    assert decision.rule == "below_threshold" and decision.overrules_most_probable
+    page.set_input_files("#file-input", str(covid_jpeg))
+    expect(page.locator("#result")).to_be_visible(timeout=30_000)
+    expect(page.locator("#verdict-lead")).to_have_text("Screening label:")
+    expect(page.locator("#predicted-class")).to_have_text(decision.label)
+    expect(page.locator("#decision-note")).to_contain_text(
+        f"No class reached its decision threshold ({decision.most_probable} below 99.0%)")
+    expect(page.locator("#decision-note")).to_contain_text(f"The most probable class is {decision.most_probable}")
     assert problems == []
 
 
