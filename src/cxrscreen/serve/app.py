@@ -5,7 +5,8 @@ Predictor contract (``meta``, ``classes``, ``predict(source, name)``, ``decided_
 ``explain(source, target)``), so tests inject one. Endpoints:
 
 - ``POST /v1/predict`` (multipart field ``file``; ``?explain=true`` adds the Grad-CAM overlay, ``?image=true``
-  the decoded X-ray as PNG, e.g. to show a DICOM in a browser): label, probabilities, model, OOD flag, notice.
+  the decoded X-ray as PNG, e.g. to show a DICOM in a browser): label, ``decision`` (the rule and threshold that
+  chose it), probabilities, model, OOD flag, notice.
 - ``GET /v1/model``: the model card (classes, input size, metrics, ...) from the checkpoint's metadata.
 - ``GET /healthz``: liveness, never behind the API key. ``GET /``: the web page. ``/docs``: OpenAPI.
 
