@@ -152,7 +152,7 @@ def hashes_to_array(hashes: Iterable[str]) -> np.ndarray:
 
 def as_hash_array(hashes: Iterable[str] | np.ndarray) -> np.ndarray:
     if isinstance(hashes, np.ndarray) and hashes.dtype == np.uint64:
-        return hashes.reshape(len(hashes), -1)
+        return hashes if hashes.ndim == 2 else hashes.reshape(len(hashes), -1)
     return hashes_to_array(hashes)
 
 

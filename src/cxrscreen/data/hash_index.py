@@ -47,8 +47,14 @@ class BlockPlan:
                     bits = total_bits / m
                     plans.append((m * (1 + radius * bits) * (1 + n_indexed / 2.0**bits), m, radius))
         _, m, radius = min(plans)
-        blocks = tuple(tuple(range(j, total_bits, m)) for j in range(m))
-        return cls(total_bits, max_bits, blocks, radius)
+        return cls.strided(total_bits, max_bits, m, radius)
+
+    @classmethod
+    def strided(cls, total_bits: int, max_bits: int, m: int, radius: int) -> "BlockPlan":
+        """``m`` blocks, block ``j`` of bits ``j, j + m, j + 2m, ...``."""
+        if m * (radius + 1) <= min(max_bits, total_bits):
+            raise ValueError(f"{m} blocks searched within {radius} bits can miss pairs {max_bits} bits apart")
+        return cls(total_bits, max_bits, tuple(tuple(range(j, total_bits, m)) for j in range(m)), radius)
 
 
 def block_keys(values: np.ndarray, positions: tuple[int, ...]) -> np.ndarray:
@@ -138,17 +144,20 @@ def key_ranges(starts: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.nda
     return starts[keys], starts[keys + 1]
 
 
-def near_pairs(queries: np.ndarray, indexed: np.ndarray | None, max_bits: int) -> tuple[np.ndarray, np.ndarray, int]:
+def near_pairs(
+    queries: np.ndarray, indexed: np.ndarray | None, max_bits: int, plan: BlockPlan | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Pairs of hashes (uint64 (N, words)) at most ``max_bits`` apart: (a, b) with a < b within ``queries`` when
     ``indexed`` is None, else a in ``queries`` and b in ``indexed``. Returns pairs (K, 2) int64 sorted, their
-    differing bits (K,) int64, and how many candidates were checked."""
+    differing bits (K,) int64, and how many candidates were checked. ``plan``: the blocks (default: chosen for the
+    number of hashes, :meth:`BlockPlan.choose`)."""
     self_join = indexed is None
     indexed = queries if indexed is None else indexed
     if len(queries) and len(indexed) and queries.shape[1] != indexed.shape[1]:
         raise ConfigError(f"cannot compare {queries.shape[1] * 64}-bit hashes with {indexed.shape[1] * 64}-bit hashes")
     collector = PairCollector(queries, indexed, max_bits, self_join)
     if max_bits >= 0 and len(queries) and len(indexed):
-        plan = BlockPlan.choose(indexed.shape[1] * 64, max_bits, len(indexed))
+        plan = plan or BlockPlan.choose(indexed.shape[1] * 64, max_bits, len(indexed))
         for positions in plan.blocks:
             search_block(block_keys(queries, positions), indexed_keys=block_keys(indexed, positions),
                          bits=len(positions), radius=plan.radius, self_join=self_join, collector=collector)
