@@ -73,7 +73,7 @@ class PairCollector:
 
     def __init__(self, queries: np.ndarray, indexed: np.ndarray, max_bits: int, self_join: bool) -> None:
         self.query_words = [np.ascontiguousarray(queries[:, w]) for w in range(queries.shape[1])]
-        self.indexed_words = [np.ascontiguousarray(indexed[:, w]) for w in range(indexed.shape[1])]
+        self.indexed_words = self.query_words if self_join else [np.ascontiguousarray(indexed[:, w]) for w in range(indexed.shape[1])]
         self.max_bits = max_bits
         self.self_join = self_join
         self.found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -159,7 +159,8 @@ def near_pairs(
     if max_bits >= 0 and len(queries) and len(indexed):
         plan = plan or BlockPlan.choose(indexed.shape[1] * 64, max_bits, len(indexed))
         for positions in plan.blocks:
-            search_block(block_keys(queries, positions), indexed_keys=block_keys(indexed, positions),
+            keys = block_keys(indexed, positions)
+            search_block(keys if self_join else block_keys(queries, positions), indexed_keys=keys,
                          bits=len(positions), radius=plan.radius, self_join=self_join, collector=collector)
     pairs, bits = collector.pairs()
     return pairs, bits, collector.candidates
