@@ -114,11 +114,15 @@ def collection_overlap(
     for later in range(1, len(collections)):
         images = Counter(r.label for r in collections[later].records if r.path in hashes)
         for earlier in range(later):
-            for label, n in images.most_common():
-                matched = [duplicated.get((later, earlier, r.path)) for r in collections[later].records if r.label == label]
-                matched = [labels for labels in matched if labels]
-                counts.append(OverlapCount(collections[later].name, collections[earlier].name, label, n, len(matched),
-                                           Counter(x for labels in matched for x in labels)))
+            hits: Counter = Counter()
+            there: dict[str, Counter] = {label: Counter() for label in images}
+            for record in collections[later].records:
+                labels = duplicated.get((later, earlier, record.path))
+                if labels:
+                    hits[record.label] += 1
+                    there[record.label].update(labels)
+            counts.extend(OverlapCount(collections[later].name, collections[earlier].name, label, n, hits[label], there[label])
+                          for label, n in images.most_common())
     unhashed = sum(1 for c in collections for r in c.records if r.path not in hashes)
     return CollectionOverlap(counts, pairs, max_distance, unhashed)
 
