@@ -82,10 +82,11 @@ def test_collection_names_stay_apart() -> None:
     ([], "--data: give two or more collections"),
     (["--data", "/nonexistent/collection"], "/nonexistent/collection: no such file or folder"),
     (["--data", "{ieee}", "--max-distance", "65"], "--max-distance must be between 0 and 64"),
+    (["--data", "{ieee}", "--out", "/nonexistent/folder/pairs.csv"], "--out /nonexistent/folder/pairs.csv: its folder does not exist"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(extra: list[str], message: str, shared_data: Path, capsys) -> None:
     ieee = str(shared_data / "covid-chestxray-dataset")
-    argv = ["data", "duplicates", "--data", ieee, *(e.format(ieee=ieee) for e in extra)]
+    argv = ["data", "duplicates", "--quiet", "--data", ieee, *(e.format(ieee=ieee) for e in extra)]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

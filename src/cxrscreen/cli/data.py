@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -110,6 +111,8 @@ def run_duplicates(args: argparse.Namespace) -> int:
         raise ConfigError("--data: give two or more collections to compare")
     if not 0 <= args.max_distance <= 64:
         raise ConfigError(f"--max-distance must be between 0 and 64 bits, got {args.max_distance}")
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise ConfigError(f"--out {args.out}: its folder does not exist")  # said before hashing, not after
     # Every image counts, lateral views too: the question is which pictures are already in another collection.
     scans = [scan_paths([path], frontal_only=False)[0] for path in args.data]
     collections = [Collection(name, scan.records) for name, scan in zip(collection_names(args.data), scans)]
