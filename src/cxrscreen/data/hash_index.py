@@ -5,8 +5,9 @@ then by the pigeonhole principle some block differs in at most ``radius`` bits. 
 hashes whose key in some block equals its own (radius 0) or its own with one bit flipped (radius 1); every candidate
 is then checked on the whole hash. The search is exact: it finds every pair within ``T`` bits, and only those.
 
-Keys are matched by sorting (``np.argsort`` + ``np.searchsorted``), one block at a time, and candidates are checked
-in chunks, so memory grows linearly with the number of hashes. Blocks take bits at a stride (bit ``j``, ``j + m``,
+One block at a time, the hashes are sorted by key and a table of bucket starts gives each probed key its range;
+candidates are checked in chunks, and the pairs found kept once, so memory grows linearly with the number of hashes
+(and the number of pairs found). Blocks take bits at a stride (bit ``j``, ``j + m``,
 ...) rather than runs of neighbours, because a pHash lists its DCT coefficients row by row and the lowest
 frequencies, on which chest X-rays agree most, would otherwise fill one block and one crowded bucket.
 """
@@ -90,16 +91,21 @@ class PairCollector:
         if near.any():
             self.found.append((a[near], b[near], bits[near]))
 
+    def compact(self) -> None:
+        """Keep each pair found once (a pair close in several blocks is found in each), sorted by (a, b)."""
+        if self.found:
+            a, b, bits = (np.concatenate([f[k] for f in self.found]) for k in range(3))
+            width = len(self.indexed_words[0])
+            unique, first = np.unique(a.astype(np.int64) * width + b, return_index=True)
+            self.found = [(unique // width, unique % width, bits[first])]
+
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """Unique pairs (K, 2) int64 sorted by (a, b), and their differing bits (K,) int64."""
+        self.compact()
         if not self.found:
             return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
-        a = np.concatenate([f[0] for f in self.found]).astype(np.int64)
-        b = np.concatenate([f[1] for f in self.found]).astype(np.int64)
-        bits = np.concatenate([f[2] for f in self.found]).astype(np.int64)
-        width = len(self.indexed_words[0])
-        unique, first = np.unique(a * width + b, return_index=True)
-        return np.stack([unique // width, unique % width], axis=1), bits[first]
+        a, b, bits = self.found[0]
+        return np.stack([a, b], axis=1).astype(np.int64), bits.astype(np.int64)
 
 
 def expand_ranges(queries: np.ndarray, lo: np.ndarray, hi: np.ndarray, order: np.ndarray, collector: PairCollector) -> None:
@@ -162,5 +168,6 @@ def near_pairs(
             keys = block_keys(indexed, positions)
             search_block(keys if self_join else block_keys(queries, positions), indexed_keys=keys,
                          bits=len(positions), radius=plan.radius, self_join=self_join, collector=collector)
+            collector.compact()
     pairs, bits = collector.pairs()
     return pairs, bits, collector.candidates
