@@ -133,6 +133,20 @@ MUTATIONS = [
         "f'{p:.2f}' for p in",
         ("tests/evaluation/test_evaluate.py::test_internal_test_split_from_run_directory",),
     ),
+    Mutation(
+        "near-duplicate index skips a one-bit probe",
+        "src/cxrscreen/data/hash_index.py",
+        "    for k in range(bits if radius else 0):\n",
+        "    for k in range(bits - 1 if radius else 0):\n",
+        ("tests/data/test_hash_index.py",),
+    ),
+    Mutation(
+        "near-duplicate index one block short of the pigeonhole",
+        "src/cxrscreen/data/hash_index.py",
+        "            for m in range(needed // (radius + 1) + 1, total_bits + 1):\n",
+        "            for m in range(needed // (radius + 1), total_bits + 1):\n",
+        ("tests/data/test_hash_index.py",),
+    ),
 ]
 
 

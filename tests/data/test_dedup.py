@@ -12,6 +12,7 @@ from PIL import Image
 from cxrscreen.data import dedup
 from cxrscreen.data.dedup import (
     DEFAULT_MAX_DISTANCE,
+    block_bits,
     hamming_distances,
     hash_files,
     leave_out_near_duplicates,
@@ -19,6 +20,7 @@ from cxrscreen.data.dedup import (
     near_duplicate_groups,
 )
 from cxrscreen.data.records import Record
+from cxrscreen.data.sources import scan_paths
 from cxrscreen.errors import ConfigError
 
 
@@ -114,3 +116,36 @@ def test_leave_out_near_duplicates_of_training_images(covid_images: list[Path], 
     kept, left_out = leave_out_near_duplicates(records, hashes, hash_files(training, cache_file=None).hashes.values())
     assert left_out == 3
     assert [r.path for r in kept] == [r.path for r in records[3:]]
+
+
+def all_pairs_groups(hashes: list[str], max_distance: float) -> set[frozenset[int]]:
+    """The reference the index replaced: every pair compared, chains joined by connected components."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    values = dedup.hashes_to_array(hashes)
+    i, j = np.nonzero(np.triu(block_bits(values, values) <= max_distance * dedup.bits_per_unit(values), 1))
+    _, component = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(len(values),) * 2), directed=False)
+    members: dict[int, set[int]] = {}
+    for index, label in enumerate(component.tolist()):
+        members.setdefault(label, set()).add(index)
+    return {frozenset(group) for group in members.values() if len(group) > 1}
+
+
+# Every shared collection, those that copy each other whole (ieee8023, the DB's COVID and viral classes), the others
+# one image in ``stride``: 6,700 images, 547 groups of up to 7 at the default threshold.
+SHARED_STRIDES = {"covid-chestxray-dataset": 1, "COVID-19_Radiography_Dataset": 1, "chest_xray": 6,
+                  "TB_Chest_Radiography_Database": 7, "lung_segmentation/jsrt": 5, "lung_segmentation/montgomery_shenzhen": 7}
+
+
+def test_groups_on_the_shared_collections_are_those_of_comparing_all_pairs(shared_data: Path) -> None:
+    paths = []
+    for collection, stride in SHARED_STRIDES.items():
+        records = scan_paths([shared_data / collection], frontal_only=False)[0].records
+        paths += [r.path for r in records if r.label != "normal" or collection != "COVID-19_Radiography_Dataset"][::stride]
+    hashes = list(hash_files(paths).hashes.values())
+    assert len(hashes) == len(paths) > 6000
+    for max_distance in (DEFAULT_MAX_DISTANCE, 8):
+        expected = all_pairs_groups(hashes, max_distance)
+        assert len(expected) > 500 and max(map(len, expected)) >= 5  # chains, not only pairs
+        assert {frozenset(g) for g in near_duplicate_groups(hashes, max_distance)} == expected

@@ -1,18 +1,22 @@
-"""``cxrscreen data summary | split | cache``: look at collections before training on them."""
+"""``cxrscreen data summary | split | duplicates | cache``: look at collections before training on them."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
 from cxrscreen.cli.batch import batch_exit_code, image_files
 from cxrscreen.data.defaults import DEFAULT_IMG_SIZE, DEFAULT_MAX_DISTANCE
 from cxrscreen.data.labels import LabelSet, parse_label_map
+from cxrscreen.errors import ConfigError
 from cxrscreen.io_utils import writable_folder
 
 if TYPE_CHECKING:
     from cxrscreen.data.transforms import LungFinder, Preprocessing
+
+LISTED_PAIRS = 20  # pairs `data duplicates` prints when it writes no CSV
 
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +60,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     split.add_argument("--quiet", action="store_true", help="no progress bars")
     split.set_defaults(func=run_split)
 
+    duplicates = commands.add_parser("duplicates", help="which images of one collection are already in another (near-duplicates)")
+    duplicates.add_argument("--data", action="append", required=True, metavar="PATH",
+                            help="a collection (repeat: each later one is compared with every earlier one)")
+    duplicates.add_argument("--out", metavar="FILE", help="write every pair with its distance here (CSV; default: list the closest)")
+    duplicates.add_argument("--max-distance", type=int, default=DEFAULT_MAX_DISTANCE, help="pHash Hamming distance of near-duplicates (bits per 64)")
+    duplicates.add_argument("--quiet", action="store_true", help="no progress bars")
+    duplicates.set_defaults(func=run_duplicates)
+
     cache = commands.add_parser("cache", help="decode and preprocess images once into the on-disk cache")
     cache.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursed)")
     cache.add_argument("--img-size", type=int, default=DEFAULT_IMG_SIZE, metavar="PX", help="side of the square prepared image in pixels")
@@ -93,6 +105,30 @@ def run_split(args: argparse.Namespace) -> int:
     if hashed.errors:
         print(f"{len(hashed.errors)} images could not be hashed (kept, grouped by patient only), e.g. {hashed.errors[0][0]}")
     print(f"wrote {save_split(split, args.out)}")
+    return 0
+
+
+def run_duplicates(args: argparse.Namespace) -> int:
+    from cxrscreen.data.dedup import hash_files
+    from cxrscreen.data.overlap import Collection, collection_names, collection_overlap
+    from cxrscreen.data.sources import scan_paths
+
+    if len(args.data) < 2:
+        raise ConfigError("--data: give two or more collections to compare")
+    if not 0 <= args.max_distance <= 64:
+        raise ConfigError(f"--max-distance must be between 0 and 64 bits, got {args.max_distance}")
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise ConfigError(f"--out {args.out}: its folder does not exist")  # said before hashing, not after
+    # Every image counts, lateral views too: the question is which pictures are already in another collection.
+    scans = [scan_paths([path], frontal_only=False)[0] for path in args.data]
+    collections = [Collection(name, scan.records) for name, scan in zip(collection_names(args.data), scans)]
+    hashed = hash_files([r.path for c in collections for r in c.records], progress=not args.quiet)
+    overlap = collection_overlap(collections, hashed.hashes, args.max_distance)
+    print(overlap.format(listed_pairs=0 if args.out else LISTED_PAIRS))
+    for path, reason in hashed.errors:
+        print(f"{path}: {reason}", file=sys.stderr)
+    if args.out:
+        print(f"wrote {overlap.write_pairs(args.out)}")
     return 0
 
 

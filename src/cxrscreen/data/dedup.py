@@ -12,11 +12,14 @@ within 8. Distances are still expressed in bits of a 64-bit hash (``max_distance
 bits differ, i.e. 24 of 256), so thresholds read the same whatever the hash width.
 
 Hashes are hex strings, cached on disk keyed by file path, size and modification time, so a collection is hashed
-once. Distances use a vectorised popcount over blocks of pairs, so 15k images compare with each other in seconds.
+once. Near-duplicate pairs are found by multi-index hashing (:mod:`cxrscreen.data.hash_index`): exact, and a
+million hashes take minutes rather than hours; distances between small sets use a vectorised popcount over blocks
+of pairs.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 from dataclasses import dataclass, field
@@ -29,6 +32,7 @@ from tqdm import tqdm
 
 from cxrscreen.data.cache import cache_root
 from cxrscreen.data.defaults import DEFAULT_MAX_DISTANCE  # noqa: F401 - re-exported
+from cxrscreen.data.hash_index import near_pairs
 from cxrscreen.data.imageio import load_xray, to_uint8
 from cxrscreen.data.records import Record
 from cxrscreen.errors import ConfigError, CxrError
@@ -148,7 +152,7 @@ def hashes_to_array(hashes: Iterable[str]) -> np.ndarray:
 
 def as_hash_array(hashes: Iterable[str] | np.ndarray) -> np.ndarray:
     if isinstance(hashes, np.ndarray) and hashes.dtype == np.uint64:
-        return hashes.reshape(len(hashes), -1)
+        return hashes if hashes.ndim == 2 else hashes.reshape(len(hashes), -1)
     return hashes_to_array(hashes)
 
 
@@ -173,23 +177,30 @@ def hamming_distances(a: Iterable[str] | np.ndarray, b: Iterable[str] | np.ndarr
     return block_bits(a, b) / bits_per_unit(a)
 
 
+def max_differing_bits(max_distance: float, hashes: np.ndarray) -> int:
+    """The most bits of ``hashes``' width that may differ within ``max_distance`` bits per 64 (24 of 256 for 6):
+    the whole hash is compared, not each 64-bit word."""
+    return math.floor(max_distance * bits_per_unit(hashes))
+
+
 def near_duplicate_pairs(
     hashes: Iterable[str] | np.ndarray, max_distance: float = DEFAULT_MAX_DISTANCE
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i, j), i < j, int64 (K, 2), at distance <= ``max_distance`` (bits per 64), and their distances (K,)."""
+    """Pairs (i, j), i < j, int64 (K, 2) sorted, at distance <= ``max_distance`` (bits per 64), and their distances
+    (K,). Found by multi-index hashing (:mod:`cxrscreen.data.hash_index`), not by comparing all pairs."""
     values = as_hash_array(hashes)
-    n, words = values.shape
-    unit = bits_per_unit(values)
-    block = max(1, BLOCK_ELEMENTS // max(n, 1))
-    pairs, distances = [np.zeros((0, 2), dtype=np.int64)], [np.zeros(0)]
-    for start in range(0, n, block):
-        bits = block_bits(values[start : start + block], values[start:])
-        i, j = np.nonzero(bits <= max_distance * unit)
-        keep = j > i
-        i, j = i[keep], j[keep]
-        pairs.append(np.stack([i + start, j + start], axis=1).astype(np.int64))
-        distances.append(bits[i, j] / unit)
-    return np.concatenate(pairs), np.concatenate(distances)
+    pairs, bits, _ = near_pairs(values, None, max_differing_bits(max_distance, values))
+    return pairs, bits / bits_per_unit(values)
+
+
+def near_duplicates_between(
+    hashes: Iterable[str] | np.ndarray, reference: Iterable[str] | np.ndarray, max_distance: float = DEFAULT_MAX_DISTANCE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i, j) int64 (K, 2), ``hashes[i]`` at distance <= ``max_distance`` (bits per 64) of ``reference[j]``,
+    and their distances (K,)."""
+    values, reference = as_hash_array(hashes), as_hash_array(reference)
+    pairs, bits, _ = near_pairs(values, reference, max_differing_bits(max_distance, values))
+    return pairs, bits / bits_per_unit(values)
 
 
 def min_distances(hashes: Iterable[str] | np.ndarray, reference: Iterable[str] | np.ndarray) -> np.ndarray:
@@ -237,8 +248,7 @@ def leave_out_near_duplicates(
     ``hashes`` maps record paths to pHashes; a record without a hash (unreadable) is kept, since it cannot be
     compared and will fail, and be reported, when it is loaded. Returns (kept records, number left out).
     """
-    reference = hashes_to_array(reference_hashes)
     hashed = [i for i, record in enumerate(records) if record.path in hashes]
-    distances = min_distances([hashes[records[i].path] for i in hashed], reference)
-    left_out = {hashed[k] for k in np.flatnonzero(distances <= max_distance)}
+    pairs, _ = near_duplicates_between([hashes[records[i].path] for i in hashed], hashes_to_array(reference_hashes), max_distance)
+    left_out = {hashed[k] for k in np.unique(pairs[:, 0])}
     return [record for i, record in enumerate(records) if i not in left_out], len(left_out)
