@@ -131,3 +131,55 @@ def write_dataset(ds: Dataset, path: Path) -> Path:
 def write_results(outcome: ScreenOutcome, out: Path) -> list[Path]:
     """Write each result of ``outcome`` under ``out`` (:func:`result_path`); the paths written, in kind order."""
     return [write_dataset(ds, result_path(out, outcome.sop_instance_uid, kind)) for kind, ds in outcome.results.items()]
+
+
+@dataclass
+class DicomFiles:
+    """The DICOM files of the paths a user named: ``files`` to screen, ``refused`` ({path: reason}: named files that
+    are missing or not DICOM) and ``skipped`` ({folder: count} of files in folders that are not DICOM)."""
+
+    files: list[Path] = field(default_factory=list)
+    refused: dict[Path, str] = field(default_factory=dict)
+    skipped: dict[Path, int] = field(default_factory=dict)
+
+
+def dicom_files(paths: Sequence[str | Path]) -> DicomFiles:
+    """Files and folders (recursed, hidden names left out) -> their DICOM files, told by the ``DICM`` preamble.
+    A result must carry the source's patient and study, so a PNG or JPEG is refused, not screened."""
+    listing = DicomFiles()
+    for path in map(Path, paths):
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+                if is_dicom_file(file):
+                    listing.files.append(file)
+                else:
+                    listing.skipped[path] = listing.skipped.get(path, 0) + 1
+        elif not path.exists():
+            listing.refused[path] = "file not found"
+        elif not is_dicom_file(path):
+            listing.refused[path] = "not a DICOM file (a result must carry the source's patient and study)"
+        else:
+            listing.files.append(path)
+    return listing
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` starts with the DICOM file preamble and ``DICM`` (PS3.10)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def screen_files(files: Sequence[Path], out: Path, screener: DicomScreener):
+    """Screen each file and write its results under ``out``: yields ``(path, outcome, written paths)`` in order."""
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            yield path, ScreenOutcome("", reason=f"cannot read ({exc.strerror or exc})", failed=True), []
+            continue
+        outcome = screener.screen(data, str(path))
+        yield path, outcome, write_results(outcome, out) if outcome.screened else []
