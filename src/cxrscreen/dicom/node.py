@@ -65,6 +65,18 @@ class NodeConfig:
                 raise ConfigError(f"{path}: TLS file not found")
 
 
+def truncated_pixels(ds) -> str | None:
+    """Why uncompressed pixel data is shorter than its Rows x Columns x samples x frames, else None (pydicom reads
+    a cut dataset without complaint; its pixels would fail only when screened)."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if "PixelData" not in ds or syntax is None or syntax.is_compressed:
+        return None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames * int(ds.BitsAllocated) // 8
+    actual = len(ds.PixelData)
+    return f"pixel data truncated ({actual} of {expected} bytes)" if actual < expected else None
+
+
 class DicomNode:
     """The running node: :meth:`start`, then :attr:`port` is bound; :meth:`stop` ends it."""
 
@@ -145,8 +157,11 @@ class DicomNode:
             data = event.encoded_dataset()
             ds = pydicom.dcmread(io.BytesIO(data))
             matches = str(ds.SOPInstanceUID) == sop_uid and str(ds.SOPClassUID) == str(request.AffectedSOPClassUID)
+            problem = truncated_pixels(ds)
         except Exception as exc:  # pydicom raises many types on a corrupt dataset
             return self._refuse(sop_uid, CANNOT_UNDERSTAND, f"corrupt dataset from {calling} ({type(exc).__name__})")
+        if problem:
+            return self._refuse(sop_uid, CANNOT_UNDERSTAND, f"dataset from {calling}: {problem}")
         if not matches:
             return self._refuse(sop_uid, DOES_NOT_MATCH, f"dataset from {calling} does not match the C-STORE request's SOP class/instance")
         try:
