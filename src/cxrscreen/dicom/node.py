@@ -105,6 +105,7 @@ class DicomNode:
 
     def start(self) -> None:
         """Recover what the spool holds from a previous run, then listen and work."""
+        self.screener.warm_up()
         for pending in self.spool.recover():
             if pending.screened:
                 self._send_queue.put(pending)

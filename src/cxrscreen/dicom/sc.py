@@ -4,8 +4,6 @@ viewer shows what the model looked at, beside the source, in the same study."""
 
 from __future__ import annotations
 
-import copy
-
 import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -29,7 +27,7 @@ def build_sc(source: Dataset, image: np.ndarray, heatmap: np.ndarray | None, pre
              algorithm: Algorithm) -> hd.sc.SCImage:
     """The Secondary Capture of ``image`` (float32 (H, W) in [0, 1], the source as displayed) with ``heatmap``
     ((H, W) in [0, 1]; None when the guard rejected the image: no heatmap is drawn), in the source's study."""
-    header = copy.deepcopy(header_of(source))
+    header = header_of(source)
     sop_uid = str(source.SOPInstanceUID)
     pixels = render(image, heatmap, banner_lines(prediction, algorithm))
     sc = hd.sc.SCImage.from_ref_dataset(

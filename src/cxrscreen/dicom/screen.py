@@ -68,6 +68,12 @@ class DicomScreener:
         self.observers = tuple(observers)
         self.algorithm = Algorithm.of(predictor)
 
+    def warm_up(self) -> None:
+        """Load now what the first image would wait for: the torch network Grad-CAM runs on (a node calls this
+        before it listens, so the first C-STORE's results are not seconds late)."""
+        if SC in self.outputs:
+            self.predictor.torch_model
+
     def screen(self, data: bytes, name: str, received_at: float | None = None) -> ScreenOutcome:
         """Screen the DICOM file ``data`` (``name`` labels it in messages: a path, never patient data).
         ``received_at``: ``time.monotonic()`` when it arrived (latency of the observers' event; default now)."""

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 
 from cxrscreen.errors import ConfigError
@@ -39,6 +42,22 @@ class Destination:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+_CHUNKED = threading.Lock()
+
+
+@contextmanager
+def files_sent_as_stored():
+    """While sending, pynetdicom sends a file's bytes as they are stored instead of decoding and re-encoding the
+    dataset (a third of an SR's cost). The switch is pynetdicom's module setting: set and restored under a lock."""
+    with _CHUNKED:
+        previous = pynetdicom_config.STORE_SEND_CHUNKED_DATASET
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+        try:
+            yield
+        finally:
+            pynetdicom_config.STORE_SEND_CHUNKED_DATASET = previous
+
+
 class DestinationDown(Exception):
     """The destination refused or dropped the association: retry later."""
 
@@ -50,7 +69,8 @@ class Sender:
         self.destination = destination
         self.ae = AE(ae_title=ae_title)
         for sop_class in (Comprehensive3DSRStorage, SecondaryCaptureImageStorage):
-            self.ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)
+            for syntax in TRANSFER_SYNTAXES:  # one context each, so that the file's own syntax can be accepted
+                self.ae.add_requested_context(sop_class, syntax)
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout_s
         self._assoc = None
 
@@ -59,7 +79,11 @@ class Sender:
         destination gave). :class:`DestinationDown` when no association or no answer."""
         assoc = self._association()
         try:
-            status = assoc.send_c_store(path)
+            try:
+                with files_sent_as_stored():
+                    status = assoc.send_c_store(path)
+            except ValueError:  # the peer took another transfer syntax: decode and convert the dataset
+                status = assoc.send_c_store(path)
         except (OSError, RuntimeError, ValueError) as exc:
             self.close()
             raise DestinationDown(f"{type(exc).__name__}: {exc}") from None

@@ -48,8 +48,7 @@ CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 
 def build_sr(source: Dataset, prediction: Prediction, algorithm: Algorithm) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report of ``prediction`` on ``source`` (a CR, DX or SC image), in the source's study."""
-    # highdicom keeps references to the evidence's elements: give it a copy of the header, never the source.
-    evidence = copy.deepcopy(header_of(source))
+    evidence = header_of(source)
     sop_uid = str(source.SOPInstanceUID)
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name,
@@ -93,11 +92,27 @@ def private_scheme() -> Dataset:
     return item
 
 
+# What a result takes from its source: the patient and study modules, the source's identity and what says which
+# image it was (the rest, private tags included, stays behind: copying hundreds of elements cost more than building).
+HEADER_KEYWORDS = (
+    "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "OtherPatientIDsSequence",
+    "PatientBirthDate", "PatientSex", "PatientAge", "PatientSize", "PatientWeight", "PatientIdentityRemoved",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+    "IssuerOfAccessionNumberSequence", "StudyDescription", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID",
+    "Modality", "Laterality", "ImageLaterality", "BodyPartExamined", "PatientOrientation", "ViewPosition",
+    "InstitutionName", "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
+    "BitsStored", "HighBit", "PixelRepresentation", "NumberOfFrames", "PixelSpacing", "ImagerPixelSpacing",
+)
+
+
 def header_of(source: Dataset) -> Dataset:
-    """``source`` without its pixels: what a report needs to reference it and join its study."""
+    """The part of ``source`` a result needs to reference it and join its study (:data:`HEADER_KEYWORDS`), as a
+    copy: highdicom shares elements with the datasets it is given."""
     header = Dataset()
-    header.update({element.tag: element for element in source if element.keyword != "PixelData"})
-    header.file_meta = getattr(source, "file_meta", Dataset())
+    for keyword in HEADER_KEYWORDS:
+        if keyword in source:
+            header[keyword] = copy.deepcopy(source[keyword])
+    header.file_meta = copy.deepcopy(getattr(source, "file_meta", Dataset()))
     return header
 
 
