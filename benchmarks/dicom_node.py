@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' DICOM builder and destination SCP
 from dicom.conftest import StoreCollector, make_dicom  # noqa: E402
 
+from cxrscreen.dicom.send import files_sent_as_stored  # noqa: E402
+
 SHARED = Path(os.environ.get("CXRSCREEN_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
@@ -62,14 +64,16 @@ def start_node(spool: Path, destination_port: int, log: Path) -> tuple[subproces
     return process, int(line.rsplit(":", 1)[1])
 
 
-def send(datasets: list, port: int, acked: dict[str, float]) -> None:
+def send(files: list[tuple[str, Path]], port: int, acked: dict[str, float]) -> None:
+    """C-STORE files as they are stored (encoded before the clock starts, as a modality has them)."""
     ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(ComputedRadiographyImageStorage)
+    ae.add_requested_context(ComputedRadiographyImageStorage, "1.2.840.10008.1.2.1")
     assoc = ae.associate("127.0.0.1", port, ae_title="CXRSCREEN")
-    for ds in datasets:
-        status = assoc.send_c_store(ds)
+    for uid, path in files:
+        with files_sent_as_stored():
+            status = assoc.send_c_store(path)
         if status.Status == 0:
-            acked[str(ds.SOPInstanceUID)] = time.monotonic()
+            acked[uid] = time.monotonic()
     assoc.release()
 
 
@@ -78,8 +82,12 @@ def end_to_end(datasets: list, associations: int, work: Path) -> dict:
     node, port = start_node(work / "spool", destination.start(), work / "node.log")
     try:
         acked: dict[str, float] = {}
+        files = []
+        for i, ds in enumerate(datasets):
+            ds.save_as(work / f"source-{i}.dcm", enforce_file_format=True)
+            files.append((str(ds.SOPInstanceUID), work / f"source-{i}.dcm"))
         start = time.monotonic()
-        threads = [threading.Thread(target=send, args=(datasets[i::associations], port, acked)) for i in range(associations)]
+        threads = [threading.Thread(target=send, args=(files[i::associations], port, acked)) for i in range(associations)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -95,7 +103,7 @@ def end_to_end(datasets: list, associations: int, work: Path) -> dict:
         node.wait()
         destination.stop()
     done: dict[str, float] = {}
-    for uid, ds in destination.received.items():
+    for uid, ds in destination.received.items():  # decoded now, after the clock stopped
         source = str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) if "SourceImageSequence" in ds else \
             str(ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
         done[source] = max(done.get(source, 0.0), destination.arrival[uid])

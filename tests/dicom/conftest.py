@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
@@ -82,27 +85,38 @@ def bundled_screener():
 
 
 class StoreCollector:
-    """A Storage SCP standing in for a PACS: keeps every SR and SC it is sent, and counts C-STOREs per UID."""
+    """A Storage SCP standing in for a PACS: keeps every SR and SC it is sent (stored as received, decoded when
+    asked: a benchmark's destination should not eat the CPU it measures), counts C-STOREs per UID, and notes when
+    each first arrived (``time.monotonic()``)."""
 
     def __init__(self, ae_title: str = "PACS"):
         self.ae = AE(ae_title=ae_title)
         for sop_class in (Comprehensive3DSRStorage, SecondaryCaptureImageStorage):
             self.ae.add_supported_context(sop_class)
-        self.received: dict[str, Dataset] = {}
+        self.raw: dict[str, bytes] = {}
+        self._decoded: dict[str, Dataset] = {}
         self.counts: Counter[str] = Counter()
         self.arrival: dict[str, float] = {}
         self.lock = threading.Lock()
         self.server = None
 
-    def _on_store(self, event) -> int:
-        import time
-
-        ds = event.dataset
-        ds.file_meta = event.file_meta
+    @property
+    def received(self) -> dict[str, Dataset]:
+        """{SOPInstanceUID: dataset} of what arrived so far."""
         with self.lock:
-            self.received[str(ds.SOPInstanceUID)] = ds
-            self.counts[str(ds.SOPInstanceUID)] += 1
-            self.arrival.setdefault(str(ds.SOPInstanceUID), time.monotonic())
+            pending = {uid: data for uid, data in self.raw.items() if uid not in self._decoded}
+        for uid, data in pending.items():
+            self._decoded[uid] = dcmread(io.BytesIO(data))
+        return dict(self._decoded)
+
+    def _on_store(self, event) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        data = event.encoded_dataset()
+        with self.lock:
+            self.raw[uid] = data
+            self._decoded.pop(uid, None)
+            self.counts[uid] += 1
+            self.arrival.setdefault(uid, time.monotonic())
         return 0x0000
 
     def start(self, port: int = 0) -> int:
