@@ -35,6 +35,7 @@ def test_screen_writes_results_names_what_it_skips_and_exits_by_outcome(shared_d
     ("argv", "message"),
     [
         (["dicom", "screen", "x.dcm", "--out", "o", "--outputs", "pdf"], "--outputs 'pdf'"),
+        (["dicom", "screen", "missing.dcm", "--out", "o"], "missing.dcm: file not found"),
         (["dicom", "listen", "--send-to", "PACS@nowhere"], "--send-to 'PACS@nowhere'"),
         (["dicom", "listen"], "results must go somewhere"),
         (["dicom", "listen", "--out", "o", "--ae-title", "A" * 17], "--ae-title"),

@@ -53,7 +53,8 @@ def run_screen(args: argparse.Namespace) -> int:
     for path, reason in listing.refused.items():
         say(f"{path}: {reason}", sys.stderr)
     if not listing.files:
-        say(f"{', '.join(args.paths)}: no DICOM files to screen", sys.stderr)
+        if not listing.refused:  # each refused path has had its line already
+            say(f"{', '.join(args.paths)}: no DICOM files to screen", sys.stderr)
         return 2
     screener = DicomScreener(load_for_inference(args), outputs)
     done, failed = 0, len(listing.refused)
