@@ -140,7 +140,7 @@ def test_what_is_not_screened_gets_no_result_and_a_reason(bundled_screener, shar
     assert events[0].input_id == cases["lateral view (ViewPosition LL)"].SOPInstanceUID
 
 
-def test_an_image_the_guard_flags_gets_a_report_saying_so_and_no_finding(bundled_screener) -> None:
+def test_an_image_the_guard_flags_gets_a_report_saying_so_and_no_finding(bundled_screener, tmp_path) -> None:
     noise = (np.random.default_rng(0).random((256, 256)) * 255).astype(np.uint8)
     outcome = bundled_screener.screen(dicom_bytes(make_dicom(noise)), "noise")
     assert outcome.screened and not outcome.prediction.in_distribution
@@ -149,6 +149,7 @@ def test_an_image_the_guard_flags_gets_a_report_saying_so_and_no_finding(bundled
     verdict = named(items, "Out-of-distribution check")
     assert any(getattr(i, "ConceptCodeSequence", [None])[0] and i.ConceptCodeSequence[0].CodeValue == "OOD-REJECTED" for i in verdict)
     assert "no finding" in " ".join(outcome.results["sc"].ImageComments.split()).lower()
+    assert all(dciodvfy_errors(path) == [] for path in write_results(outcome, tmp_path))
 
 
 def test_a_models_own_class_codes_travel_in_its_meta(checkpoint_factory, shared_data, tmp_path) -> None:
