@@ -20,3 +20,18 @@ if [ ! -x /usr/bin/chromium ]; then
         exit 1
     fi
 fi
+# The DICOM tests need a real PACS (Orthanc), dcmtk's storescu and dicom3tools' dciodvfy (Debian packages). The
+# tests skip without them on a workstation but fail under CI=true, so a setup that cannot install them fails here.
+missing=()
+command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
+command -v storescu >/dev/null || missing+=(dcmtk)
+command -v dciodvfy >/dev/null || missing+=(dicom3tools)
+if [ ${#missing[@]} -gt 0 ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+            || { echo "setup: error: apt-get could not install ${missing[*]} (needed by tests/dicom/)" >&2; exit 1; }
+    else
+        echo "setup: error: missing ${missing[*]}; install these Debian packages as root (tests/dicom/ needs them)" >&2
+        exit 1
+    fi
+fi

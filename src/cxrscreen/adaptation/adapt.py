@@ -39,9 +39,8 @@ from cxrscreen.guard.fit import fit_guard
 from cxrscreen.metrics.calibration import choose_temperature
 from cxrscreen.metrics.classification import binary_metrics
 from cxrscreen.inference.predictor import softmax
-from cxrscreen.io_utils import atomic_write, write_json
+from cxrscreen.io_utils import atomic_write, file_sha256, write_json
 from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
-from cxrscreen.models.efficientnet_lite import file_sha256
 from cxrscreen.run_dir import RunDir
 from cxrscreen.threads import configure_threads
 

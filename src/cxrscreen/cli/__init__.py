@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "validity",
     "adapt",
     "models",
+    "dicom",
 )
 
 

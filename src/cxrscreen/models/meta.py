@@ -12,6 +12,7 @@ from typing import Any
 
 from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.transforms import Preprocessing
+from cxrscreen.models.class_codes import ClassCode, class_code
 
 
 @dataclass
@@ -35,6 +36,13 @@ class ModelMeta:
     thresholds: dict[str, float] = field(default_factory=dict)
     # Kinds of images the model is known to get wrong, one plain sentence each, shown with every prediction.
     known_limits: list[str] = field(default_factory=list)
+    # {class: {"value", "scheme", "meaning"}}: the coded concept of each class in results written as codes (the
+    # DICOM SR); a class left out gets its standard code (see class_code).
+    class_codes: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def class_code(self, name: str) -> ClassCode:
+        """The coded concept of class ``name`` (:func:`cxrscreen.models.class_codes.class_code`)."""
+        return class_code(name, self.class_codes)
 
     @property
     def label_set(self) -> LabelSet:

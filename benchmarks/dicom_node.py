@@ -1,0 +1,193 @@
+"""DICOM node benchmark: 200 chest X-rays C-STOREd over 3 concurrent associations to ``cxrscreen dicom listen``
+(a subprocess, default settings: SR + Grad-CAM SC per image), results sent on to a destination Storage SCP.
+
+    .venv/bin/python benchmarks/dicom_node.py [--images 200] [--associations 3] [--side 0] [--stages 30] [--json FILE]
+
+Targets: all screened; >= 10 images/s end to end (first C-STORE sent -> last result stored at the destination);
+p95 receive-to-result-sent <= 3 s (the node's C-STORE response at the sender -> both results at the destination).
+Then "what costs what": each stage timed alone, in this process, on ``--stages`` images (decode, predict,
+Grad-CAM, SR, SC, writing the spool file, encoding and sending the results over loopback).
+``--side N`` enlarges every image to N x N first (real radiographs are 2-3k px; the shared ones are 224-256 px).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pynetdicom import AE
+from pynetdicom.sop_class import ComputedRadiographyImageStorage
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' DICOM builder and destination SCP
+from dicom.conftest import StoreCollector, make_dicom  # noqa: E402
+
+from cxrscreen.dicom.send import files_sent_as_stored  # noqa: E402
+
+SHARED = Path(os.environ.get("CXRSCREEN_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def sources(count: int, side: int, folder: Path) -> list:
+    jpegs = sorted((SHARED / "COVID-19_Radiography_Dataset" / "COVID" / "images").glob("*.jpg"))[: count // 2]
+    jpegs += sorted((SHARED / "COVID-19_Radiography_Dataset" / "Normal" / "images").glob("*.jpg"))[: count - len(jpegs)]
+    if side:
+        enlarged = []
+        for i, jpeg in enumerate(jpegs):
+            path = folder / f"{i}.png"
+            Image.open(jpeg).convert("L").resize((side, side), Image.BILINEAR).save(path)
+            enlarged.append(path)
+        jpegs = enlarged
+    return [make_dicom(np.asarray(Image.open(p).convert("L")) if side else p) for p in jpegs]
+
+
+def start_node(spool: Path, destination_port: int, log: Path) -> tuple[subprocess.Popen, int]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cxrscreen", "dicom", "listen", "--port", "0", "--spool", str(spool),
+         "--send-to", f"BENCH@127.0.0.1:{destination_port}"],
+        stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, env=env,
+    )
+    line = process.stdout.readline()
+    if "listen" not in line:
+        raise SystemExit(f"node did not start; see {log}")
+    return process, int(line.rsplit(":", 1)[1])
+
+
+def send(files: list[tuple[str, Path]], port: int, acked: dict[str, float]) -> None:
+    """C-STORE files as they are stored (encoded before the clock starts, as a modality has them)."""
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ComputedRadiographyImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="CXRSCREEN")
+    for uid, path in files:
+        with files_sent_as_stored():
+            status = assoc.send_c_store(path)
+        if status.Status == 0:
+            acked[uid] = time.monotonic()
+    assoc.release()
+
+
+def end_to_end(datasets: list, associations: int, work: Path) -> dict:
+    destination = StoreCollector("BENCH")
+    node, port = start_node(work / "spool", destination.start(), work / "node.log")
+    try:
+        acked: dict[str, float] = {}
+        files = []
+        for i, ds in enumerate(datasets):
+            ds.save_as(work / f"source-{i}.dcm", enforce_file_format=True)
+            files.append((str(ds.SOPInstanceUID), work / f"source-{i}.dcm"))
+        start = time.monotonic()
+        threads = [threading.Thread(target=send, args=(files[i::associations], port, acked)) for i in range(associations)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        deadline = time.monotonic() + 600
+        spooled = work / "spool" / "received"
+        while len(destination.received) < 2 * len(datasets) and time.monotonic() < deadline:
+            if not any(spooled.glob("*.dcm")) and len(acked) == len(datasets):
+                break  # nothing left to send: some were not screened (see the node's log)
+            time.sleep(0.02)
+    finally:
+        node.terminate()
+        node.wait()
+        destination.stop()
+    done: dict[str, float] = {}
+    for uid, ds in destination.received.items():  # decoded now, after the clock stopped
+        source = str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) if "SourceImageSequence" in ds else \
+            str(ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        done[source] = max(done.get(source, 0.0), destination.arrival[uid])
+    latencies = sorted(done[uid] - acked[uid] for uid in done if uid in acked)
+    wall = max(done.values()) - start
+    return {
+        "images": len(datasets), "acknowledged": len(acked), "screened_and_sent": len(done),
+        "wall_s": wall, "images_per_s": len(done) / wall,
+        "p50_s": latencies[len(latencies) // 2], "p95_s": latencies[int(0.95 * (len(latencies) - 1))],
+        "max_s": latencies[-1],
+    }
+
+
+def stages(datasets: list, work: Path) -> dict[str, float]:
+    """Mean ms per image of each stage, timed alone."""
+    from cxrscreen.data.dicom import decode_dicom
+    from cxrscreen.dicom.screen import DicomScreener
+    from cxrscreen.dicom.sc import build_sc
+    from cxrscreen.dicom.send import Destination, Sender
+    from cxrscreen.dicom.spool import Spool
+    from cxrscreen.dicom.sr import build_sr
+    from cxrscreen.inference.predictor import load_predictor
+
+    screener = DicomScreener(load_predictor())
+    predictor, algorithm = screener.predictor, screener.algorithm
+    spool = Spool(work / "stage-spool")
+    destination = StoreCollector("BENCH")
+    sender = Sender(Destination("BENCH", "127.0.0.1", destination.start()), "CXRSCREEN")
+    times: dict[str, list[float]] = {}
+
+    def timed(name, fn, *args):
+        begin = time.perf_counter()
+        value = fn(*args)
+        times.setdefault(name, []).append(1000 * (time.perf_counter() - begin))
+        return value
+
+    for i, ds in enumerate(datasets):
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        data = buffer.getvalue()
+        timed("spool write (atomic, fsync)", spool.store, data)
+        image = timed("decode (pydicom, VOI, MONOCHROME1)", decode_dicom, data, "x")
+        prediction = timed("predict (lungs, classifier, guard)", predictor.predict, image, "x")
+        heatmap = timed("Grad-CAM (torch)", screener._heatmap, image, prediction)
+        sr = timed("SR (highdicom TID 1500)", build_sr, ds, prediction, algorithm)
+        sc = timed("SC (overlay, banner, highdicom)", build_sc, ds, image, heatmap, prediction, algorithm)
+        for kind, result in (("SR", sr), ("SC", sc)):
+            path = work / f"{kind}.dcm"
+            timed(f"encode {kind} (pydicom)", lambda: result.save_as(path, enforce_file_format=True))
+            timed(f"send {kind} (C-STORE, loopback)", sender.send, path)
+        if i == 0:
+            times.clear()  # the first image pays for loading torch and exporting networks
+    sender.close()
+    destination.stop()
+    spool.close()
+    return {name: statistics.mean(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--associations", type=int, default=3)
+    parser.add_argument("--side", type=int, default=0, help="enlarge images to SIDE x SIDE (0: as stored)")
+    parser.add_argument("--stages", type=int, default=30, help="images for the per-stage timing (0: skip)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cxr-dicom-bench-") as tmp:
+        work = Path(tmp)
+        datasets = sources(args.images, args.side, work)
+        side = f"{datasets[0].Columns}x{datasets[0].Rows}"
+        result = end_to_end(datasets, args.associations, work)
+        print(f"| images ({side}, {args.associations} associations) | screened and sent | wall | images/s | "
+              "p50 receive->sent | p95 | max |")
+        print("|---|---|---|---|---|---|---|")
+        print(f"| {result['images']} | {result['screened_and_sent']} | {result['wall_s']:.1f} s | "
+              f"{result['images_per_s']:.1f} | {result['p50_s']:.2f} s | {result['p95_s']:.2f} s | {result['max_s']:.2f} s |")
+        costs = stages(datasets[: args.stages + 1], work) if args.stages else {}
+        if costs:
+            print(f"\n| stage (mean of {args.stages} images, alone) | ms per image |\n|---|---|")
+            for name, ms in costs.items():
+                print(f"| {name} | {ms:.1f} |")
+        if args.json:
+            args.json.write_text(json.dumps({"end_to_end": result, "stages_ms": costs, "side": side}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The DICOM node in-process: it screens what it is sent and sends the results on, refuses bad input with DIMSE
+failures while serving on, keeps results while the PACS is down, checks AE titles, speaks TLS, logs no patient data."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import (
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    PatientRootQueryRetrieveInformationModelFind,
+    Verification,
+)
+
+from cxrscreen.dicom.node import DicomNode, NodeConfig
+from cxrscreen.dicom.send import Destination
+from cxrscreen.errors import ConfigError
+from dicom.conftest import BIRTH_DATE, PATIENT_ID, PATIENT_NAME, StoreCollector, chest_jpegs, make_dicom, write_dicom
+
+STORAGE = (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation, CTImageStorage)
+
+
+def scu(calling: str = "MODALITY", ssl_context: ssl.SSLContext | None = None) -> AE:
+    ae = AE(ae_title=calling)
+    for sop_class in STORAGE + (Verification,):
+        ae.add_requested_context(sop_class)
+    return ae
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def node_factory(bundled_screener, tmp_path):
+    nodes = []
+
+    def make(**config) -> DicomNode:
+        node = DicomNode(NodeConfig(port=0, spool=tmp_path / "spool", **config), bundled_screener)
+        node.start()
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()
+
+
+def test_node_screens_frontal_chest_xrays_and_sends_their_results(node_factory, collector, shared_data, tmp_path, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "out"
+    node = node_factory(send_to=Destination("PACS", "127.0.0.1", collector.server.server_address[1]), out=out)
+    jpegs = chest_jpegs(shared_data, 2)
+    frontal = [make_dicom(jpegs[0]), make_dicom(jpegs[1], modality="DX", bits=16, monochrome1=True)]
+    others = [make_dicom(jpegs[0], view="LATERAL"), make_dicom(jpegs[0], modality="CT")]
+    assoc = scu().associate("127.0.0.1", node.port, ae_title="CXRSCREEN")
+    assert assoc.is_established
+    assert [assoc.send_c_store(ds).Status for ds in frontal + others] == [0, 0, 0, 0]
+    assoc.release()
+    wait_for(lambda: len(collector.received) == 4 and node.idle())
+    sources = {str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) for ds in collector.received.values() if "SourceImageSequence" in ds}
+    assert sources == {ds.SOPInstanceUID for ds in frontal}
+    assert sorted(ds.Modality for ds in collector.received.values()) == ["OT", "OT", "SR", "SR"] or \
+        sorted(ds.SOPClassUID.name for ds in collector.received.values()).count("Comprehensive 3D SR Storage") == 2
+    assert set(collector.counts.values()) == {1}
+    assert len(list(out.glob("*.dcm"))) == 4
+    log = caplog.text
+    assert "lateral view" in log and "CT" in log
+    for secret in (PATIENT_NAME, PATIENT_ID, BIRTH_DATE, "SECRETNAME"):
+        assert secret not in log
+
+
+def test_bad_input_gets_dimse_failures_and_the_node_serves_on(node_factory, shared_data, tmp_path) -> None:
+    node = node_factory(out=tmp_path / "out")
+    jpeg = chest_jpegs(shared_data, 1)[0]
+    truncated = tmp_path / "cut.dcm"
+    truncated.write_bytes(write_dicom(make_dicom(jpeg), tmp_path / "whole.dcm").read_bytes()[:3000])
+    ae = scu()
+    ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", node.port)
+    assert assoc.is_established
+    assert PatientRootQueryRetrieveInformationModelFind not in [c.abstract_syntax for c in assoc.accepted_contexts]
+    assert assoc.send_c_store(truncated).Status == 0xC210  # "cannot understand", and the association goes on
+    good = make_dicom(jpeg)
+    assert assoc.send_c_store(good).Status == 0
+    assoc.release()
+    wait_for(lambda: node.idle())
+    assert [p.name for p in (tmp_path / "out").glob("*_sr.dcm")] == [f"{good.SOPInstanceUID}_sr.dcm"]
+
+
+def test_a_down_destination_is_retried_and_nothing_is_lost(node_factory, shared_data, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    node = node_factory(send_to=Destination("PACS", "127.0.0.1", port))
+    sources = [make_dicom(path) for path in chest_jpegs(shared_data, 2)]
+    assoc = scu().associate("127.0.0.1", node.port)
+    assert all(assoc.send_c_store(ds).Status == 0 for ds in sources)
+    assoc.release()
+    wait_for(lambda: "down" in caplog.text, timeout=60)
+    assert "wait in the spool" in caplog.text and not node.idle()
+    pacs = StoreCollector()
+    pacs.start(port)
+    try:
+        wait_for(lambda: len(pacs.received) == 4 and node.idle(), timeout=90)
+    finally:
+        pacs.stop()
+    assert set(pacs.counts.values()) == {1}
+
+
+def test_allow_rejects_other_calling_ae_titles(node_factory, tmp_path) -> None:
+    node = node_factory(out=tmp_path / "out", allow=("ORTHANC",))
+    refused = scu("STRANGER").associate("127.0.0.1", node.port)
+    assert refused.is_rejected
+    allowed = scu("ORTHANC").associate("127.0.0.1", node.port)
+    assert allowed.is_established and allowed.send_c_echo().Status == 0
+    allowed.release()
+
+
+def test_tls(node_factory, tmp_path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    node = node_factory(out=tmp_path / "out", tls_cert=cert, tls_key=key)
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    context.check_hostname = False
+    assoc = scu().associate("127.0.0.1", node.port, tls_args=(context, None))
+    assert assoc.is_established and assoc.send_c_echo().Status == 0
+    assoc.release()
+    plain = scu().associate("127.0.0.1", node.port)
+    assert not plain.is_established
+
+
+def test_config_is_checked(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="--send-to"):
+        Destination.parse("PACS@host")
+    assert Destination.parse("PACS@10.0.0.5:104") == Destination("PACS", "10.0.0.5", 104)
+    with pytest.raises(ConfigError, match="results must go somewhere"):
+        NodeConfig().check()
+    with pytest.raises(ConfigError, match="go together"):
+        NodeConfig(out=tmp_path, tls_cert=tmp_path / "c.pem").check()
