@@ -34,6 +34,8 @@ from cxrscreen.training.distributed import (
     DistContext,
     all_reduce_sum,
     barrier,
+    broadcast_from_main,
+    check_same_as_main,
     init_distributed,
     resolve_device,
     shutdown_distributed,
@@ -43,7 +45,8 @@ from cxrscreen.metrics.calibration import choose_temperature
 from cxrscreen.threads import available_cpus, configure_threads
 from cxrscreen.training.adversary import source_adversary
 from cxrscreen.training.augment import BatchAugment, augment_config
-from cxrscreen.training.run_data import RunData, prepare_run_data
+from cxrscreen.data.splits import save_split, split_rows
+from cxrscreen.training.run_data import RunData, prepare_run_data, split_run
 from cxrscreen.training.sampler import BalancedSampler, balance_cells
 from cxrscreen.training.style import StyleAugment, insert_mixstyle
 from cxrscreen.training.steps import class_weights, lr_at, predict_logits, rank_indices, to_input, train_step, validation_scores
@@ -131,19 +134,21 @@ class Trainer:
     def setup(self, resume: bool) -> None:
         cfg, ctx = self.cfg, self.ctx
         torch.manual_seed(cfg.seed)
-        has_last = resume and self.files.last.is_file()
-        if ctx.is_main:
+        # Rank 0's run directory decides: another machine's --out may be empty.
+        has_last = broadcast_from_main(resume and self.files.last.is_file(), ctx)
+        if ctx.is_main and not resume:
+            for stale in (self.files.summary, self.files.last, self.files.best, self.files.metrics):
+                stale.unlink(missing_ok=True)
+        if ctx.local_rank == 0:  # each machine's --out holds the run's config and split; rank 0's the checkpoints
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                for stale in (self.files.summary, self.files.last, self.files.best, self.files.metrics):
-                    stale.unlink(missing_ok=True)
             write_json(self.files.config, cfg.to_dict())
         self.load_data(self.files.split if resume else (Path(cfg.split) if cfg.split else None))
         num_classes = len(self.data.label_set.classes)
         self.build_model(pretrained=cfg.pretrained and not has_last)
         self.sampler = self.balanced_sampler()
         draws = self.sampler.draws_per_image() if self.sampler is not None else None
-        weights = class_weights(self.data.train_targets, num_classes, draws).to(ctx.device)
+        weights = broadcast_from_main(class_weights(self.data.train_targets, num_classes, draws) if ctx.is_main else None,
+                                      ctx).to(ctx.device)
         self.loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
         self.adversarial = None  # the classifier + source head that trains, with --adversary source
         if cfg.adversary == "source":
@@ -165,19 +170,28 @@ class Trainer:
     def load_data(self, split_file: Path | None) -> None:
         """Records, split (read from ``split_file`` or made) and prepared images of every side."""
         cfg, ctx = self.cfg, self.ctx
-        # Rank 0 builds the split (and any cache) first; the other ranks then read the same files.
-        if ctx.is_main:
-            self.data = prepare_run_data(cfg, split_file, self.files.split, self.log, self.progress)
-        barrier(ctx)
+        # Rank 0 makes (or reads) the split and hands it to the other ranks, which need neither its disk nor the
+        # pHashes: machines without a shared filesystem train on the same split.
+        run_split = split_run(cfg, split_file, self.log, self.progress) if ctx.is_main else None
+        rows = broadcast_from_main(split_rows(run_split.split) if ctx.is_main else None, ctx)
         if not ctx.is_main:
-            self.data = prepare_run_data(cfg, self.files.split, None, self.log, False)
+            run_split = split_run(cfg, None, self.log, False, rows=rows)
+        if ctx.local_rank == 0:
+            save_split(run_split.split, self.files.split)
+        # Each machine's first rank prepares the images first, filling that machine's cache for its other ranks.
+        if ctx.local_rank == 0:
+            self.data = prepare_run_data(cfg, run_split, self.log, self.progress)
+        barrier(ctx)
+        if ctx.local_rank != 0:
+            self.data = prepare_run_data(cfg, run_split, self.log, False)
+        check_same_as_main(self.data.fingerprint(), "the prepared images", ctx)
 
     def build_model(self, pretrained: bool) -> None:
         self.model = create_model(self.cfg.model, len(self.data.label_set.classes), pretrained=pretrained)
         self.model.to(self.ctx.device).to(memory_format=torch.channels_last)
 
     def load_last(self) -> None:
-        payload = read_checkpoint(self.files.last)
+        payload = broadcast_from_main(read_checkpoint(self.files.last) if self.ctx.is_main else None, self.ctx)
         self.model.load_state_dict(payload["state_dict"])
         extra = payload.get("extra", {})
         self.optimizer.load_state_dict(extra["optimizer"])
