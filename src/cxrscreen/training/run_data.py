@@ -16,6 +16,7 @@ from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.records import Record
 from cxrscreen.data.sources import load_dataset, Dataset
 from cxrscreen.data.splits import Split, load_split, make_split, split_from_rows
+from cxrscreen.data.stack import ImageStack
 from cxrscreen.errors import DatasetLayoutError
 from cxrscreen.guard.fit import GUARD_SIDES
 from cxrscreen.guard.inputs import guard_preprocessing
@@ -27,11 +28,12 @@ SIDES = ("train", "val", "test")
 
 @dataclass
 class RunData:
-    """Prepared inputs (uint8, N x S x S) and class indices per side, plus what the run was trained on."""
+    """Prepared inputs (uint8, N x S x S, on disk: :class:`ImageStack`) and class indices per side, plus what the
+    run was trained on."""
 
     label_set: LabelSet
     records: dict[str, list[Record]]
-    images: dict[str, np.ndarray]
+    images: dict[str, ImageStack]
     targets: dict[str, np.ndarray]
     hashes: dict[str, str]  # path -> pHash of every image that hashed
     dropped: Counter = field(default_factory=Counter)
@@ -39,7 +41,7 @@ class RunData:
     data_paths: list[str] = field(default_factory=list)
     dedup_distance: int = DEFAULT_MAX_DISTANCE
     # The OOD guard's whole-image inputs (uint8 (N, 64, 64)) of the train and val sides, for its fit after training.
-    guard_inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    guard_inputs: dict[str, ImageStack] = field(default_factory=dict)
 
     train_images = property(lambda self: self.images["train"])
     val_images = property(lambda self: self.images["val"])

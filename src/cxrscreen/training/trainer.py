@@ -46,6 +46,7 @@ from cxrscreen.threads import available_cpus, configure_threads
 from cxrscreen.training.adversary import source_adversary
 from cxrscreen.training.augment import BatchAugment, augment_config
 from cxrscreen.data.splits import save_split, split_rows
+from cxrscreen.data.stack import ImageStack
 from cxrscreen.training.run_data import RunData, prepare_run_data, split_run
 from cxrscreen.training.sampler import BalancedSampler, balance_cells
 from cxrscreen.training.style import StyleAugment, insert_mixstyle
@@ -254,7 +255,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 7 + ctx.rank)
         self.mixstyle_generator.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, ctx.rank]).generate_state(1)[0]))
         indices = self.epoch_indices(epoch)
-        images = torch.from_numpy(self.data.train_images)
+        images = self.data.train_images  # on disk: each batch is read as it is used
         targets = torch.from_numpy(self.data.train_targets)
         sources = torch.from_numpy(self.data.train_sources)
         self.net.train()
@@ -268,7 +269,7 @@ class Trainer:
                 group["lr"] = lr_at((epoch - 1) * steps + step, total_steps, warmup, cfg.lr)
             # Parameters (and noise) come from the CPU generator, so a seed gives the same batch on any device;
             # the pixel work (resampling, blur) runs where the model does.
-            x = self.augment(to_input(images[batch], ctx.device), generator)
+            x = self.augment(to_input(torch.from_numpy(images[batch]), ctx.device), generator)
             x = self.style(x, sources[batch], generator).contiguous(memory_format=torch.channels_last)
             self.mixstyle.set_domains(sources[batch])
             y = targets[batch].to(ctx.device)
@@ -292,7 +293,7 @@ class Trainer:
         """Validation scores, computed on each rank's share and gathered (every rank gets the same numbers)."""
         ctx = self.ctx
         share = np.arange(ctx.rank, len(self.data.val_images), ctx.world_size)
-        logits = predict_logits(self.model, self.data.val_images[share], ctx.device)
+        logits = predict_logits(self.model, self.data.val_images.subset(share), ctx.device)
         gathered = [(share, logits)]
         if ctx.distributed:
             import torch.distributed as dist
@@ -346,7 +347,7 @@ class Trainer:
             self.log(f"warning: {calibration.note}")
         meta.ood = fit_guard([r for side in GUARD_SIDES for r in self.data.records[side]], self.data.hashes,
                              self.cfg.dedup_distance,
-                             thumbnails=np.concatenate([self.data.guard_inputs[side] for side in GUARD_SIDES]))
+                             thumbnails=ImageStack.concat([self.data.guard_inputs[side] for side in GUARD_SIDES]))
         meta.train_hashes = list(self.data.train_hashes)
         test_logits = predict_logits(self.model, self.data.test_images, device)
         test = held_out_report(test_logits / meta.temperature, self.data.test_targets, meta.classes, self.cfg.seed)
