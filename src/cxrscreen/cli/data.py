@@ -30,7 +30,7 @@ def load_task_dataset(paths: list[str], args: argparse.Namespace, allow_missing_
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser("data", help="summarise, split and cache dataset collections")
+    data = subparsers.add_parser("data", help="summarise, split, cache and shard dataset collections")
     commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
     summary = commands.add_parser("summary", help="images, patients, sources, sizes, near-duplicates per class")
