@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -51,19 +52,21 @@ def test_two_nodes_without_a_shared_disk_train_and_evaluate(small_radiography: P
     the process group (rank 1 never sees node 0's split.csv), node 0 keeps the checkpoints."""
     import os
 
-    port = free_port()
-    nodes = []
-    for node in (0, 1):
-        env = {**os.environ, "CXRSCREEN_CACHE": str(tmp_path / f"cache{node}")}
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
-                   "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
-                   "-m", "cxrscreen", "train", "--data", str(small_radiography), "--img-size", "64", "--epochs", "1",
-                   "--batch-size", "4", "--out", str(tmp_path / f"node{node}"), "--quiet", "--num-threads", "1",
-                   "--device", "cpu"]
-        nodes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = [node.communicate(timeout=900) for node in nodes]
-    for node, (_, err) in zip(nodes, outputs):
-        assert node.returncode == 0, err[-3000:]
+    def run_nodes(*arguments: str) -> None:
+        port, nodes = free_port(), []
+        for node in (0, 1):
+            env = {**os.environ, "CXRSCREEN_CACHE": str(tmp_path / f"cache{node}")}
+            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+                       "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+                       "-m", "cxrscreen", "train", *(a.replace("NODE", str(node)) for a in arguments), "--quiet",
+                       "--num-threads", "1", "--device", "cpu"]
+            nodes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        outputs = [node.communicate(timeout=300) for node in nodes]
+        for node, (_, err) in zip(nodes, outputs):
+            assert node.returncode == 0, err[-3000:]
+
+    run_nodes("--data", str(small_radiography), "--img-size", "64", "--epochs", "1", "--batch-size", "4",
+              "--out", str(tmp_path / "nodeNODE"))
     main_out, other_out = tmp_path / "node0", tmp_path / "node1"
     assert (main_out / "best.pt").is_file() and len(list(csv.DictReader((main_out / "metrics.csv").open()))) == 1
     # The other machine's --out: the run's config and the split it received, no checkpoint.
@@ -77,6 +80,16 @@ def test_two_nodes_without_a_shared_disk_train_and_evaluate(small_radiography: P
     assert main(["evaluate", "--model", str(main_out), "--data", str(small_radiography), "--out", str(eval_out),
                  "--bootstrap", "50"]) == 0
     assert (eval_out / "metrics.json").is_file()
+
+    # Resuming: only rank 0's --out holds last.pt; rank 1 gets the weights, optimizer and epoch from rank 0 (else it
+    # would start again at epoch 1 and the ranks' collectives would not match).
+    (main_out / "summary.json").unlink()
+    for out in (main_out, other_out):
+        config = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**config, "epochs": 2}))
+    run_nodes("--resume", str(tmp_path / "nodeNODE"))
+    assert [row["epoch"] for row in csv.DictReader((main_out / "metrics.csv").open())] == ["1", "2"]
+    assert not (other_out / "last.pt").exists()
 
 
 GLOBAL_BATCH, STEPS = 8, 2
