@@ -61,7 +61,12 @@ def test_two_nodes_without_a_shared_disk_train_and_evaluate(small_radiography: P
                        "-m", "cxrscreen", "train", *(a.replace("NODE", str(node)) for a in arguments), "--quiet",
                        "--num-threads", "1", "--device", "cpu"]
             nodes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        outputs = [node.communicate(timeout=300) for node in nodes]
+        try:
+            outputs = [node.communicate(timeout=300) for node in nodes]
+        finally:  # a hang (ranks that disagree) must not leave processes behind
+            for node in nodes:
+                if node.poll() is None:
+                    node.kill()
         for node, (_, err) in zip(nodes, outputs):
             assert node.returncode == 0, err[-3000:]
 
