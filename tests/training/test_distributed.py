@@ -66,7 +66,8 @@ def test_two_nodes_without_a_shared_disk_train_and_evaluate(small_radiography: P
         finally:  # a hang (ranks that disagree) must not leave processes behind
             for node in nodes:
                 if node.poll() is None:
-                    node.kill()
+                    node.terminate()  # torchrun passes SIGTERM on to its workers
+                    node.wait(timeout=30)
         for node, (_, err) in zip(nodes, outputs):
             assert node.returncode == 0, err[-3000:]
 
