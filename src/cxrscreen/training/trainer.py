@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cxrscreen.data.splits import save_split, split_rows
+from cxrscreen.data.stack import ImageStack
 from cxrscreen.errors import RunDirError
 from cxrscreen.guard.fit import GUARD_SIDES, fit_guard
 from cxrscreen.io_utils import atomic_write, write_json
@@ -45,8 +47,6 @@ from cxrscreen.metrics.calibration import choose_temperature
 from cxrscreen.threads import available_cpus, configure_threads
 from cxrscreen.training.adversary import source_adversary
 from cxrscreen.training.augment import BatchAugment, augment_config
-from cxrscreen.data.splits import save_split, split_rows
-from cxrscreen.data.stack import ImageStack
 from cxrscreen.training.run_data import RunData, prepare_run_data, split_run
 from cxrscreen.training.sampler import BalancedSampler, balance_cells
 from cxrscreen.training.style import StyleAugment, insert_mixstyle
@@ -177,10 +177,10 @@ class Trainer:
         rows = broadcast_from_main(split_rows(run_split.split) if ctx.is_main else None, ctx)
         if not ctx.is_main:
             run_split = split_run(cfg, None, self.log, False, rows=rows)
+        # Each machine's first rank records the split in its --out and prepares the images first, filling that
+        # machine's cache for its other ranks.
         if ctx.local_rank == 0:
             save_split(run_split.split, self.files.split)
-        # Each machine's first rank prepares the images first, filling that machine's cache for its other ranks.
-        if ctx.local_rank == 0:
             self.data = prepare_run_data(cfg, run_split, self.log, self.progress)
         barrier(ctx)
         if ctx.local_rank != 0:
