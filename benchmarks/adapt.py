@@ -117,7 +117,7 @@ def called_rates(model: str | None, manifest: Path) -> dict[str, Any]:
     predictor = load_predictor(model)
     dataset = load_dataset(manifest, LabelSet.parse("normal,pneumonia"))
     prepared = load_prepared(dataset.paths, predictor.meta.preprocessing, progress=False, lungs=segmenter_lungs())
-    outputs = predictor.predict_prepared(prepared.images.astype(np.float32) / 255.0)
+    outputs = predictor.predict_prepared(prepared.images[:].astype(np.float32) / 255.0)
     called = np.array([predictor.decide(row) for row in outputs.probs])
     targets = dataset.targets[prepared.ok]
     normal, pneumonia = targets == 0, targets == 1

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as tmp:
         cache_dir = Path(tmp) / "cache"
         cold_s, prepared = load_seconds(paths, pp, cache_dir)
-        images, paths = prepared.images, [paths[i] for i in prepared.ok]
+        images, paths = prepared.images[:], [paths[i] for i in prepared.ok]
         warm_s, _ = load_seconds(paths, pp, cache_dir)
         no_cache_s, _ = load_seconds(paths, pp, None)
         train_seconds(step, images, args.batch_size, 1)  # warm-up: allocator, kernels

@@ -144,7 +144,7 @@ def test_adapted_model_evaluates_explains_and_serves(adapted, held_out, tmp_path
     # evaluate scores the cached uint8 inputs (predict the float ones: this tiny, overconfident model moves by up
     # to 0.03 between the two), so the reference is the adapted network on the same cached inputs.
     paths = [row["path"] for row in scored]
-    inputs = load_prepared(paths, predictor.meta.preprocessing, progress=False).images
+    inputs = load_prepared(paths, predictor.meta.preprocessing, progress=False).images[:]
     expected = predictor.predict_prepared(inputs / 255.0).probs[:, predictor.classes.index("covid")]
     assert np.array([float(row["p_covid"]) for row in scored]) == pytest.approx(expected, abs=1e-6)
     parent = load_predictor(json.loads((out / "adapt.json").read_text())["parent"]["path"])

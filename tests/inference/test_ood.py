@@ -180,3 +180,13 @@ def test_bundled_models_guard_flags_lateral_views_and_passes_frontal_xrays(bundl
     assert frontal_passed == 1.0, frontal_passed
     assert all(flagged[len(laterals) + len(frontal) :])
     assert all(r.label == "not a chest X-ray?" for r, f in zip(results, flagged) if f)
+
+
+def test_the_guard_fits_on_a_bounded_seeded_sample_of_a_large_run() -> None:
+    from cxrscreen.guard.fit import fit_sample
+
+    np.testing.assert_array_equal(fit_sample(50, limit=100), np.arange(50))
+    drawn = fit_sample(1000, limit=100)
+    assert len(drawn) == len(np.unique(drawn)) == 100 and (np.diff(drawn) > 0).all() and drawn.max() < 1000
+    np.testing.assert_array_equal(drawn, fit_sample(1000, limit=100))
+    assert drawn.max() - drawn.min() > 500  # spread over the run, not its first images

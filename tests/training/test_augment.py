@@ -29,7 +29,7 @@ def xrays(small_radiography: Path) -> torch.Tensor:
     """Eight real X-rays as a float batch (8, 1, 64, 64) in [0, 1]."""
     paths = sorted(small_radiography.glob("*/images/*.jpg"))[::4][:8]
     prepared = load_prepared(paths, Preprocessing(img_size=S), progress=False, use_cache=False)
-    return torch.from_numpy(prepared.images).float().div(255).unsqueeze(1)
+    return torch.from_numpy(prepared.images[:]).float().div(255).unsqueeze(1)
 
 
 def ramp(n: int = 4) -> torch.Tensor:

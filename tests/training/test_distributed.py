@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -35,6 +36,66 @@ def test_two_process_gloo_run_trains_and_its_checkpoint_evaluates(small_radiogra
     assert (eval_out / "metrics.json").is_file()
     with torch.no_grad():
         assert torch.isfinite(model(torch.rand(1, 1, 64, 64))).all()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_without_a_shared_disk_train_and_evaluate(small_radiography: Path, tmp_path: Path) -> None:
+    """Two torchrun "machines" on loopback, each with its own --out and its own cache: rank 0 hands the split over
+    the process group (rank 1 never sees node 0's split.csv), node 0 keeps the checkpoints."""
+    import os
+
+    def run_nodes(*arguments: str) -> None:
+        port, nodes = free_port(), []
+        for node in (0, 1):
+            env = {**os.environ, "CXRSCREEN_CACHE": str(tmp_path / f"cache{node}")}
+            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+                       "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+                       "-m", "cxrscreen", "train", *(a.replace("NODE", str(node)) for a in arguments), "--quiet",
+                       "--num-threads", "1", "--device", "cpu"]
+            nodes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        try:
+            outputs = [node.communicate(timeout=300) for node in nodes]
+        finally:  # a hang (ranks that disagree) must not leave processes behind
+            for node in nodes:
+                if node.poll() is None:
+                    node.terminate()  # torchrun passes SIGTERM on to its workers
+                    node.wait(timeout=30)
+        for node, (_, err) in zip(nodes, outputs):
+            assert node.returncode == 0, err[-3000:]
+
+    run_nodes("--data", str(small_radiography), "--img-size", "64", "--epochs", "1", "--batch-size", "4",
+              "--out", str(tmp_path / "nodeNODE"))
+    main_out, other_out = tmp_path / "node0", tmp_path / "node1"
+    assert (main_out / "best.pt").is_file() and len(list(csv.DictReader((main_out / "metrics.csv").open()))) == 1
+    # The other machine's --out: the run's config and the split it received, no checkpoint.
+    assert sorted(p.name for p in other_out.iterdir()) == ["config.json", "split.csv"]
+    assert (other_out / "split.csv").read_text() == (main_out / "split.csv").read_text()
+    # Each machine prepared the images into its own cache; only rank 0 hashed them to make the split.
+    for node in (0, 1):
+        assert any((tmp_path / f"cache{node}" / "prepared").rglob("*.npy"))
+    assert not any((tmp_path / "cache1").glob("phash*"))
+    eval_out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(main_out), "--data", str(small_radiography), "--out", str(eval_out),
+                 "--bootstrap", "50"]) == 0
+    assert (eval_out / "metrics.json").is_file()
+
+    # Resuming: only rank 0's --out holds last.pt; rank 1 gets the weights, optimizer and epoch from rank 0 (else it
+    # would start again at epoch 1 and the ranks' collectives would not match).
+    (main_out / "summary.json").unlink()
+    for out in (main_out, other_out):
+        config = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**config, "epochs": 2}))
+    run_nodes("--resume", str(tmp_path / "nodeNODE"))
+    assert [row["epoch"] for row in csv.DictReader((main_out / "metrics.csv").open())] == ["1", "2"]
+    assert not (other_out / "last.pt").exists()
 
 
 GLOBAL_BATCH, STEPS = 8, 2
@@ -84,14 +145,9 @@ def ddp_rank(rank: int, world_size: int, port: int, out: str) -> None:
 
 def test_ddp_ranks_take_the_step_of_the_global_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two gloo ranks, each on half of every batch, end with the same weights as one process on the whole batch."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(ddp_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(ddp_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for name in ("WORLD_SIZE", "RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -100,6 +156,40 @@ def test_ddp_ranks_take_the_step_of_the_global_batch(tmp_path: Path, monkeypatch
         torch.testing.assert_close(ranks[0][name], ranks[1][name], rtol=0, atol=0, msg=f"ranks differ: {name}")
         torch.testing.assert_close(ranks[0][name], value, rtol=1e-5, atol=1e-6, msg=f"not the global batch's step: {name}")
     assert any(not torch.equal(value, tiny_net().state_dict()[name]) for name, value in alone.items())
+
+
+def handover_rank(rank: int, port: int, out: str) -> None:
+    """What rank 0 decides reaches rank 1; a rank whose images differ from rank 0's stops every rank alike."""
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from cxrscreen.errors import DatasetLayoutError
+    from cxrscreen.training.distributed import broadcast_from_main, check_same_as_main, init_distributed, shutdown_distributed
+
+    ctx = init_distributed("cpu")
+    try:
+        received = broadcast_from_main({"a.png": "train"} if rank == 0 else None, ctx)
+        check_same_as_main("same", "the prepared images", ctx)
+        try:
+            check_same_as_main(f"images of rank {rank}", "the prepared images", ctx)
+            outcome = "no error"
+        except DatasetLayoutError as exc:
+            outcome = str(exc)
+        torch.save({"received": received, "outcome": outcome}, f"{out}/rank{rank}.pt")
+    finally:
+        shutdown_distributed()
+
+
+def test_rank_0_hands_its_decisions_over_and_a_differing_rank_stops_all(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(handover_rank, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    assert [r["received"] for r in results] == [{"a.png": "train"}] * 2
+    for result in results:
+        assert result["outcome"].startswith("rank 1 on ")
+        assert "the prepared images differ(s) from rank 0's" in result["outcome"]
 
 
 @pytest.mark.parametrize(

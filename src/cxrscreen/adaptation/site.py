@@ -21,6 +21,7 @@ from cxrscreen.data.dedup import hash_files
 from cxrscreen.data.records import Record
 from cxrscreen.data.sources import task_class
 from cxrscreen.data.splits import record_groups
+from cxrscreen.data.stack import ImageStack
 from cxrscreen.errors import ConfigError, DatasetLayoutError
 from cxrscreen.evaluation.evaluate import EvaluationConfig, Evaluator
 
@@ -28,15 +29,15 @@ from cxrscreen.evaluation.evaluate import EvaluationConfig, Evaluator
 @dataclass
 class SiteData:
     """The images adaptation uses: ``records`` with ``targets`` (indices into ``classes``), prepared ``images``
-    (uint8 (N, S, S)) and guard ``thumbnails`` (uint8 (N, 64, 64)), leakage ``groups`` (N,), pHashes, and the
+    (uint8 (N, S, S)) and guard ``thumbnails`` (uint8 (N, 64, 64)), both on disk (read a batch at a time), leakage ``groups`` (N,), pHashes, and the
     parent's probabilities on the site's classes (``parent_probs`` (N, C), its temperature applied)."""
 
     where: str
     classes: list[str]
     records: list[Record]
     targets: np.ndarray
-    images: np.ndarray
-    thumbnails: np.ndarray
+    images: ImageStack
+    thumbnails: ImageStack
     groups: np.ndarray
     hashes: dict[str, str]
     parent_probs: np.ndarray

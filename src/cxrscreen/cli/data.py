@@ -1,4 +1,4 @@
-"""``cxrscreen data summary | split | duplicates | cache``: look at collections before training on them."""
+"""``cxrscreen data summary | split | duplicates | cache | shard``: look at collections before training on them."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def load_task_dataset(paths: list[str], args: argparse.Namespace, allow_missing_
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser("data", help="summarise, split and cache dataset collections")
+    data = subparsers.add_parser("data", help="summarise, split, cache and shard dataset collections")
     commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
     summary = commands.add_parser("summary", help="images, patients, sources, sizes, near-duplicates per class")
@@ -74,6 +74,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cache.add_argument("--lung-mode", default="none", choices=["none", "crop", "mask", "crop_mask"], help="lung-focused preprocessing")
     cache.add_argument("--equalize", default="none", choices=["none", "hist", "clahe"], help="per-image intensity normalisation")
     cache.set_defaults(func=run_cache)
+
+    shard = commands.add_parser("shard", help="write prepared images into WebDataset tar shards with a manifest")
+    shard.add_argument("--data", action="append", required=True, metavar="PATH", help="dataset folder or CSV manifest (repeat to combine)")
+    shard.add_argument("--out", required=True, metavar="DIR", help="folder for the shards and manifest.json")
+    add_task_arguments(shard)
+    shard.add_argument("--img-size", type=int, default=DEFAULT_IMG_SIZE, metavar="PX", help="side of the square prepared image in pixels")
+    shard.add_argument("--lung-mode", default="none", choices=["none", "crop", "mask", "crop_mask"], help="lung-focused preprocessing")
+    shard.add_argument("--equalize", default="none", choices=["none", "hist", "clahe"], help="per-image intensity normalisation")
+    shard.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard")
+    shard.add_argument("--overwrite", action="store_true", help="replace the shards already in --out")
+    shard.set_defaults(func=run_shard)
 
 
 def run_summary(args: argparse.Namespace) -> int:
@@ -152,3 +163,17 @@ def run_cache(args: argparse.Namespace) -> int:
     if report.cached or report.built:
         print(f"cache {report.cache_dir}: {report.cached} already cached, {report.built} built, {len(report.failed)} failed")
     return batch_exit_code(report.cached + report.built, len(report.failed))
+
+
+def run_shard(args: argparse.Namespace) -> int:
+    from cxrscreen.data.shards import write_shards
+    from cxrscreen.data.transforms import Preprocessing
+
+    pp = Preprocessing(img_size=args.img_size, lung_mode=args.lung_mode, equalize=args.equalize)
+    dataset = load_task_dataset(args.data, args)
+    report = write_shards(dataset, pp, args.out, args.shard_size, progress=sys.stderr.isatty(), lungs=lung_finder(pp),
+                          overwrite=args.overwrite)
+    for path, reason in report.failed:
+        print(f"{path}: {reason} (left out)", file=sys.stderr)
+    print(f"{report.samples} images in {len(report.shards)} shard(s); manifest: {report.manifest}")
+    return batch_exit_code(report.samples, len(report.failed))

@@ -1,6 +1,7 @@
 """Prepared (decoded, preprocessed, resized) images for training and evaluation, cached on disk.
 
-:func:`load_prepared` is the one entry point: it returns the network inputs of many files as uint8 arrays.
+:func:`load_prepared` is the one entry point: it returns the network inputs of many files as uint8 images, kept
+on disk in one stack per call (:mod:`cxrscreen.data.stack`) and read a batch at a time.
 Each file is decoded and preprocessed once: the result is stored as one uint8 ``.npy`` per (file content,
 preprocessing) under ``<cache>/prepared/<variant>/<hash[:2]>/<hash>.npy``, where
 
@@ -28,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cxrscreen.data.imageio import iter_image_files, load_xray, read_image_file, to_uint8
+from cxrscreen.data.stack import ImageStack, StackWriter
 from cxrscreen.data.transforms import FindLungsBatch, LungFinder, Preprocessing
 from cxrscreen.errors import ConfigError, CxrError, DatasetLayoutError, ImageDecodeError, ModelError
 from cxrscreen.io_utils import atomic_write, write_json
@@ -46,12 +48,13 @@ PREPARATION_VERSION = 1
 @dataclass
 class PreparedImages:
     """``images[i]`` (uint8, img_size x img_size) is the input of ``paths[ok[i]]``; ``errors`` lists (path, reason);
-    ``also[j]`` holds the same images prepared with the ``j``-th of :func:`load_prepared`'s ``also``."""
+    ``also[j]`` holds the same images prepared with the ``j``-th of :func:`load_prepared`'s ``also``. The images
+    stay on disk (:class:`cxrscreen.data.stack.ImageStack`): indexing reads them."""
 
-    images: np.ndarray
+    images: ImageStack
     ok: list[int]
     errors: list[tuple[str, str]] = field(default_factory=list)
-    also: list[np.ndarray] = field(default_factory=list)
+    also: list[ImageStack] = field(default_factory=list)
 
 
 @dataclass
@@ -280,7 +283,9 @@ def load_prepared(
 ) -> PreparedImages:
     """Prepare every file (see :func:`cxrscreen.data.transforms.prepare_from_source`) through the disk cache.
 
-    Returns ``images`` uint8 (len(ok), img_size, img_size) in the order of ``paths`` (bad files left out).
+    Returns ``images`` uint8 (len(ok), img_size, img_size) in the order of ``paths`` (bad files left out), as an
+    :class:`~cxrscreen.data.stack.ImageStack` on disk (next to the cache; with ``use_cache=False`` in the system's
+    temporary folder): a process holds the batch it reads, not the collection.
     Bad files are reported in ``errors`` as (path, reason), or raise :class:`ImageDecodeError` with
     ``on_bad_image="fail"``. ``use_cache=False`` decodes everything and writes nothing. ``workers``: decode
     threads for cache misses (default: from :func:`cxrscreen.threads.choose_thread_settings`).
@@ -288,14 +293,16 @@ def load_prepared(
     ``PreparedImages.also`` and cached alike; each file is read once and decoded at most once for all of them.
     ``lungs``: the lung finder, required when a preprocessing is lung-focused (``data`` imports no model: the caller
     passes e.g. :func:`cxrscreen.lungs.finder.segmenter_lungs`). Images stay uint8, 4x smaller than the float32
-    convention; :func:`cxrscreen.data.imageio.to_float` converts a slice when it is used.
+    convention; :func:`cxrscreen.data.imageio.to_float` converts a batch when it is read.
     """
     if on_bad_image not in ON_BAD_IMAGE:
         raise ConfigError(f"--on-bad-image must be skip or fail, got {on_bad_image!r}")
     names = [str(p) for p in paths]
     check_lungs([pp, *also], lungs)
     variants = [_Variant(one, PreparedCache(one, cache_dir, lungs) if use_cache else None) for one in (pp, *also)]
-    arrays = [np.empty((len(names), v.pp.img_size, v.pp.img_size), dtype=np.uint8) for v in variants]
+    # The images go to disk as they come, not into memory: see cxrscreen.data.stack.
+    stack_dir = Path(cache_dir or cache_root()) / "stacks" if use_cache else None
+    writers = [StackWriter(len(names), v.pp.img_size, stack_dir) for v in variants]
     good = np.zeros(len(names), dtype=bool)
     reasons: dict[int, str] = {}
     for outcome in _prepare_each(names, variants, workers or _default_workers(), progress, lungs):
@@ -304,12 +311,12 @@ def load_prepared(
                 raise ImageDecodeError(f"{names[outcome.index]}: {outcome.reason}")
             reasons[outcome.index] = outcome.reason or "unknown error"
         else:
-            for array, image in zip(arrays, outcome.images):
-                array[outcome.index] = image
+            for writer, image in zip(writers, outcome.images):
+                writer.put(outcome.index, image)
             good[outcome.index] = True
     ok = np.flatnonzero(good).tolist()
     errors = [(names[i], reasons[i]) for i in sorted(reasons)]
-    images, *others = (array if good.all() else array[good] for array in arrays)
+    images, *others = (writer.stack(ok) for writer in writers)
     return PreparedImages(images, ok, errors, others)
 
 

@@ -148,6 +148,13 @@ def save_split(split: Split, path: str | os.PathLike) -> Path:
     return target
 
 
+def split_rows(split: Split) -> dict[str, dict[str, str]]:
+    """Each image's row of ``split.csv`` (class, side, pHash) keyed by its path: the split as plain data, to hand to
+    :func:`split_from_rows` in another process (a DDP rank on a machine that cannot read this one's files)."""
+    return {record.path: {"class": split.dataset.classes[target], "split": side, "phash": split.hashes.get(record.path, "")}
+            for record, target, side in zip(split.dataset.records, split.dataset.targets, split.assignment)}
+
+
 def load_split(path: str | os.PathLike, dataset: Dataset) -> Split:
     """Read back the split of ``dataset``'s records from a ``split.csv``.
 
@@ -157,20 +164,31 @@ def load_split(path: str | os.PathLike, dataset: Dataset) -> Split:
     if not source.is_file():
         raise DatasetLayoutError(f"{path}: split file not found")
     rows = {row["path"]: row for row in read_csv_rows(source, ("path", "class", "split"))}
+    split = split_from_rows(rows, dataset, str(path))
+    split.config = {"loaded_from": str(source)}
+    return split
+
+
+def split_from_rows(rows: Mapping[str, Mapping[str, str]], dataset: Dataset, origin: str) -> Split:
+    """The split of ``dataset``'s records that ``rows`` (path -> ``class``, ``split``, ``phash``; as in
+    ``split.csv`` or from :func:`split_rows`) gives; ``origin`` names where the rows came from in errors.
+
+    Every record must be in ``rows`` with the same class; rows for images not in ``dataset`` are ignored.
+    """
     missing = [r.path for r in dataset.records if r.path not in rows]
     if missing:
         raise DatasetLayoutError(
-            f"{path}: {len(missing)} of the dataset's {len(dataset)} images are not in this split file (e.g. {missing[0]})"
+            f"{origin}: {len(missing)} of the dataset's {len(dataset)} images are not in this split file (e.g. {missing[0]})"
         )
     assignment = []
     for record, target in zip(dataset.records, dataset.targets):
         row = rows[record.path]
         if row["split"] not in SPLIT_NAMES:
-            raise DatasetLayoutError(f"{path}: split {row['split']!r} for {record.path} is not one of {', '.join(SPLIT_NAMES)}")
+            raise DatasetLayoutError(f"{origin}: split {row['split']!r} for {record.path} is not one of {', '.join(SPLIT_NAMES)}")
         if row["class"] != dataset.classes[target]:
             raise DatasetLayoutError(
-                f"{path}: {record.path} has class {row['class']!r} there but {dataset.classes[target]!r} in this task"
+                f"{origin}: {record.path} has class {row['class']!r} there but {dataset.classes[target]!r} in this task"
             )
         assignment.append(row["split"])
     hashes = {r.path: rows[r.path]["phash"] for r in dataset.records if rows[r.path].get("phash")}
-    return Split(dataset, np.asarray(assignment), hashes, {"loaded_from": str(source)})
+    return Split(dataset, np.asarray(assignment), hashes, {"from": origin})

@@ -33,6 +33,7 @@ from cxrscreen.data.records import Record
 from cxrscreen.data.sources import check_exists, load_dataset, scan_paths, task_class
 from cxrscreen.data.sources.base import read_csv_rows
 from cxrscreen.data.splits import load_split
+from cxrscreen.data.stack import ImageStack
 from cxrscreen.errors import ConfigError, DatasetLayoutError
 from cxrscreen.evaluation.results import (
     POSITIVE,
@@ -161,12 +162,13 @@ class Selection:
 @dataclass
 class LoadedImages:
     """The prepared inputs of the readable files among those asked for: ``images`` uint8 (N_ok, S, S) of
-    ``paths[ok]``, the OOD guard's ``thumbnails`` uint8 (N_ok, 64, 64) or None, ``errors`` (path, reason)."""
+    ``paths[ok]``, the OOD guard's ``thumbnails`` uint8 (N_ok, 64, 64) or None, both on disk and read a batch at
+    a time (:class:`~cxrscreen.data.stack.ImageStack`); ``errors`` (path, reason)."""
 
     ok: list[int]
     errors: list[tuple[str, str]]
-    images: np.ndarray
-    thumbnails: np.ndarray | None
+    images: ImageStack
+    thumbnails: ImageStack | None
 
 
 def nothing_left_because(n_listed: int, left_out: int | None, unknown_labels: Counter, distance: int) -> str:
@@ -305,7 +307,8 @@ class Evaluator:
                                  lungs=segmenter_lungs())
         return LoadedImages(prepared.ok, prepared.errors, prepared.images, prepared.also[0] if also else None)
 
-    def predict_arrays(self, images: np.ndarray, thumbnails: np.ndarray | None = None) -> tuple[np.ndarray, int | None]:
+    def predict_arrays(self, images: np.ndarray | ImageStack, thumbnails: np.ndarray | ImageStack | None = None
+                       ) -> tuple[np.ndarray, int | None]:
         """Model probabilities (N, C_model) of prepared uint8 ``images`` (N, S, S) and the number the OOD guard
         flags (None without a guard); ``thumbnails`` uint8 (N, 64, 64) when the guard reads whole images."""
         probs, flagged = [], 0

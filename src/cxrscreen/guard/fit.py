@@ -7,28 +7,46 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cxrscreen.data.imageio import to_float
+from cxrscreen.data.cache import load_prepared
 from cxrscreen.data.records import Record
 from cxrscreen.data.splits import record_groups
-from cxrscreen.guard.inputs import GUARD_ACCEPT_RATE, GUARD_NETWORK, guard_thumbnails
+from cxrscreen.data.stack import ImageStack
+from cxrscreen.guard.inputs import GUARD_ACCEPT_RATE, GUARD_NETWORK, guard_preprocessing
 from cxrscreen.guard.network import torch_guard_features
 from cxrscreen.guard.ppca import fit_ood_guard
 
 GUARD_SIDES = ("train", "val")  # the sides of a run's split the guard is fitted on
 
 
+# A guard fits on at most this many images, drawn seeded from its run's: a PPCA of at most 32 components of 1,536
+# features is well estimated from 10,000 images, and the fit's memory (about 60 KB per image with its folds,
+# measured: 0.6 GB at 8,500 images) stays bounded whatever the collection.
+GUARD_FIT_MAX = 10_000
+
+
+def fit_sample(count: int, limit: int = GUARD_FIT_MAX, seed: int = 0) -> np.ndarray:
+    """Sorted indices of the images a guard fits on: all of them, or ``limit`` of them drawn with ``seed``."""
+    if count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))
+
+
 def fit_guard(records: list[Record], hashes: Mapping[str, str], max_distance: float, progress: bool = False,
-              thumbnails: np.ndarray | None = None) -> dict[str, Any]:
+              thumbnails: np.ndarray | ImageStack | None = None) -> dict[str, Any]:
     """A run's out-of-distribution guard (:mod:`cxrscreen.guard.ppca`), fitted on the whole-image features
-    (:mod:`cxrscreen.guard.network`) of ``records`` (its training and validation images), with the threshold
-    set on out-of-fold scores, folds drawn by patient and near-duplicate group (``hashes``: path -> pHash; within
-    ``max_distance`` bits per 64). ``thumbnails``: the guard's inputs of ``records``, uint8 (N, 64, 64), when the
-    caller has them; otherwise they are read (through the cache), and files that do not decode are left out, as
-    training left them out."""
+    (:mod:`cxrscreen.guard.network`) of ``records`` (its training and validation images; at most
+    :data:`GUARD_FIT_MAX` of them, see :func:`fit_sample`), with the threshold set on out-of-fold scores, folds
+    drawn by patient and near-duplicate group (``hashes``: path -> pHash; within ``max_distance`` bits per 64).
+    ``thumbnails``: the guard's inputs of ``records``, uint8 (N, 64, 64), when the caller has them; otherwise they
+    are read (through the cache), and files that do not decode are left out, as training left them out. The
+    thumbnails are read a batch at a time."""
     groups = record_groups(records, hashes, max_distance)
     if thumbnails is None:
-        inputs, ok = guard_thumbnails([r.path for r in records], progress, on_bad_image="skip")
+        prepared = load_prepared([r.path for r in records], guard_preprocessing(), progress=progress, on_bad_image="skip")
+        thumbnails, ok = prepared.images, np.asarray(prepared.ok, dtype=np.int64)
     else:
-        inputs, ok = to_float(thumbnails), list(range(len(records)))
-    return fit_ood_guard(torch_guard_features(inputs), groups[ok], accept_rate=GUARD_ACCEPT_RATE,
+        ok = np.arange(len(records))
+    sample = fit_sample(len(ok))
+    inputs = thumbnails if len(sample) == len(ok) else thumbnails[sample]
+    return fit_ood_guard(torch_guard_features(inputs), groups[ok][sample], accept_rate=GUARD_ACCEPT_RATE,
                          features="whole_image", network=GUARD_NETWORK)

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrscreen.data.imageio import to_float
+from cxrscreen.data.stack import ImageStack
 from cxrscreen.models.efficientnet_lite import LITE_MEAN, LITE_STD, EfficientNetLiteBackbone
 
 
@@ -58,12 +60,15 @@ def guard_net() -> GuardNet:
     return GuardNet()
 
 
-def torch_guard_features(thumbnails: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Guard inputs (N, 64, 64) float32 in [0, 1] -> guard features (N, 1536) float32, through torch on CPU."""
+def torch_guard_features(thumbnails: np.ndarray | ImageStack, batch_size: int = 256) -> np.ndarray:
+    """Guard inputs (N, 64, 64), float32 in [0, 1] or as prepared (uint8, an array or a stack on disk, converted a
+    batch at a time) -> guard features (N, 1536) float32, through torch on CPU."""
     net = guard_net()
     out = []
     with torch.inference_mode():
         for start in range(0, len(thumbnails), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(thumbnails[start : start + batch_size], dtype=np.float32))
+            chunk = thumbnails[start : start + batch_size]
+            chunk = to_float(chunk) if chunk.dtype == np.uint8 else chunk
+            batch = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
             out.append(net(batch[:, None]).numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)

@@ -2,19 +2,26 @@
 
 ``cxrscreen train --nproc N`` re-launches itself through ``torch.distributed.run`` (what ``torchrun`` is), so
 ``torchrun --nproc_per_node=N -m cxrscreen train ...`` and ``cxrscreen train --nproc N ...`` are the same run.
+Machines need not share a disk (``torchrun --nnodes 2 --node-rank R --master-addr HOST ...``): what rank 0 decides
+(the split, the class weights, the resume point) reaches the other ranks through the process group
+(:func:`broadcast_from_main`), never through a file.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-from cxrscreen.errors import ConfigError
+from cxrscreen.errors import ConfigError, DatasetLayoutError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,29 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model)
+
+
+def broadcast_from_main(value: T, ctx: DistContext) -> T:
+    """Rank 0's ``value`` on every rank (pickled through the process group; other ranks may pass None). Alone: ``value``."""
+    if not ctx.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=ctx.device if ctx.device.type == "cuda" else None)
+    return box[0]
+
+
+def check_same_as_main(fingerprint: str, what: str, ctx: DistContext) -> None:
+    """Raise the same :class:`DatasetLayoutError` on every rank when a rank's ``fingerprint`` of ``what`` differs
+    from rank 0's (e.g. a node whose copy of a collection lacks or cannot read some images): ranks training on
+    different images would silently train a different model than the split says."""
+    if not ctx.distributed:
+        return
+    gathered: list = [None] * ctx.world_size
+    dist.all_gather_object(gathered, (socket.gethostname(), fingerprint))
+    differing = [f"rank {rank} on {host}" for rank, (host, other) in enumerate(gathered) if other != gathered[0][1]]
+    if differing:
+        raise DatasetLayoutError(f"{', '.join(differing)}: {what} differ(s) from rank 0's on {gathered[0][0]}; every "
+                                 "machine needs the same readable copy of the collections at the same paths")
 
 
 def barrier(ctx: DistContext) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -14,7 +15,8 @@ from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE, hash_files
 from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.records import Record
 from cxrscreen.data.sources import load_dataset, Dataset
-from cxrscreen.data.splits import load_split, make_split, save_split
+from cxrscreen.data.splits import Split, load_split, make_split, split_from_rows
+from cxrscreen.data.stack import ImageStack
 from cxrscreen.errors import DatasetLayoutError
 from cxrscreen.guard.fit import GUARD_SIDES
 from cxrscreen.guard.inputs import guard_preprocessing
@@ -26,11 +28,12 @@ SIDES = ("train", "val", "test")
 
 @dataclass
 class RunData:
-    """Prepared inputs (uint8, N x S x S) and class indices per side, plus what the run was trained on."""
+    """Prepared inputs (uint8, N x S x S, on disk: :class:`ImageStack`) and class indices per side, plus what the
+    run was trained on."""
 
     label_set: LabelSet
     records: dict[str, list[Record]]
-    images: dict[str, np.ndarray]
+    images: dict[str, ImageStack]
     targets: dict[str, np.ndarray]
     hashes: dict[str, str]  # path -> pHash of every image that hashed
     dropped: Counter = field(default_factory=Counter)
@@ -38,7 +41,7 @@ class RunData:
     data_paths: list[str] = field(default_factory=list)
     dedup_distance: int = DEFAULT_MAX_DISTANCE
     # The OOD guard's whole-image inputs (uint8 (N, 64, 64)) of the train and val sides, for its fit after training.
-    guard_inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    guard_inputs: dict[str, ImageStack] = field(default_factory=dict)
 
     train_images = property(lambda self: self.images["train"])
     val_images = property(lambda self: self.images["val"])
@@ -62,6 +65,14 @@ class RunData:
     def train_hashes(self) -> list[str]:
         """pHashes of the training images (stored in the checkpoint to leave their near-duplicates out later)."""
         return [self.hashes[r.path] for r in self.records["train"] if r.path in self.hashes]
+
+    def fingerprint(self) -> str:
+        """A digest of the images, in order, and the classes of every side: equal on ranks that train alike."""
+        digest = hashlib.blake2b(digest_size=16)
+        for side in SIDES:
+            digest.update("\n".join([side, *(r.path for r in self.records[side])]).encode())
+            digest.update(np.ascontiguousarray(self.targets[side], dtype=np.int64).tobytes())
+        return digest.hexdigest()
 
     def summary(self) -> dict[str, Any]:
         """Training-data summary stored in the checkpoint (counts per side, class and source)."""
@@ -102,23 +113,38 @@ def run_dataset(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[LabelSet,
     return label_set, full, limit_per_class(full, cfg.limit_per_class, cfg.seed)
 
 
-def prepare_run_data(
-    cfg: TrainConfig,
-    split_file: Path | None,
-    save_split_to: Path | None,
-    log: Callable[[str], None],
-    progress: bool,
-) -> RunData:
-    """Load the collections, split them (or read a saved split), and prepare every image once."""
+@dataclass
+class RunSplit:
+    """A run's label set, what its loaders dropped, and its leakage-free split (before any image is prepared)."""
+
+    label_set: LabelSet
+    dropped: Counter
+    split: Split
+
+
+def split_run(cfg: TrainConfig, split_file: Path | None, log: Callable[[str], None], progress: bool,
+              rows: Mapping[str, Mapping[str, str]] | None = None) -> RunSplit:
+    """Load the collections and split them: a new split, the one saved in ``split_file``, or the one ``rows`` give
+    (:func:`cxrscreen.data.splits.split_rows` of rank 0's split, handed over the process group, so that no rank
+    needs rank 0's files)."""
     label_set, full, dataset = run_dataset(cfg, log)
-    hashes = hash_files(dataset.paths, progress=progress).hashes
-    if split_file is not None:
+    if rows is not None:
+        split = split_from_rows(rows, dataset, "rank 0's split")
+    elif split_file is not None:
         split = load_split(split_file, dataset)
+        # A split.csv written by hand (or by an older cxrscreen) may lack pHashes: the guard and the checkpoint need them.
+        unhashed = [path for path in dataset.paths if path not in split.hashes]
+        split.hashes.update(hash_files(unhashed, progress=progress).hashes if unhashed else {})
     else:
+        hashes = hash_files(dataset.paths, progress=progress).hashes
         split = make_split(dataset, hashes, seed=cfg.seed, fractions=cfg.fractions, max_distance=cfg.dedup_distance)
-    if save_split_to is not None:
-        save_split(split, save_split_to)
-    data = RunData(label_set, {}, {}, {}, dict(hashes), full.dropped, [], list(cfg.data), cfg.dedup_distance)
+    return RunSplit(label_set, full.dropped, split)
+
+
+def prepare_run_data(cfg: TrainConfig, run_split: RunSplit, log: Callable[[str], None], progress: bool) -> RunData:
+    """Prepare every image of the split once (through the cache); unreadable images are left out and logged."""
+    label_set, split = run_split.label_set, run_split.split
+    data = RunData(label_set, {}, {}, {}, dict(split.hashes), run_split.dropped, [], list(cfg.data), cfg.dedup_distance)
     for side in SIDES:
         part = split.part(side)
         # The OOD guard is fitted on the training and validation images after training: make its thumbnails now,

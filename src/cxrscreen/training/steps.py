@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
+from cxrscreen.data.stack import ImageStack
 from cxrscreen.metrics.classification import point_metrics
 from cxrscreen.models.registry import XrayClassifier
 
@@ -40,8 +41,8 @@ def to_input(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_logits(model: XrayClassifier, images: np.ndarray, device: torch.device, batch_size: int = 64) -> np.ndarray:
-    """Logits (N, C) of uint8 images (N, S, S), in eval mode."""
+def predict_logits(model: XrayClassifier, images: np.ndarray | ImageStack, device: torch.device, batch_size: int = 64) -> np.ndarray:
+    """Logits (N, C) of uint8 images (N, S, S), an array or a stack on disk read a batch at a time, in eval mode."""
     model.eval()
     logits = [model(to_input(torch.from_numpy(images[start : start + batch_size]), device)).float().cpu().numpy()
               for start in range(0, len(images), batch_size)]

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cxrscreen.data.splits import save_split, split_rows
+from cxrscreen.data.stack import ImageStack
 from cxrscreen.errors import RunDirError
 from cxrscreen.guard.fit import GUARD_SIDES, fit_guard
 from cxrscreen.io_utils import atomic_write, write_json
@@ -34,6 +36,8 @@ from cxrscreen.training.distributed import (
     DistContext,
     all_reduce_sum,
     barrier,
+    broadcast_from_main,
+    check_same_as_main,
     init_distributed,
     resolve_device,
     shutdown_distributed,
@@ -43,7 +47,7 @@ from cxrscreen.metrics.calibration import choose_temperature
 from cxrscreen.threads import available_cpus, configure_threads
 from cxrscreen.training.adversary import source_adversary
 from cxrscreen.training.augment import BatchAugment, augment_config
-from cxrscreen.training.run_data import RunData, prepare_run_data
+from cxrscreen.training.run_data import RunData, prepare_run_data, split_run
 from cxrscreen.training.sampler import BalancedSampler, balance_cells
 from cxrscreen.training.style import StyleAugment, insert_mixstyle
 from cxrscreen.training.steps import class_weights, lr_at, predict_logits, rank_indices, to_input, train_step, validation_scores
@@ -131,19 +135,21 @@ class Trainer:
     def setup(self, resume: bool) -> None:
         cfg, ctx = self.cfg, self.ctx
         torch.manual_seed(cfg.seed)
-        has_last = resume and self.files.last.is_file()
-        if ctx.is_main:
+        # Rank 0's run directory decides: another machine's --out may be empty.
+        has_last = broadcast_from_main(resume and self.files.last.is_file(), ctx)
+        if ctx.is_main and not resume:
+            for stale in (self.files.summary, self.files.last, self.files.best, self.files.metrics):
+                stale.unlink(missing_ok=True)
+        if ctx.local_rank == 0:  # each machine's --out holds the run's config and split; rank 0's the checkpoints
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                for stale in (self.files.summary, self.files.last, self.files.best, self.files.metrics):
-                    stale.unlink(missing_ok=True)
             write_json(self.files.config, cfg.to_dict())
         self.load_data(self.files.split if resume else (Path(cfg.split) if cfg.split else None))
         num_classes = len(self.data.label_set.classes)
         self.build_model(pretrained=cfg.pretrained and not has_last)
         self.sampler = self.balanced_sampler()
         draws = self.sampler.draws_per_image() if self.sampler is not None else None
-        weights = class_weights(self.data.train_targets, num_classes, draws).to(ctx.device)
+        weights = broadcast_from_main(class_weights(self.data.train_targets, num_classes, draws) if ctx.is_main else None,
+                                      ctx).to(ctx.device)
         self.loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
         self.adversarial = None  # the classifier + source head that trains, with --adversary source
         if cfg.adversary == "source":
@@ -165,19 +171,28 @@ class Trainer:
     def load_data(self, split_file: Path | None) -> None:
         """Records, split (read from ``split_file`` or made) and prepared images of every side."""
         cfg, ctx = self.cfg, self.ctx
-        # Rank 0 builds the split (and any cache) first; the other ranks then read the same files.
-        if ctx.is_main:
-            self.data = prepare_run_data(cfg, split_file, self.files.split, self.log, self.progress)
-        barrier(ctx)
+        # Rank 0 makes (or reads) the split and hands it to the other ranks, which need neither its disk nor the
+        # pHashes: machines without a shared filesystem train on the same split.
+        run_split = split_run(cfg, split_file, self.log, self.progress) if ctx.is_main else None
+        rows = broadcast_from_main(split_rows(run_split.split) if ctx.is_main else None, ctx)
         if not ctx.is_main:
-            self.data = prepare_run_data(cfg, self.files.split, None, self.log, False)
+            run_split = split_run(cfg, None, self.log, False, rows=rows)
+        # Each machine's first rank records the split in its --out and prepares the images first, filling that
+        # machine's cache for its other ranks.
+        if ctx.local_rank == 0:
+            save_split(run_split.split, self.files.split)
+            self.data = prepare_run_data(cfg, run_split, self.log, self.progress)
+        barrier(ctx)
+        if ctx.local_rank != 0:
+            self.data = prepare_run_data(cfg, run_split, self.log, False)
+        check_same_as_main(self.data.fingerprint(), "the prepared images", ctx)
 
     def build_model(self, pretrained: bool) -> None:
         self.model = create_model(self.cfg.model, len(self.data.label_set.classes), pretrained=pretrained)
         self.model.to(self.ctx.device).to(memory_format=torch.channels_last)
 
     def load_last(self) -> None:
-        payload = read_checkpoint(self.files.last)
+        payload = broadcast_from_main(read_checkpoint(self.files.last) if self.ctx.is_main else None, self.ctx)
         self.model.load_state_dict(payload["state_dict"])
         extra = payload.get("extra", {})
         self.optimizer.load_state_dict(extra["optimizer"])
@@ -240,7 +255,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 7 + ctx.rank)
         self.mixstyle_generator.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, ctx.rank]).generate_state(1)[0]))
         indices = self.epoch_indices(epoch)
-        images = torch.from_numpy(self.data.train_images)
+        images = self.data.train_images  # on disk: each batch is read as it is used
         targets = torch.from_numpy(self.data.train_targets)
         sources = torch.from_numpy(self.data.train_sources)
         self.net.train()
@@ -254,7 +269,7 @@ class Trainer:
                 group["lr"] = lr_at((epoch - 1) * steps + step, total_steps, warmup, cfg.lr)
             # Parameters (and noise) come from the CPU generator, so a seed gives the same batch on any device;
             # the pixel work (resampling, blur) runs where the model does.
-            x = self.augment(to_input(images[batch], ctx.device), generator)
+            x = self.augment(to_input(torch.from_numpy(images[batch]), ctx.device), generator)
             x = self.style(x, sources[batch], generator).contiguous(memory_format=torch.channels_last)
             self.mixstyle.set_domains(sources[batch])
             y = targets[batch].to(ctx.device)
@@ -278,7 +293,7 @@ class Trainer:
         """Validation scores, computed on each rank's share and gathered (every rank gets the same numbers)."""
         ctx = self.ctx
         share = np.arange(ctx.rank, len(self.data.val_images), ctx.world_size)
-        logits = predict_logits(self.model, self.data.val_images[share], ctx.device)
+        logits = predict_logits(self.model, self.data.val_images.subset(share), ctx.device)
         gathered = [(share, logits)]
         if ctx.distributed:
             import torch.distributed as dist
@@ -332,7 +347,7 @@ class Trainer:
             self.log(f"warning: {calibration.note}")
         meta.ood = fit_guard([r for side in GUARD_SIDES for r in self.data.records[side]], self.data.hashes,
                              self.cfg.dedup_distance,
-                             thumbnails=np.concatenate([self.data.guard_inputs[side] for side in GUARD_SIDES]))
+                             thumbnails=ImageStack.concat([self.data.guard_inputs[side] for side in GUARD_SIDES]))
         meta.train_hashes = list(self.data.train_hashes)
         test_logits = predict_logits(self.model, self.data.test_images, device)
         test = held_out_report(test_logits / meta.temperature, self.data.test_targets, meta.classes, self.cfg.seed)
