@@ -37,7 +37,7 @@ from cxrscreen.data.sources import load_dataset
 from cxrscreen.evaluation.tables import format_table
 from cxrscreen.inference.predictor import load_predictor
 from cxrscreen.io_utils import write_json
-from cxrscreen.lungs.finder import segmenter_lungs
+from cxrscreen.lungs.finder import load_lung_finder
 
 SHARED = Path(os.environ.get("CXRSCREEN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 IEEE = SHARED / "covid-chestxray-dataset"
@@ -116,7 +116,7 @@ def called_rates(model: str | None, manifest: Path) -> dict[str, Any]:
     rule, thresholds included), and how many the OOD guard flags."""
     predictor = load_predictor(model)
     dataset = load_dataset(manifest, LabelSet.parse("normal,pneumonia"))
-    prepared = load_prepared(dataset.paths, predictor.meta.preprocessing, progress=False, lungs=segmenter_lungs())
+    prepared = load_prepared(dataset.paths, predictor.meta.preprocessing, progress=False, lungs=load_lung_finder())
     outputs = predictor.predict_prepared(prepared.images.astype(np.float32) / 255.0)
     called = np.array([predictor.decide(row) for row in outputs.probs])
     targets = dataset.targets[prepared.ok]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, T
 import numpy as np
 
 from cxrscreen.data import transforms
+from cxrscreen.data.transforms import FindLungsBatch, LungFinder
 from cxrscreen.data.imageio import ImageSource, load_xray
 from cxrscreen.errors import ConfigError, ModelError
 from cxrscreen.guard.ppca import accepts, check_guard, ood_scores, reads_whole_image
@@ -40,7 +41,7 @@ from cxrscreen.inference.options import (  # noqa: F401 - re-exported: the CLI a
     single_threaded_libraries,
 )
 from cxrscreen.inference.backends import InferenceBackend, NetOutputs, TorchBackend, softmax  # noqa: F401
-from cxrscreen.inference.preparation import PreparedBatch, failure_reason, prepare_batch, source_name
+from cxrscreen.inference.preparation import PreparedBatch, decode_and_prepare, failure_reason, source_name
 from cxrscreen.inference.results import Explanation, Prediction, PredictionFailure
 from cxrscreen.models.bundled import WEIGHTS_DIR, bundled_model, bundled_models, is_bundled_name
 from cxrscreen.run_dir import RunDir
@@ -63,9 +64,10 @@ class Predictor:
     """A loaded classifier ready to predict and explain.
 
     Attributes: ``meta`` (:class:`ModelMeta`), ``classes`` (class names in output order), ``backend_name``
-    (``torch`` or ``onnx``: the engine ``auto`` chose), ``model_path`` (the file it was loaded from), ``batch_size``, ``segmenter`` (the
-    lung segmenter for lung-focused preprocessing; None = the bundled torch one, loaded on first use), ``device`` (where the torch
-    network runs), ``threads`` (CPU threads: batches are prepared and scored by that many workers side by side,
+    (``torch`` or ``onnx``: the engine ``auto`` chose), ``model_path`` (the file it was loaded from), ``batch_size``,
+    ``lungs`` (the :class:`LungFinder` of lung-focused preprocessing, handed in by :func:`load_predictor`:
+    :func:`cxrscreen.lungs.finder.load_lung_finder`, the one the training cache and the audit use; None for a model
+    that does not look for the lungs), ``device`` (where the torch network runs), ``threads`` (CPU threads: batches are prepared and scored by that many workers side by side,
     each network single-threaded, see :func:`cxrscreen.inference.options.default_threads`), ``thresholds``
     ({class: probability} of :func:`decide`; empty = the most probable class), ``guard_graph`` (the OOD guard
     network's ONNX export, None: found or made on first use).
@@ -79,7 +81,7 @@ class Predictor:
         model_path: Path,
         torch_model: XrayClassifier | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        segmenter: Any = None,
+        lungs: LungFinder | None = None,
         threads: int | None = None,
         device: str = "cpu",
         thresholds: dict[str, float] | None = None,
@@ -91,7 +93,7 @@ class Predictor:
         self.backend_name = backend_name
         self.model_path = model_path
         self.batch_size = batch_size
-        self.segmenter = segmenter
+        self.lungs = lungs
         self._torch_model = torch_model
         self.threads = threads
         self.device = device
@@ -148,22 +150,22 @@ class Predictor:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="cxr-predict")
         return self._pool.map(fn, items)
 
-    def find_lungs_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
-        """The lung mask of each decoded X-ray (None where no plausible lungs are found), one segmenter pass."""
-        from cxrscreen.lungs.segmenter import batch_lung_finder, load_segmenter
-
-        if self.segmenter is None:
-            with self._first_use:
-                self.segmenter = self.segmenter or load_segmenter()
-        return batch_lung_finder(self.segmenter)(images)
+    @property
+    def find_lungs(self) -> FindLungsBatch | None:
+        """The batch finder of :attr:`lungs` (its network loaded on first use), None without lung-focused
+        preprocessing; preparation calls it directly, never back through the predictor."""
+        if self.lungs is None or not self.meta.preprocessing.needs_lungs:
+            return None
+        with self._first_use:  # the torch engine's first load traces the network: one thread at a time
+            return self.lungs.load()
 
     def prepare_input(self, image: np.ndarray) -> transforms.Prepared:
         """A decoded X-ray -> the network input with its frame: the one preparation predict and explain share."""
-        return self.meta.preprocessing.prepare_batch([image], self.find_lungs_batch)[0]
+        return self.meta.preprocessing.prepare_many([image], self.find_lungs)[0]
 
-    def prepare_batch(self, sources: Sequence[ImageSource], names: Sequence[str]) -> PreparedBatch:
-        """Decode and prepare a batch of inputs (:func:`cxrscreen.inference.preparation.prepare_batch`)."""
-        return prepare_batch(sources, names, self.meta.preprocessing, self.find_lungs_batch, self.guard_reads_whole_image)
+    def prepare_sources(self, sources: Sequence[ImageSource], names: Sequence[str]) -> PreparedBatch:
+        """Decode and prepare a batch of inputs (:func:`cxrscreen.inference.preparation.decode_and_prepare`)."""
+        return decode_and_prepare(sources, names, self.meta.preprocessing, self.find_lungs, self.guard_reads_whole_image)
 
     def predict_prepared(self, images: np.ndarray, thumbnails: np.ndarray | None = None) -> NetOutputs:
         """Prepared inputs float32 (N, S, S) in [0, 1] -> :class:`NetOutputs` (probabilities temperature-scaled).
@@ -276,7 +278,7 @@ class Predictor:
                 raise ConfigError("predict: name= is for one image; pass names= to predict_batch for a list")
             return self.predict_batch(source)
         label = source_name(source, name)
-        batch = self.prepare_batch([source], [label])
+        batch = self.prepare_sources([source], [label])
         if batch.failures:
             raise batch.failures[0]
         return self._score([label], batch)[0]
@@ -302,7 +304,7 @@ class Predictor:
 
         def run(start: int) -> list[Prediction | PredictionFailure]:
             chunk_names = labels[start : start + step]
-            batch = self.prepare_batch(sources[start : start + step], chunk_names)
+            batch = self.prepare_sources(sources[start : start + step], chunk_names)
             results: list[Prediction | PredictionFailure | None] = [None] * len(chunk_names)
             for position, prediction in zip(batch.positions, self._score(chunk_names, batch)):
                 results[position] = prediction
@@ -376,6 +378,7 @@ def load_predictor(
     batch_size: int = DEFAULT_BATCH_SIZE,
     channels_last: bool = True,
     onnx_optimization: str = "all",
+    lungs: LungFinder | None = None,
 ) -> Predictor:
     """Load a model for prediction.
 
@@ -391,6 +394,9 @@ def load_predictor(
     the most probable class). ``channels_last``: torch memory layout (faster for EfficientNet-Lite's depthwise
     convolutions on CPU, see benchmarks/infer.py).
     ``onnx_optimization``: ONNX Runtime graph optimisation level, ``all``/``extended``/``basic``/``disabled``.
+    ``lungs``: the lung finder of a lung-focused model (None: :func:`cxrscreen.lungs.finder.load_lung_finder`'s,
+    whichever backend runs the classifier, so that both backends, the audit and the training cache prepare a file
+    alike).
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
@@ -412,20 +418,25 @@ def load_predictor(
         model, meta = load_checkpoint(model_path)
         check_ood_guard(meta, model_path)
         return Predictor(meta, TorchBackend(model, channels_last, run_on), "torch", model_path, model, batch_size,
-                         threads=threads, device=run_on, thresholds=thresholds)
+                         lungs_for(meta, lungs), threads, run_on, thresholds)
     from cxrscreen.inference.onnx_runtime import OnnxRuntimeBackend, prepared_for_onnx
 
     prepared = None if is_onnx else prepared_for_onnx(model_path)
     runner = OnnxRuntimeBackend(model_path if prepared is None else prepared.graph, threads=1, optimization=onnx_optimization)
     meta = runner.meta if prepared is None else prepared.meta
     check_ood_guard(meta, model_path)
-    segmenter = None
-    if meta.preprocessing.needs_lungs:
-        from cxrscreen.lungs.segmenter import load_segmenter
-
-        segmenter = load_segmenter(backend="onnx", threads=1)
-    return Predictor(meta, runner, "onnx", model_path, None, batch_size, segmenter, threads, thresholds=thresholds,
+    return Predictor(meta, runner, "onnx", model_path, None, batch_size, lungs_for(meta, lungs), threads, thresholds=thresholds,
                      guard_graph=None if prepared is None else prepared.guard_graph)
+
+
+def lungs_for(meta: ModelMeta, lungs: LungFinder | None) -> LungFinder | None:
+    """``lungs``, or the one lung finder (:func:`cxrscreen.lungs.finder.load_lung_finder`) when the model's
+    preprocessing looks for the lungs; None when it does not."""
+    if lungs is not None or not meta.preprocessing.needs_lungs:
+        return lungs
+    from cxrscreen.lungs.finder import load_lung_finder  # the segmenter's modules: only for lung-focused models
+
+    return load_lung_finder()
 
 
 def check_ood_guard(meta: ModelMeta, path: Path) -> None:

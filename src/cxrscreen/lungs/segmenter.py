@@ -204,6 +204,15 @@ class LungSegmenter:
                 out.append(probabilities_to_segmentation(probs, image.shape, self.limits))
         return out
 
+    def plausible_masks(self, images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
+        """Per X-ray its lung mask, or None when the lungs found are not plausible (one network pass per batch):
+        the :data:`cxrscreen.data.transforms.FindLungsBatch` preparation takes."""
+        return [lungs.mask if lungs.plausible else None for lungs in self.segment_batch(images)]
+
+    def plausible_mask(self, image: np.ndarray) -> np.ndarray | None:
+        """:meth:`plausible_masks` of one X-ray (a :data:`cxrscreen.data.transforms.FindLungs`)."""
+        return self.plausible_masks([image])[0]
+
 
 def session_predictor(session: Any, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """``session`` as a batch predictor; with ``threads`` == 1, run :data:`ONE_THREAD_CHUNK` images at a time."""
@@ -278,27 +287,3 @@ def load_segmenter(
 def segment_lungs(image: np.ndarray, segmenter: LungSegmenter | None = None) -> LungSegmentation:
     """Find the lungs on one X-ray, float32 (H, W) in [0, 1]; the bundled segmenter unless one is given."""
     return (segmenter or load_segmenter()).segment(image)
-
-
-def batch_lung_finder(segmenter: LungSegmenter | None = None) -> Callable[[Sequence[np.ndarray]], list[np.ndarray | None]]:
-    """The batch lung finder :meth:`cxrscreen.data.transforms.Preprocessing.prepare_batch` takes: X-rays -> per
-    image the lung mask, or None when the lungs found are not plausible; one network pass per batch. The bundled
-    segmenter (loaded on first use) unless one is given."""
-
-    def find_lungs(images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
-        found = (segmenter or load_segmenter()).segment_batch(images)
-        return [lungs.mask if lungs.plausible else None for lungs in found]
-
-    return find_lungs
-
-
-def lung_finder(segmenter: LungSegmenter | None = None) -> Callable[[np.ndarray], np.ndarray | None]:
-    """The lung finder :meth:`cxrscreen.data.transforms.Preprocessing.prepare` takes: :func:`batch_lung_finder`
-    for one X-ray, so that one image and a batch are segmented alike."""
-    find_batch = batch_lung_finder(segmenter)
-    return lambda image: find_batch([image])[0]
-
-
-def segment_lungs_batch(images: Sequence[np.ndarray], segmenter: LungSegmenter | None = None) -> list[LungSegmentation]:
-    """:func:`segment_lungs` for many images at once (faster: the network runs on batches)."""
-    return (segmenter or load_segmenter()).segment_batch(images)
