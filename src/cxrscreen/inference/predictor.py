@@ -105,7 +105,11 @@ class Predictor:
         # Networks made on first use (exports included) are made once, whichever worker or request needs them
         # first: torch's exporter and tracer hold global state and fail when two threads use them at once.
         self._first_use = threading.Lock()
-        single_threaded_libraries(opencv=meta.preprocessing.needs_lungs)  # parallel over images (default_threads)
+
+    def single_threaded(self):
+        """The scope of this predictor's work: parallel over images (:attr:`workers`), each network and library
+        single-threaded (:func:`single_threaded_libraries`), the process's settings restored afterwards."""
+        return single_threaded_libraries(opencv=self.meta.preprocessing.needs_lungs)
 
     @property
     def known_limits(self) -> list[str]:
@@ -175,7 +179,10 @@ class Predictor:
         :attr:`guard_reads_whole_image`. Runs in chunks of ``batch_size``, shared by the workers. uint8 images
         must be divided by 255 first.
         """
-        images = np.asarray(images, dtype=np.float32)
+        with self.single_threaded():
+            return self._predict_prepared(np.asarray(images, dtype=np.float32), thumbnails)
+
+    def _predict_prepared(self, images: np.ndarray, thumbnails: np.ndarray | None) -> NetOutputs:
         if images.ndim != 3 or images.shape[1:] != (self.img_size, self.img_size):
             raise ConfigError(
                 f"images: expected shape (N, {self.img_size}, {self.img_size}), got {tuple(images.shape)}"
@@ -217,12 +224,10 @@ class Predictor:
         """(in_distribution bool (N,), scores (N,) or None) from the model's OOD guard; all True without a guard."""
         if not self.meta.ood:
             return np.ones(len(outputs.probs), dtype=bool), None
-        if self.guard_reads_whole_image:
-            if outputs.guard_features is None:
-                raise ConfigError("this model's OOD guard reads the whole images: pass thumbnails to predict_prepared")
-            scores = ood_scores(outputs.guard_features, self.guard)
-        else:
-            scores = ood_scores(outputs.features, self.guard)
+        if self.guard_reads_whole_image and outputs.guard_features is None:
+            raise ConfigError("this model's OOD guard reads the whole images: pass thumbnails to predict_prepared")
+        with self.single_threaded():
+            scores = ood_scores(outputs.features if not self.guard_reads_whole_image else outputs.guard_features, self.guard)
         return accepts(scores, self.meta.ood), scores
 
     @property
@@ -278,10 +283,11 @@ class Predictor:
                 raise ConfigError("predict: name= is for one image; pass names= to predict_batch for a list")
             return self.predict_batch(source)
         label = source_name(source, name)
-        batch = self.prepare_sources([source], [label])
-        if batch.failures:
-            raise batch.failures[0]
-        return self._score([label], batch)[0]
+        with self.single_threaded():
+            batch = self.prepare_sources([source], [label])
+            if batch.failures:
+                raise batch.failures[0]
+            return self._score([label], batch)[0]
 
     def predict_batch(
         self, sources: Sequence[ImageSource], names: Sequence[str] | None = None
@@ -312,8 +318,9 @@ class Predictor:
                 results[position] = PredictionFailure(chunk_names[position], failure_reason(error, chunk_names[position]))
             return results  # type: ignore[return-value]
 
-        for chunk in self._map(run, range(0, len(sources), step)):
-            yield from chunk
+        with self.single_threaded():
+            for chunk in self._map(run, range(0, len(sources), step)):
+                yield from chunk
 
     @property
     def torch_model(self) -> XrayClassifier:
@@ -338,10 +345,11 @@ class Predictor:
 
         check_target(target, self.classes)
         original = load_xray(source, source_name(source, name))
-        prepared = self.prepare_input(original)
-        if target is None:
-            target = self.decide(self.predict_prepared(prepared.input[None]).probs[0])
-        heatmaps, _ = GradCam(self.torch_model)(torch.from_numpy(prepared.input)[None, None], self.classes.index(target))
+        with self.single_threaded():
+            prepared = self.prepare_input(original)
+            if target is None:
+                target = self.decide(self.predict_prepared(prepared.input[None]).probs[0])
+            heatmaps, _ = GradCam(self.torch_model)(torch.from_numpy(prepared.input)[None, None], self.classes.index(target))
         heatmap = np.clip(prepared.to_original(heatmaps[0]), 0.0, 1.0)
         return Explanation(heatmap=heatmap, overlay_png=overlay_png(original, heatmap), target=target, prepared=prepared)
 
@@ -410,11 +418,8 @@ def load_predictor(
     if backend == "torch":
         if is_onnx:
             raise ConfigError(f"{model_path}: an .onnx model needs --backend onnx")
-        import torch
-
         from cxrscreen.models.checkpoint import load_checkpoint
 
-        torch.set_num_threads(1)  # parallel over images, not operators (see default_threads)
         model, meta = load_checkpoint(model_path)
         check_ood_guard(meta, model_path)
         return Predictor(meta, TorchBackend(model, channels_last, run_on), "torch", model_path, model, batch_size,
