@@ -138,7 +138,7 @@ def per_image_ms(fn, count: int, repeats: int) -> float:
 def stage_breakdown(model: Path | None, files: list[Path], repeats: int) -> dict[str, float]:
     """ms/image of each stage on one batch of real files (ONNX Runtime networks, one thread)."""
     from cxrscreen.data.imageio import load_xray
-    from cxrscreen.data.lungs import apply_lung_mode, typical_lung_mask
+    from cxrscreen.data.lung_focus import apply_lung_mode, typical_lung_mask
     from cxrscreen.data.transforms import equalize, resize
     from cxrscreen.inference.predictor import load_predictor
     from cxrscreen.guard.inputs import guard_thumbnail

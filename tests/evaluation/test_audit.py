@@ -31,7 +31,7 @@ from cxrscreen.evaluation.audit import (
 )
 from cxrscreen.inference.predictor import Predictor, TorchBackend
 from cxrscreen.models.checkpoint import ModelMeta, save_checkpoint
-from cxrscreen.models.registry import create_model
+from cxrscreen.models.factory import create_model
 from cxrscreen.lungs.segmenter import LungSegmenter
 
 HEIGHT, WIDTH, SIDE = 64, 96, 64

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from cxrscreen.data.clahe import equalize_adapthist
 from cxrscreen.data.imageio import load_xray
-from cxrscreen.data.lungs import dilate
+from cxrscreen.data.lung_focus import dilate
 from cxrscreen.data.transforms import Preprocessing, resize
 from cxrscreen.inference.predictor import PredictionFailure
 from cxrscreen.lungs.segmenter import clean_mask, load_segmenter

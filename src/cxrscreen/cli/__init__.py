@@ -16,7 +16,7 @@ COMMAND_MODULES = (
     "predict",
     "segment",
     "serve",
-    "validity",
+    "model_checks",
     "adapt",
     "models",
 )

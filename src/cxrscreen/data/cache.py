@@ -17,7 +17,6 @@ file + rename), so processes building the same cache at once (DDP ranks) never r
 
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from cxrscreen.data.imageio import iter_image_files, load_xray, read_image_file, to_uint8
 from cxrscreen.data.transforms import FindLungsBatch, LungFinder, Preprocessing
 from cxrscreen.errors import ConfigError, CxrError, DatasetLayoutError, ImageDecodeError, ModelError
+from cxrscreen.hashing import content_hash
 from cxrscreen.io_utils import atomic_write, write_json
 from cxrscreen.threads import choose_thread_settings, worker_threads
 
@@ -77,10 +77,6 @@ def cache_root() -> Path:
     if os.environ.get("CXRSCREEN_CACHE"):
         return Path(os.environ["CXRSCREEN_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxrscreen"
-
-
-def content_hash(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def check_lungs(pps: Sequence[Preprocessing], lungs: LungFinder | None) -> None:

@@ -20,7 +20,7 @@ from PIL import Image
 from cxrscreen.data.clahe import equalize_adapthist
 from cxrscreen.data.defaults import DEFAULT_IMG_SIZE
 from cxrscreen.data.imageio import load_xray
-from cxrscreen.data.lungs import lung_focus, typical_lung_mask
+from cxrscreen.data.lung_focus import lung_focus, typical_lung_mask
 from cxrscreen.errors import ConfigError
 
 LUNG_MODES = ("none", "crop", "mask", "crop_mask")
@@ -134,7 +134,7 @@ class Preprocessing:
         """Decoded X-ray float32 (H, W) -> :class:`Prepared` (the network input and the frame it shows).
 
         ``find_lungs`` is required when :attr:`needs_lungs`. When it finds no plausible lungs, the typical lung
-        fields (:func:`cxrscreen.data.lungs.typical_lung_mask`) are used instead of a doubtful mask, so that such
+        fields (:func:`cxrscreen.data.lung_focus.typical_lung_mask`) are used instead of a doubtful mask, so that such
         images are framed like the others (and the frame alone does not tell the model which were hard).
         """
         image = np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)

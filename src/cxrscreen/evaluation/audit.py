@@ -24,7 +24,7 @@ from cxrscreen import SCREENING_NOTICE
 from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
 from cxrscreen.data.imageio import load_xray, to_float, to_uint8
 from cxrscreen.data.labels import LabelSet
-from cxrscreen.data.lungs import dilate, hide_lungs, keep_only_lungs
+from cxrscreen.data.lung_focus import dilate, hide_lungs, keep_only_lungs
 from cxrscreen.data.records import Record
 from cxrscreen.data.sources import task_class
 from cxrscreen.data.transforms import Preprocessing
@@ -34,13 +34,13 @@ from cxrscreen.evaluation.probe import ProbeResult, source_probe
 from cxrscreen.evaluation.tables import format_interval, format_table
 from cxrscreen.explain.gradcam import GradCam
 from cxrscreen.io_utils import write_json
+from cxrscreen.run_dir import AUDIT_FILE, RunDir
 from cxrscreen.lungs.finder import SegmenterFinder, load_lung_finder
 from cxrscreen.metrics.classification import BinaryMetrics, MulticlassMetrics, class_vs_rest, multiclass_metrics
 
 VARIANTS = ("original", "lungs_hidden", "lungs_only")
 VARIANT_TITLES = {"original": "as they are", "lungs_hidden": "lungs hidden", "lungs_only": "only lungs kept"}
 POSITIVE = "covid"
-AUDIT_FILE = "audit.json"
 # With the lungs hidden, an AUROC at or above this means the model finds its answer elsewhere.
 SHORTCUT_AUROC = 0.70
 # Keeping only the lungs may cost this much AUROC for a model that "relies on the lungs".
@@ -407,7 +407,7 @@ def audit_model(cfg: AuditConfig | None = None, log: Callable[[str], None] = pri
     result.unreadable = unreadable
     result.left_out_near_duplicates = left_out
     result.notes = notes + result.notes
-    out_dir = Path(cfg.out) if cfg.out else (evaluator.run_dir / "audit" if evaluator.run_dir else None)
+    out_dir = Path(cfg.out) if cfg.out else (RunDir(evaluator.run_dir).audit_dir if evaluator.run_dir else None)
     if out_dir is not None:
         write_json(out_dir / AUDIT_FILE, result.to_dict())
         result.notes.append(f"wrote {out_dir / AUDIT_FILE}")

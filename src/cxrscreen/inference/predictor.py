@@ -177,27 +177,23 @@ class Predictor:
         ``thumbnails``: the guard's whole-image inputs (N, 64, 64) in [0, 1]
         (:func:`cxrscreen.guard.network.guard_thumbnail`), needed by :meth:`ood_check` when
         :attr:`guard_reads_whole_image`. Runs in chunks of ``batch_size``, shared by the workers. uint8 images
-        must be divided by 255 first.
+        are converted by :func:`cxrscreen.data.imageio.to_float` first.
         """
-        with self.single_threaded():
-            return self._predict_prepared(np.asarray(images, dtype=np.float32), thumbnails)
-
-    def _predict_prepared(self, images: np.ndarray, thumbnails: np.ndarray | None) -> NetOutputs:
+        images = np.asarray(images, dtype=np.float32)
         if images.ndim != 3 or images.shape[1:] != (self.img_size, self.img_size):
-            raise ConfigError(
-                f"images: expected shape (N, {self.img_size}, {self.img_size}), got {tuple(images.shape)}"
-            )
+            raise ConfigError(f"images: expected shape (N, {self.img_size}, {self.img_size}), got {tuple(images.shape)}")
         if images.size and (images.min() < 0.0 or images.max() > 1.0):
-            raise ConfigError("images: values must be in [0, 1] (divide uint8 images by 255)")
+            raise ConfigError("images: values must be in [0, 1] (convert uint8 images with cxrscreen.data.imageio.to_float)")
         if thumbnails is not None and len(thumbnails) != len(images):
             raise ConfigError(f"thumbnails: {len(thumbnails)} for {len(images)} images")
         step = chunk_size(len(images), self.workers, self.batch_size)
         starts = list(range(0, len(images), step))
-        chunks = list(self._map(lambda start: self.backend.run(images[start : start + step, None]), starts))
         guard_features = None
-        if thumbnails is not None and self.guard_reads_whole_image and len(thumbnails):
-            thumbs = np.asarray(thumbnails, dtype=np.float32)
-            guard_features = np.concatenate(list(self._map(lambda start: self.guard_runner(thumbs[start : start + step]), starts)))
+        with self.single_threaded():
+            chunks = list(self._map(lambda start: self.backend.run(images[start : start + step, None]), starts))
+            if thumbnails is not None and self.guard_reads_whole_image and len(thumbnails):
+                thumbs = np.asarray(thumbnails, dtype=np.float32)
+                guard_features = np.concatenate(list(self._map(lambda start: self.guard_runner(thumbs[start : start + step]), starts)))
         if not chunks:
             return NetOutputs(np.zeros((0, len(self.classes))), np.zeros((0, 0), dtype=np.float32), guard_features)
         logits, features = (np.concatenate(parts) for parts in zip(*chunks))

@@ -22,26 +22,18 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrscreen.data.cache import content_hash
 from cxrscreen.data.transforms import FindLungsBatch
 from cxrscreen.errors import ModelError
+from cxrscreen.hashing import file_hash
 from cxrscreen.lungs import segmenter
 
 # Intra-op threads of the ONNX Runtime session: the workers that share it run side by side, one CPU each.
 ONNX_THREADS = 1
 
 
-@functools.lru_cache(maxsize=8)
-def _file_digest(path: Path, mtime_ns: int, size: int) -> str:
-    return content_hash(path.read_bytes())
-
-
 def weights_digest(weights: Path) -> str:
     """Digest of a segmenter weight file (``missing`` when absent: preparing then fails anyway, once)."""
-    if not weights.is_file():
-        return "missing"
-    stat = weights.stat()
-    return _file_digest(weights, stat.st_mtime_ns, stat.st_size)
+    return file_hash(weights) if weights.is_file() else "missing"
 
 
 @functools.lru_cache(maxsize=8)

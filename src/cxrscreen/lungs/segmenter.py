@@ -24,9 +24,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cxrscreen.data.cache import content_hash
 from cxrscreen.data.transforms import resize
 from cxrscreen.errors import ConfigError, ModelError
+from cxrscreen.hashing import file_hash
 from cxrscreen.io_utils import atomic_write
 from cxrscreen.lungs.weights import DEFAULT_WEIGHTS, FILE_FORMAT, IMG_SIZES, ONNX_META_KEY, SegmenterArch  # noqa: F401
 from cxrscreen.models.onnx import INPUT_NAME, OPSET, cpu_session, session_metadata, torch_tag
@@ -243,7 +243,7 @@ def exported_segmenter(weights: Path) -> Path | bytes:
     """The ONNX export of a segmenter weight file, made once and kept in cxrscreen's cache folder (``onnx/``, keyed
     by the file's content and the exporting torch): exporting takes seconds and torch, which every ONNX Runtime
     process paid at start-up. Finding it loads no torch. Its bytes when the cache folder cannot be written."""
-    target = onnx_cache_dir() / f"lungs-{content_hash(weights.read_bytes())}-leaky-opset{OPSET}-torch{torch_tag()}.onnx"
+    target = onnx_cache_dir() / f"lungs-{file_hash(weights)}-leaky-opset{OPSET}-torch{torch_tag()}.onnx"
     if target.is_file():
         return target
     from cxrscreen.lungs.network import build_network, onnx_model_bytes  # torch: only to export, once
