@@ -33,3 +33,18 @@ def test_override_is_applied_to_torch():
         torch.set_num_threads(before)
     with pytest.raises(ConfigError, match="--num-threads"):
         choose_thread_settings(0)
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_while_they_wait_unless_the_user_says_otherwise(given, expected):
+    """Training takes every CPU; on a busy machine, OpenMP threads spinning at barriers made 2 threads 2.8x slower than
+    one (issue 26): importing cxrscreen, before torch, makes them sleep, and a user's own setting wins."""
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    script = "import os, cxrscreen; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == expected
