@@ -32,12 +32,13 @@ from cxrscreen.adaptation import AdaptConfig, adapt
 from cxrscreen.adaptation.config import parse_sizes
 from cxrscreen.adaptation.tables import adapt_report, format_figure
 from cxrscreen.data.cache import load_prepared
+from cxrscreen.data.imageio import to_float
 from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.sources import load_dataset
 from cxrscreen.evaluation.tables import format_table
 from cxrscreen.inference.predictor import load_predictor
 from cxrscreen.io_utils import write_json
-from cxrscreen.lungs.finder import segmenter_lungs
+from cxrscreen.lungs.finder import load_lung_finder
 
 SHARED = Path(os.environ.get("CXRSCREEN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 IEEE = SHARED / "covid-chestxray-dataset"
@@ -116,8 +117,8 @@ def called_rates(model: str | None, manifest: Path) -> dict[str, Any]:
     rule, thresholds included), and how many the OOD guard flags."""
     predictor = load_predictor(model)
     dataset = load_dataset(manifest, LabelSet.parse("normal,pneumonia"))
-    prepared = load_prepared(dataset.paths, predictor.meta.preprocessing, progress=False, lungs=segmenter_lungs())
-    outputs = predictor.predict_prepared(prepared.images[:].astype(np.float32) / 255.0)
+    prepared = load_prepared(dataset.paths, predictor.meta.preprocessing, progress=False, lungs=load_lung_finder())
+    outputs = predictor.predict_prepared(to_float(prepared.images[:]))
     called = np.array([predictor.decide(row) for row in outputs.probs])
     targets = dataset.targets[prepared.ok]
     normal, pneumonia = targets == 0, targets == 1

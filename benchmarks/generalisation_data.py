@@ -25,7 +25,7 @@ from cxrscreen.data.splits import make_split, save_split
 from cxrscreen.data.transforms import Preprocessing
 from cxrscreen.guard.inputs import guard_preprocessing
 from cxrscreen.io_utils import atomic_write
-from cxrscreen.lungs.finder import segmenter_lungs
+from cxrscreen.lungs.finder import load_lung_finder
 from cxrscreen.training.run_data import limit_per_class
 
 SHARED = Path(os.environ.get("CXRSCREEN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")).resolve()
@@ -135,5 +135,5 @@ def warm_caches(paths: list[str], pp: Preprocessing) -> None:
     unique = sorted(set(paths))
     hash_files(unique, progress=True)
     for start in range(0, len(unique), PREPARE_CHUNK):
-        load_prepared(unique[start : start + PREPARE_CHUNK], pp, also=[guard_preprocessing()], lungs=segmenter_lungs(),
+        load_prepared(unique[start : start + PREPARE_CHUNK], pp, also=[guard_preprocessing()], lungs=load_lung_finder(),
                       progress=True)

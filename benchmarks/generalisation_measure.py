@@ -21,7 +21,7 @@ from cxrscreen.evaluation.audit import AuditConfig, audit_model
 from cxrscreen.evaluation.evaluate import EvaluationConfig, Evaluator
 from cxrscreen.evaluation.probe import source_probe
 from cxrscreen.evaluation.results import CollectionResult
-from cxrscreen.lungs.finder import segmenter_lungs
+from cxrscreen.lungs.finder import load_lung_finder
 from cxrscreen.metrics.classification import Interval
 
 from generalisation_data import COLLECTIONS, IEEE8023, kermany_normals_manifest
@@ -70,7 +70,7 @@ def collection_probe(evaluator: Evaluator, internal: CollectionResult, external:
     rng = np.random.default_rng(seed)
     n_each = min(len(inside), len(outside))
     paths = [str(p) for p in rng.permutation(inside)[:n_each]] + [str(p) for p in rng.permutation(outside)[:n_each]]
-    prepared = load_prepared(paths, evaluator.meta.preprocessing, progress=False, lungs=segmenter_lungs())
+    prepared = load_prepared(paths, evaluator.meta.preprocessing, progress=False, lungs=load_lung_finder())
     features = evaluator.predictor.predict_prepared(to_float(prepared.images)).features
     sources = np.array(["internal"] * n_each + ["external"] * (len(paths) - n_each))[prepared.ok]
     try:

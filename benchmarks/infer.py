@@ -108,13 +108,13 @@ def preparation_rate(files: list[Path], repeats: int) -> float:
     """Images/s of the training cache's preparation (bundled model's preprocessing) into a cold cache."""
     from cxrscreen.data.cache import load_prepared
     from cxrscreen.inference.predictor import DEFAULT_MODEL
-    from cxrscreen.lungs.finder import segmenter_lungs
+    from cxrscreen.lungs.finder import load_lung_finder
     from cxrscreen.models.checkpoint import load_checkpoint
     from cxrscreen.threads import configure_threads
 
     configure_threads()  # as `train` does before it builds its cache
     pp = load_checkpoint(DEFAULT_MODEL)[1].preprocessing
-    lungs = segmenter_lungs()  # what `train` hands its cache
+    lungs = load_lung_finder()  # what `train` hands its cache
     load_prepared(files[:4], pp, progress=False, use_cache=False, lungs=lungs)  # segmenter loaded before timing
     rates = []
     for _ in range(repeats):
@@ -138,7 +138,7 @@ def per_image_ms(fn, count: int, repeats: int) -> float:
 def stage_breakdown(model: Path | None, files: list[Path], repeats: int) -> dict[str, float]:
     """ms/image of each stage on one batch of real files (ONNX Runtime networks, one thread)."""
     from cxrscreen.data.imageio import load_xray
-    from cxrscreen.data.lungs import apply_lung_mode, typical_lung_mask
+    from cxrscreen.data.lung_focus import apply_lung_mode, typical_lung_mask
     from cxrscreen.data.transforms import equalize, resize
     from cxrscreen.inference.predictor import load_predictor
     from cxrscreen.guard.inputs import guard_thumbnail
@@ -187,12 +187,12 @@ def classifier_throughput(model: Path | None, files: list[Path], repeats: int) -
     from cxrscreen.data.transforms import prepare_from_source
     from cxrscreen.inference.onnx_runtime import OnnxRuntimeBackend, prepared_for_onnx
     from cxrscreen.inference.predictor import load_predictor, resolve_model_path
-    from cxrscreen.lungs.segmenter import lung_finder
+    from cxrscreen.lungs.segmenter import load_segmenter
 
     predictors = {name: load_predictor(model, backend=name) for name in ("torch", "onnx")}
     session = OnnxRuntimeBackend(prepared_for_onnx(resolve_model_path(model)).graph)  # ONNX Runtime's own threads
     pp = predictors["torch"].meta.preprocessing
-    batch = np.stack([prepare_from_source(p, pp, find_lungs=lung_finder()) for p in files[:BATCH]])
+    batch = np.stack([prepare_from_source(p, pp, find_lungs=load_segmenter().plausible_mask) for p in files[:BATCH]])
     runners = {name: predictor.predict_prepared for name, predictor in predictors.items()}
     runners["onnx_session"] = lambda images: session.run(images[:, None])
     speeds: dict[str, list[float]] = {name: [] for name in runners}
@@ -212,12 +212,13 @@ def lungs_given_ceiling(model: Path | None, files: list[Path], repeats: int) -> 
     alone in one ONNX Runtime session (batch 32, its own threads); rounds interleaved."""
     import hashlib
 
+    from cxrscreen.data.transforms import CallableLungFinder
     from cxrscreen.inference.onnx_runtime import OnnxRuntimeBackend, prepared_for_onnx
     from cxrscreen.inference.predictor import load_predictor, resolve_model_path
 
     predictor = load_predictor(model)
     paths = [str(p) for p in files]
-    find_lungs = predictor.find_lungs_batch
+    find_lungs = predictor.find_lungs
     masks: dict[bytes, np.ndarray | None] = {}
 
     def key(image: np.ndarray) -> bytes:
@@ -228,7 +229,7 @@ def lungs_given_ceiling(model: Path | None, files: list[Path], repeats: int) -> 
         masks.update((key(image), mask) for image, mask in zip(images, found))
         return found
 
-    predictor.find_lungs_batch = finding
+    predictor.lungs = CallableLungFinder(finding, "counted")
     expected = predictor.predict_batch(paths)  # finds every mask once
     session = OnnxRuntimeBackend(prepared_for_onnx(resolve_model_path(model)).graph)
     batch = np.random.default_rng(0).random((BATCH, 1, predictor.img_size, predictor.img_size), dtype=np.float32)
@@ -237,7 +238,7 @@ def lungs_given_ceiling(model: Path | None, files: list[Path], repeats: int) -> 
     speeds: dict[str, list[float]] = {"as_run": [], "lungs_given": [], "classifier_session": []}
     for _ in range(max(repeats, 3)):
         for name, finder in finders.items():
-            predictor.find_lungs_batch = finder
+            predictor.lungs = CallableLungFinder(finder, name)
             start = time.perf_counter()
             results = predictor.predict_batch(paths)
             speeds[name].append(len(paths) / (time.perf_counter() - start))

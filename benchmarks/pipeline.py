@@ -35,11 +35,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cxrscreen.data.cache import PreparedImages, load_prepared
-from cxrscreen.data.imageio import iter_image_files
+from cxrscreen.data.imageio import iter_image_files, to_float
 from cxrscreen.data.transforms import Preprocessing
 from cxrscreen.inference.predictor import load_predictor
 from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
-from cxrscreen.models.registry import XrayClassifier, create_model
+from cxrscreen.models.factory import create_model
+from cxrscreen.models.registry import XrayClassifier
 from cxrscreen.training.augment import BatchAugment
 from cxrscreen.threads import configure_threads
 from cxrscreen.training.steps import to_input
@@ -134,7 +135,7 @@ def eval_seconds(model: XrayClassifier, predictor, images: np.ndarray, paths: li
         for index, start in enumerate(range(0, len(images), batch_size)):
             chunk = images[start : start + batch_size]
             runs = {
-                "cxrscreen": lambda: predictor.predict_prepared(chunk.astype(np.float32) / 255.0),
+                "cxrscreen": lambda: predictor.predict_prepared(to_float(chunk)),
                 "plain": lambda: torch.softmax(model(next(loader)), dim=1),
             }
             for name in sorted(runs, reverse=index % 2 == 1):  # alternate which goes first

@@ -87,7 +87,7 @@ MUTATIONS = [
         "src/cxrscreen/metrics/calibration.py",
         "    if n < min_images:\n",
         "    if n < 0:\n",
-        ("tests/evaluation/test_calibration.py::test_choose_temperature_keeps_one_below_the_minimum_number_of_images",
+        ("tests/metrics/test_calibration.py::test_choose_temperature_keeps_one_below_the_minimum_number_of_images",
          "tests/training/test_train_cli.py::test_too_few_validation_images_keep_temperature_one_and_say_why"),
     ),
     Mutation(
@@ -95,7 +95,7 @@ MUTATIONS = [
         "src/cxrscreen/metrics/calibration.py",
         "    if fitted <= lo * 1.001 or fitted >= hi / 1.001:\n",
         "    if False:\n",
-        ("tests/evaluation/test_calibration.py::test_choose_temperature_keeps_one_when_the_fit_stops_at_a_bound",),
+        ("tests/metrics/test_calibration.py::test_choose_temperature_keeps_one_when_the_fit_stops_at_a_bound",),
     ),
     Mutation(
         "report ignores the test metrics train measured",

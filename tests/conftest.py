@@ -11,7 +11,7 @@ import torch
 
 from cxrscreen.data.transforms import Preprocessing
 from cxrscreen.models.checkpoint import ModelMeta, save_checkpoint
-from cxrscreen.models.registry import create_model
+from cxrscreen.models.factory import create_model
 from subsets import link_subset
 
 SHARED_DATA = Path(os.environ.get("CXRSCREEN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))

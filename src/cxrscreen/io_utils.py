@@ -3,7 +3,6 @@ umask gives (as ``open`` would), and an error names the file asked for, never th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -75,15 +74,6 @@ def writable_folder(path: str | os.PathLike, option: str) -> Path:
     except OSError as exc:
         raise OutputError(f"{option} {folder}: cannot write there ({exc.strerror or exc})") from exc
     return folder
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

@@ -11,6 +11,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# Files of folders that are not always in a run (``evaluate --out``, ``audit --out``, the collections of an evaluation).
+EVAL_METRICS = "metrics.json"  # an evaluation folder's results, every collection's figures named in it
+PREDICTIONS_CSV = "predictions.csv"  # each image's probabilities (an evaluated collection's, an adaptation's)
+AUDIT_FILE = "audit.json"  # the shortcut audit's results
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -53,8 +58,23 @@ class RunDir:
 
     @property
     def eval_dir(self) -> Path:
-        """Where ``cxrscreen evaluate RUN`` writes (``metrics.json``, figures, ``predictions.csv``)."""
+        """Where ``cxrscreen evaluate RUN`` writes (:data:`EVAL_METRICS`, figures, :data:`PREDICTIONS_CSV`)."""
         return self.path / "eval"
+
+    @property
+    def eval_metrics(self) -> Path:
+        """The results of ``cxrscreen evaluate RUN``."""
+        return self.eval_dir / EVAL_METRICS
+
+    @property
+    def audit_dir(self) -> Path:
+        """Where ``cxrscreen audit --model RUN`` writes."""
+        return self.path / "audit"
+
+    @property
+    def audit(self) -> Path:
+        """The shortcut audit of the run's model."""
+        return self.audit_dir / AUDIT_FILE
 
     @property
     def report(self) -> Path:
@@ -79,7 +99,7 @@ class RunDir:
     @property
     def adapt_predictions(self) -> Path:
         """Each site image's probabilities before and out of fold after adaptation."""
-        return self.path / "predictions.csv"
+        return self.path / PREDICTIONS_CSV
 
     def is_run(self) -> bool:
         """Whether the folder holds a trained model (``best.pt``)."""

@@ -30,29 +30,20 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def idle_cpus(cpus: int) -> int:
-    """CPUs among ``cpus`` not already kept busy by other processes (1-minute load average), at least 1."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return cpus
-    return max(1, min(cpus, cpus - int(load)))
-
-
 def choose_thread_settings(num_threads: int | None = None) -> ThreadSettings:
     """Settings for this machine, or for ``num_threads`` CPUs when given.
 
-    By default torch gets the CPUs that are idle: on a machine already loaded by other processes, OpenMP
-    threads that wait at barriers for descheduled siblings make a step many times slower than one thread
-    (measured: EfficientNet-Lite0 forward, 2 threads on 2 busy CPUs, 16x slower than 1 thread).
+    By default torch gets every CPU this process may use. Not the idle ones by the 1-minute load average: it lags
+    by a minute, so right after another command (or a predictor's workers in the same process) a whole training
+    ran on one thread with the other core idle (issue 26; predict stopped counting the load for the same reason,
+    :func:`cxrscreen.inference.options.default_threads`). Pass ``num_threads`` to leave CPUs to other work.
     Batches come from in-memory uint8 arrays and are augmented as tensor ops in the main process, so the
     DataLoader needs no workers. Decoding (cache misses) uses a thread pool of at most 8 (PIL releases the GIL).
     """
     if num_threads is not None and num_threads < 1:
         raise ConfigError(f"--num-threads must be at least 1, got {num_threads}")
     cpus = num_threads or available_cpus()
-    torch_threads = num_threads or idle_cpus(cpus)
-    return ThreadSettings(cpus=cpus, torch_threads=torch_threads, loader_workers=0, decode_workers=min(cpus, 8))
+    return ThreadSettings(cpus=cpus, torch_threads=cpus, loader_workers=0, decode_workers=min(cpus, 8))
 
 
 def configure_threads(num_threads: int | None = None) -> ThreadSettings:

@@ -23,7 +23,7 @@ from cxrscreen.data.cache import (
 from cxrscreen.data.transforms import Preprocessing, prepare_from_source
 from cxrscreen.errors import ConfigError, DatasetLayoutError, ImageDecodeError, ModelError
 from cxrscreen.lungs import segmenter
-from cxrscreen.lungs.finder import segmenter_lungs
+from cxrscreen.lungs.finder import load_lung_finder
 
 PP = Preprocessing(img_size=64)
 
@@ -111,9 +111,9 @@ def test_lung_variant_depends_on_segmenter_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(segmenter, "DEFAULT_WEIGHTS", weights)
     lungs = Preprocessing(img_size=64, lung_mode="crop")
     weights.write_bytes(b"weights one")
-    first = PreparedCache(lungs, tmp_path, segmenter_lungs()).variant
+    first = PreparedCache(lungs, tmp_path, load_lung_finder()).variant
     weights.write_bytes(b"weights two, retrained")
-    second = PreparedCache(lungs, tmp_path, segmenter_lungs()).variant
+    second = PreparedCache(lungs, tmp_path, load_lung_finder()).variant
     assert first != second
     # Without lungs the segmenter does not matter.
     assert PreparedCache(PP, tmp_path).variant == PreparedCache(PP, tmp_path / "other").variant
@@ -143,15 +143,15 @@ def test_missing_segmenter_raises_once_instead_of_failing_every_file(tmp_path, r
     monkeypatch.setattr(segmenter, "DEFAULT_WEIGHTS", tmp_path / "absent.pt")
     with pytest.raises(ModelError, match="absent.pt"):
         load_prepared(real_images, Preprocessing(img_size=64, lung_mode="crop"), cache_dir=tmp_path, progress=False,
-                      lungs=segmenter_lungs())
+                      lungs=load_lung_finder())
 
 
 def test_lung_focused_preparation_needs_a_lung_finder(tmp_path, real_images, monkeypatch):
     # data imports no segmenter: without one passed in, lung-focused preparation is refused before any file is read.
     forbid_decoding(monkeypatch)
-    with pytest.raises(ConfigError, match="segmenter_lungs"):
+    with pytest.raises(ConfigError, match="load_lung_finder"):
         load_prepared(real_images, Preprocessing(img_size=64, lung_mode="crop"), cache_dir=tmp_path, progress=False)
-    with pytest.raises(ConfigError, match="segmenter_lungs"):
+    with pytest.raises(ConfigError, match="load_lung_finder"):
         load_prepared(real_images, PP, cache_dir=tmp_path, progress=False, use_cache=False,
                       also=[Preprocessing(img_size=64, lung_mode="mask")])
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cxrscreen.data.cache import load_prepared
-from cxrscreen.data.transforms import LungFinder, Preprocessing
+from cxrscreen.data.transforms import CallableLungFinder, Preprocessing
 from cxrscreen.threads import available_cpus, threads_per_worker, worker_threads
 
 
@@ -36,7 +36,7 @@ def test_cache_workers_run_torch_on_their_share_of_the_cpus(small_radiography: P
     torch.set_num_threads(cpus)  # as configure_threads leaves it for the training step on an idle machine
     try:
         prepared = load_prepared(paths, Preprocessing(img_size=32, lung_mode="crop"), cache_dir=tmp_path,
-                                 progress=False, workers=2, lungs=LungFinder("test", lambda: find_lungs))
+                                 progress=False, workers=2, lungs=CallableLungFinder(find_lungs, "test"))
         assert len(prepared.ok) == len(paths)
         assert len(seen) == 2 and all(name.startswith("cxr-decode") for name in seen)
         assert set(seen.values()) == {threads_per_worker(2)}

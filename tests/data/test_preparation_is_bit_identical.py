@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from cxrscreen.data.clahe import clip_histograms, equalize_adapthist, grey_bins, tile_plan
 from cxrscreen.data.imageio import load_xray
-from cxrscreen.data.lungs import apply_lung_mode, dilate, disc, disc_rectangles, typical_lung_mask
+from cxrscreen.data.lung_focus import apply_lung_mode, dilate, disc, disc_rectangles, typical_lung_mask
 from cxrscreen.data.transforms import Preprocessing, resize
 from cxrscreen.lungs.segmenter import (
     PlausibilityLimits,

@@ -31,7 +31,7 @@ from cxrscreen.evaluation.audit import (
 )
 from cxrscreen.inference.predictor import Predictor, TorchBackend
 from cxrscreen.models.checkpoint import ModelMeta, save_checkpoint
-from cxrscreen.models.registry import create_model
+from cxrscreen.models.factory import create_model
 from cxrscreen.lungs.segmenter import LungSegmenter
 
 HEIGHT, WIDTH, SIDE = 64, 96, 64
@@ -193,6 +193,18 @@ def fixed_lung_segmenter() -> LungSegmenter:
     return LungSegmenter(lambda batch: np.broadcast_to(probs, batch.shape).copy(), info, "torch")
 
 
+class FixedLungs:
+    """The lung finder handed to the audit, its segmenter :func:`fixed_lung_segmenter`."""
+
+    digest = "fixed"
+
+    def segmenter(self) -> LungSegmenter:
+        return fixed_lung_segmenter()
+
+    def load(self):
+        return self.segmenter().plausible_masks
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, small_radiography: Path) -> Path:
     """A run directory with an untrained 64 px model on ``small_radiography`` and its split (no training needed)."""
@@ -211,7 +223,7 @@ def test_audit_model_on_real_images_writes_audit_json(tiny_run: Path, tmp_path: 
     monkeypatch.setenv("CXRSCREEN_CACHE", str(tmp_path / "cache"))
     messages: list[str] = []
     result = audit_model(model=str(tiny_run), n_resamples=20, gradcam_per_class=2, log=messages.append,
-                         segmenter=fixed_lung_segmenter(), progress=False)
+                         lungs=FixedLungs(), progress=False)
     with open(tiny_run / "split.csv", encoding="utf-8") as fh:
         test_side = [row for row in csv.DictReader(fh) if row["split"] == "test"]
     assert result.n_images == len(test_side) and result.lungs_not_found == 0

@@ -13,7 +13,7 @@ from cxrscreen.cli import main
 from cxrscreen.evaluation.audit import audit_model
 from cxrscreen.training.config import TrainConfig
 from cxrscreen.training.trainer import train
-from test_audit import fixed_lung_segmenter
+from test_audit import FixedLungs
 
 pytestmark = pytest.mark.slow
 SECTIONS = ("overview", "data", "curves", "evaluation", "audit", "gradcam")
@@ -56,7 +56,7 @@ def evaluated_run(tmp_path_factory: pytest.TempPathFactory, small_radiography: P
         train(TrainConfig(data=[str(small_radiography)], out=str(run), img_size=64, epochs=2, batch_size=8,
                           num_threads=1, device="cpu"), progress=False, log=lambda _m: None)
         assert main(["evaluate", "--model", str(run), "--bootstrap", "50", "--quiet"]) == 0
-        audit_model(model=str(run), n_resamples=50, gradcam_per_class=2, segmenter=fixed_lung_segmenter(),
+        audit_model(model=str(run), n_resamples=50, gradcam_per_class=2, lungs=FixedLungs(),
                     progress=False, log=lambda _m: None)
     return run
 

@@ -13,7 +13,7 @@ from torch import nn
 from cxrscreen.data.transforms import Preprocessing, prepare_from_source
 from cxrscreen.errors import ModelError
 from cxrscreen.explain.gradcam import GradCam, normalize_map
-from cxrscreen.models.registry import create_model
+from cxrscreen.models.factory import create_model
 
 SIZE = 64
 # Class 0's evidence: top-right block; class 1's: bottom-left band. Neither is the other's transpose or flip,

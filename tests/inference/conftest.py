@@ -33,9 +33,9 @@ def real_xrays(radiography_root: Path, shared_data: Path) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def bundled_predictors(tmp_path_factory: pytest.TempPathFactory):
-    """The bundled model through both engines, as users load it: ``cxrscreen.load_model(backend="torch")`` (torch,
-    with the torch lung segmenter) and ``load_model(backend="onnx")`` (ONNX Runtime for the classifier and the
-    segmenter; what ``load_model()`` gives on a CPU)."""
+    """The bundled model through both engines, as users load it: ``cxrscreen.load_model(backend="torch")`` (the
+    classifier in torch) and ``load_model(backend="onnx")`` (in ONNX Runtime; what ``load_model()`` gives on a CPU),
+    both handed the one lung finder (:func:`cxrscreen.lungs.finder.load_lung_finder`)."""
     import cxrscreen
     from cxrscreen.inference.predictor import DEFAULT_MODEL
 

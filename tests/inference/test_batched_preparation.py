@@ -18,10 +18,10 @@ from scipy import ndimage
 
 from cxrscreen.data.clahe import equalize_adapthist
 from cxrscreen.data.imageio import load_xray
-from cxrscreen.data.lungs import dilate
+from cxrscreen.data.lung_focus import dilate
 from cxrscreen.data.transforms import Preprocessing, resize
 from cxrscreen.inference.predictor import PredictionFailure
-from cxrscreen.lungs.segmenter import batch_lung_finder, clean_mask, load_segmenter, lung_finder
+from cxrscreen.lungs.segmenter import clean_mask, load_segmenter
 from references import scipy_clean_mask
 
 BUNDLED_PP = Preprocessing(img_size=160, lung_mode="crop_mask", crop_margin=0.10, mask_dilation=0.04, equalize="clahe")
@@ -67,8 +67,8 @@ def test_mask_clean_up_and_dilation_are_scipys(xrays):
 def test_a_batch_is_prepared_as_each_image_alone(xrays, backend):
     segmenter = load_segmenter(backend=backend)
     images = [load_xray(p) for p in xrays]
-    batched = BUNDLED_PP.prepare_batch(images, batch_lung_finder(segmenter))
-    alone = [BUNDLED_PP.prepare(image, lung_finder(segmenter)) for image in images]
+    batched = BUNDLED_PP.prepare_many(images, segmenter.plausible_masks)
+    alone = [BUNDLED_PP.prepare(image, segmenter.plausible_mask) for image in images]
     assert [p.lungs_found for p in batched] == [p.lungs_found for p in alone]
     assert batched[0].lungs_found is False and sum(p.lungs_found for p in batched) >= len(images) - 2
     for one, other in zip(batched, alone):
@@ -118,15 +118,15 @@ def test_traced_torch_segmenter_gives_the_eager_networks_probabilities(xrays, tm
 def test_training_cache_prepares_batches_as_files_alone(xrays, tmp_path):
     from cxrscreen.data.cache import load_prepared
     from cxrscreen.data.imageio import to_uint8
-    from cxrscreen.lungs.finder import segmenter_lungs
+    from cxrscreen.lungs.finder import load_lung_finder
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     files = [*xrays, bad, *xrays]  # 27 files: above the thread pool's threshold, so batches go to 2 workers
     prepared = load_prepared(files, BUNDLED_PP, cache_dir=tmp_path / "cache", progress=False, workers=2,
-                             lungs=segmenter_lungs())
+                             lungs=load_lung_finder())
     assert [path for path, _ in prepared.errors] == [str(bad)]
-    finder = lung_finder(load_segmenter(backend="onnx", threads=1))  # the engine the training cache runs
+    finder = load_segmenter(backend="onnx", threads=1).plausible_mask  # the engine the training cache runs
     expected = [to_uint8(BUNDLED_PP.prepare(load_xray(p), finder).input) for p in xrays]
     assert len(prepared.images) == 2 * len(xrays)
     for got, want in zip(prepared.images, expected + expected):

@@ -92,7 +92,7 @@ def test_without_enough_images_or_groups_the_fitted_scores_calibrate(synthetic) 
 
 def test_guard_is_plain_small_and_survives_a_checkpoint(tmp_path: Path) -> None:
     from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
-    from cxrscreen.models.registry import create_model
+    from cxrscreen.models.factory import create_model
 
     rng = np.random.default_rng(1)
     features = np.abs(rng.normal(size=(1500, 1280)))

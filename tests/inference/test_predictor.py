@@ -13,7 +13,7 @@ from PIL import Image
 import cxrscreen
 from cxrscreen import SCREENING_NOTICE
 from cxrscreen.data.imageio import load_xray
-from cxrscreen.data.transforms import Preprocessing, prepare_from_source
+from cxrscreen.data.transforms import CallableLungFinder, Preprocessing, prepare_from_source
 from cxrscreen.errors import ConfigError, ImageDecodeError, ModelError
 from cxrscreen.inference import predictor as predictor_module
 from cxrscreen.inference.predictor import (
@@ -117,13 +117,13 @@ def test_predict_iter_streams_the_results_while_the_workers_go_on(
     predictor = load_predictor(tiny_checkpoint, batch_size=2, threads=2)
     expected = predictor.predict_batch(sources)
     prepared: list[int] = []
-    prepare = predictor.prepare_batch
+    prepare = predictor.prepare_sources
 
     def counting(batch_sources, names):
         prepared.append(len(batch_sources))
         return prepare(batch_sources, names)
 
-    predictor.prepare_batch = counting
+    predictor.prepare_sources = counting
     results = predictor.predict_iter(sources)
     first = next(results)
     deadline = time.monotonic() + 30
@@ -296,14 +296,14 @@ class BoxSegmenter:
         mask[int(top * h) : int(bottom * h), int(left * w) : int(right * w)] = True
         return LungSegmentation(mask=mask, plausible=True, area_fraction=float(mask.mean()))
 
-    def segment_batch(self, images):
-        return [self.segment(image) for image in images]
+    def plausible_masks(self, images):
+        return [self.segment(image).mask for image in images]
 
 
 def test_lung_crop_models_predict_and_explain_in_the_cropped_box(tmp_path: Path, real_xrays: list[Path], checkpoint_factory) -> None:
     pp = Preprocessing(img_size=64, lung_mode="crop", crop_margin=0.0)
     predictor = load_predictor(checkpoint_factory(tmp_path / "crop.pt", pp=pp))
-    predictor.segmenter = BoxSegmenter((0.25, 0.75, 0.5, 1.0))
+    predictor.lungs = CallableLungFinder(BoxSegmenter((0.25, 0.75, 0.5, 1.0)).plausible_masks, "box")
     result = predictor.predict(real_xrays[0])
     assert result.lungs_found is True
     # The network saw only the box: same answer as for the box cut out by hand.

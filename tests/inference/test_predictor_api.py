@@ -136,14 +136,39 @@ def test_default_threads_are_workers_over_the_cpus_whatever_the_load(tiny_checkp
     assert default_threads() == 2
     monkeypatch.setattr(options, "available_cpus", lambda: 16)
     assert default_threads() == 4
-    previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(3)
-        predictor = load_predictor(tiny_checkpoint, backend="torch", device="cpu")
-        assert predictor.threads == 4 and predictor.workers == 4
-        assert torch.get_num_threads() == 1  # parallel over images, each network single-threaded
-        assert load_predictor(tiny_checkpoint, device="cpu", threads=2).threads == 2
-    finally:
-        torch.set_num_threads(previous)
+    predictor = load_predictor(tiny_checkpoint, backend="torch", device="cpu")
+    assert predictor.threads == 4 and predictor.workers == 4
+    assert load_predictor(tiny_checkpoint, device="cpu", threads=2).threads == 2
     with pytest.raises(ConfigError, match="--threads"):
         load_predictor(tiny_checkpoint, threads=0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_predictors_single_threaded_libraries_stay_in_its_own_work(tiny_checkpoint, real_xrays, backend):
+    """Issue 26: the networks and libraries are single-threaded while the predictor works (its workers run side by
+    side), and the process gets its settings back afterwards: `adapt` loads its parent's predictor, then trains."""
+    import cv2
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def settings() -> tuple:
+        blas = tuple(sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}))
+        return torch.get_num_threads(), cv2.getNumThreads(), blas
+
+    previous = torch.get_num_threads(), cv2.getNumThreads()
+    with threadpool_limits(limits=3, user_api="blas"):
+        try:
+            torch.set_num_threads(3)
+            cv2.setNumThreads(3)
+            predictor = load_predictor(tiny_checkpoint, backend=backend, device="cpu", threads=2)
+            assert settings() == (3, 3, (3,))  # loading changes nothing
+            during = []
+            run = predictor.backend.run
+            predictor.backend.run = lambda batch: during.append(settings()) or run(batch)
+            predictor.predict(real_xrays[0])
+            predictor.predict_batch(real_xrays[:4])
+            predictor.predict_prepared(np.zeros((2, predictor.img_size, predictor.img_size), np.float32))
+            assert len(during) >= 4 and set(during) == {(1, 1, (1,))}
+            assert settings() == (3, 3, (3,))
+        finally:
+            torch.set_num_threads(previous[0])
+            cv2.setNumThreads(previous[1])

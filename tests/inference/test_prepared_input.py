@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cxrscreen.data.imageio import load_xray
-from cxrscreen.data.lungs import typical_lung_mask
+from cxrscreen.data.lung_focus import typical_lung_mask
 from cxrscreen.data.transforms import Preprocessing
 
 COVID_102 = "COVID/images/COVID-102.jpg"  # a real X-ray whose lungs the bundled segmenter does not find

@@ -75,13 +75,20 @@ LOAD_PREDICT_AND_LIST_MODULES = """
 import json, sys
 from cxrscreen import load_model
 model = load_model()
+seen = []
+run = model.backend.run
+
+def recording(batch):  # the libraries' threads while the network runs
+    from threadpoolctl import threadpool_info
+    import cv2
+    seen.append(([pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"], cv2.getNumThreads()))
+    return run(batch)
+
+model.backend.run = recording
 result = model.predict(sys.argv[2])
-from threadpoolctl import threadpool_info
-import cv2
-blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
 with open(sys.argv[1], "w") as fh:
     json.dump({"backend": model.backend_name, "result": result.to_dict(), "modules": sorted(sys.modules),
-               "blas_threads": blas, "opencv_threads": cv2.getNumThreads()}, fh)
+               "blas_threads": seen[0][0], "opencv_threads": seen[0][1]}, fh)
 """
 HEAVY = ("torch", "monai", "matplotlib", "sklearn", "skimage", "scipy", "onnx")
 

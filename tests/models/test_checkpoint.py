@@ -10,7 +10,7 @@ import torch
 from cxrscreen.data.transforms import Preprocessing
 from cxrscreen.errors import ModelError
 from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint, read_checkpoint, save_checkpoint
-from cxrscreen.models.registry import create_model
+from cxrscreen.models.factory import create_model
 
 
 def test_weights_and_meta_round_trip(tmp_path: Path) -> None:
@@ -63,7 +63,7 @@ def test_a_shipping_copy_drops_resuming_state_and_a_half_copy_loads_back_close(t
 
     from cxrscreen.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, save_shipping_copy
     from cxrscreen.models.meta import ModelMeta
-    from cxrscreen.models.registry import create_model
+    from cxrscreen.models.factory import create_model
     from cxrscreen.data.transforms import Preprocessing
 
     model = create_model("efficientnet_lite0", 2, pretrained=False).eval()

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from cxrscreen.errors import ConfigError
-from cxrscreen.models.efficientnet_lite import WEIGHT_SHA256, file_sha256, load_reference, weights_file
-from cxrscreen.models.registry import create_model, list_models
+from cxrscreen.hashing import file_sha256
+from cxrscreen.models.efficientnet_lite import WEIGHT_SHA256, load_reference, weights_file
+from cxrscreen.models.factory import create_model, list_models
 
 
 def test_registry_lists_pretrained_and_monai_architectures() -> None:
     specs = {spec.name: spec for spec in list_models()}
     assert specs["efficientnet_lite0"].has_pretrained
     assert "monai_densenet121" in specs and not specs["monai_densenet121"].has_pretrained
+
+
+def test_the_registry_imports_no_model() -> None:
+    """As timm's: the model modules register themselves and the factory imports them; no circle (issue 26)."""
+    script = "import sys, cxrscreen.models.registry; print(sorted(m for m in sys.modules if m.startswith('cxrscreen.models.')))"
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "['cxrscreen.models.registry']"
 
 
 def test_unknown_architecture_is_a_config_error() -> None:

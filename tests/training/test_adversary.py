@@ -18,7 +18,7 @@ from torch import nn
 from cxrscreen.cli import main
 from cxrscreen.errors import ConfigError
 from cxrscreen.models.checkpoint import read_checkpoint
-from cxrscreen.models.registry import create_model
+from cxrscreen.models.factory import create_model
 from cxrscreen.training import trainer as trainer_module
 from cxrscreen.training.adversary import (AdversarialClassifier, AdversarialLoss, ConditionalSourceLoss,
                                           check_mixed_classes, source_cell_weights)

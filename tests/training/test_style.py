@@ -12,7 +12,7 @@ from torch import nn
 from cxrscreen.data.cache import load_prepared
 from cxrscreen.data.transforms import Preprocessing
 from cxrscreen.errors import ConfigError
-from cxrscreen.models.registry import create_model
+from cxrscreen.models.factory import create_model
 from cxrscreen.training.style import (
     StyleAugment,
     StyleConfig,

@@ -4,7 +4,7 @@
 
 1. **before**: the parent model's figures on every site image (its classes merged onto the site's);
 2. **after**: k-fold cross-validation by patient and near-duplicate group (:mod:`~cxrscreen.adaptation.folds`):
-   each fold fine-tunes the parent's tail (:mod:`~cxrscreen.adaptation.tail`) on the other folds, with early
+   each fold fine-tunes the parent's tail (:mod:`~cxrscreen.adaptation.fine_tuning`) on the other folds, with early
    stopping on an inner split, and scores the held-out fold; the temperature and the positive class's operating
    threshold are fitted on these out-of-fold scores;
 3. the **learning curve** (:mod:`~cxrscreen.adaptation.curve`);
@@ -33,13 +33,14 @@ from cxrscreen.adaptation.folds import draw_per_class, fold_sizes, inner_split, 
 from cxrscreen.adaptation.head import merged_head
 from cxrscreen.adaptation.scores import by_source, interval_fields, operating_threshold, site_scores
 from cxrscreen.adaptation.site import SiteData, load_site, site_evaluator
-from cxrscreen.adaptation.tail import TuneSettings, cut_index, fine_tune, frozen_features, predict_features
+from cxrscreen.adaptation.fine_tuning import TuneSettings, cut_index, fine_tune, frozen_features, predict_features
 from cxrscreen.errors import ConfigError, RunDirError
 from cxrscreen.guard.fit import fit_guard
 from cxrscreen.metrics.calibration import choose_temperature
 from cxrscreen.metrics.classification import binary_metrics
 from cxrscreen.inference.predictor import softmax
-from cxrscreen.io_utils import atomic_write, file_sha256, write_json
+from cxrscreen.hashing import file_sha256
+from cxrscreen.io_utils import atomic_write, write_json
 from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from cxrscreen.run_dir import RunDir
 from cxrscreen.threads import configure_threads

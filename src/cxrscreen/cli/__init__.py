@@ -17,7 +17,7 @@ COMMAND_MODULES = (
     "predict",
     "segment",
     "serve",
-    "validity",
+    "model_checks",
     "adapt",
     "models",
     "dicom",

@@ -143,13 +143,13 @@ def run_duplicates(args: argparse.Namespace) -> int:
     return 0
 
 
-def lung_finder(pp: Preprocessing) -> LungFinder | None:
+def cache_lung_finder(pp: Preprocessing) -> LungFinder | None:
     """The bundled segmenter when ``pp`` is lung-focused; imported only then (its ONNX export is made once with torch)."""
     if not pp.needs_lungs:
         return None
-    from cxrscreen.lungs.finder import segmenter_lungs
+    from cxrscreen.lungs.finder import load_lung_finder
 
-    return segmenter_lungs()
+    return load_lung_finder()
 
 
 def run_cache(args: argparse.Namespace) -> int:
@@ -157,7 +157,7 @@ def run_cache(args: argparse.Namespace) -> int:
     from cxrscreen.data.transforms import Preprocessing
 
     pp = Preprocessing(img_size=args.img_size, lung_mode=args.lung_mode, equalize=args.equalize)
-    report = build_cache(image_files(args.paths), pp, progress=sys.stderr.isatty(), lungs=lung_finder(pp))
+    report = build_cache(image_files(args.paths), pp, progress=sys.stderr.isatty(), lungs=cache_lung_finder(pp))
     for path, reason in report.failed:
         print(f"{path}: {reason}", file=sys.stderr)
     if report.cached or report.built:
@@ -171,7 +171,7 @@ def run_shard(args: argparse.Namespace) -> int:
 
     pp = Preprocessing(img_size=args.img_size, lung_mode=args.lung_mode, equalize=args.equalize)
     dataset = load_task_dataset(args.data, args)
-    report = write_shards(dataset, pp, args.out, args.shard_size, progress=sys.stderr.isatty(), lungs=lung_finder(pp),
+    report = write_shards(dataset, pp, args.out, args.shard_size, progress=sys.stderr.isatty(), lungs=cache_lung_finder(pp),
                           overwrite=args.overwrite)
     for path, reason in report.failed:
         print(f"{path}: {reason} (left out)", file=sys.stderr)

@@ -36,7 +36,7 @@ def describe_bundled() -> list[dict]:
 
 
 def describe_architectures() -> list[dict]:
-    from cxrscreen.models.registry import list_models
+    from cxrscreen.models.factory import list_models
 
     return [{"name": spec.name, "img_size": spec.default_img_size, "pretrained": spec.has_pretrained,
              "description": spec.description} for spec in list_models()]

@@ -123,7 +123,7 @@ def without_nproc(argv: list[str]) -> list[str]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from cxrscreen.models.registry import get_spec
+    from cxrscreen.models.factory import get_spec
     from cxrscreen.training.distributed import launch_torchrun
     from cxrscreen.training.config import load_run_config
     from cxrscreen.training.trainer import finish_run, train

@@ -18,7 +18,6 @@ file + rename), so processes building the same cache at once (DDP ranks) never r
 
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from cxrscreen.data.imageio import iter_image_files, load_xray, read_image_file,
 from cxrscreen.data.stack import ImageStack, StackWriter
 from cxrscreen.data.transforms import FindLungsBatch, LungFinder, Preprocessing
 from cxrscreen.errors import ConfigError, CxrError, DatasetLayoutError, ImageDecodeError, ModelError
+from cxrscreen.hashing import content_hash
 from cxrscreen.io_utils import atomic_write, write_json
 from cxrscreen.threads import choose_thread_settings, worker_threads
 
@@ -82,14 +82,10 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxrscreen"
 
 
-def content_hash(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
 def check_lungs(pps: Sequence[Preprocessing], lungs: LungFinder | None) -> None:
     """Refuse lung-focused preprocessing without a lung finder (``data`` has no segmenter of its own)."""
     if lungs is None and any(pp.needs_lungs for pp in pps):
-        raise ConfigError("lung-focused preprocessing needs a lung finder (cxrscreen.lungs.finder.segmenter_lungs())")
+        raise ConfigError("lung-focused preprocessing needs a lung finder (cxrscreen.lungs.finder.load_lung_finder())")
 
 
 class PreparedCache:
@@ -198,7 +194,7 @@ def _complete_batch(
     batch: list[_Outcome], paths: list[str], variants: Sequence[_Variant], find_lungs: FindLungsBatch | None
 ) -> list[_Outcome]:
     """:func:`_complete` for a batch of files: each decoded once, the lungs of all found in one segmenter pass
-    per variant (:meth:`Preprocessing.prepare_batch`, the same result as file by file). A batch that fails as a
+    per variant (:meth:`Preprocessing.prepare_many`, the same result as file by file). A batch that fails as a
     whole is redone file by file, so that a bad file fails alone."""
     outcomes: dict[int, _Outcome] = {}
     decoded = []
@@ -215,7 +211,7 @@ def _complete_batch(
     try:
         for i, variant in enumerate(variants):
             todo = [(found, digest, image) for found, digest, image in decoded if images[found.index][i] is None]
-            prepared = variant.pp.prepare_batch([image for _, _, image in todo], find_lungs)
+            prepared = variant.pp.prepare_many([image for _, _, image in todo], find_lungs)
             for (found, digest, _), result in zip(todo, prepared):
                 images[found.index][i] = to_uint8(result.input)
                 if variant.cache is not None:
@@ -292,7 +288,7 @@ def load_prepared(
     ``also``: other preprocessings of the same files (e.g. the OOD guard's thumbnail), returned in
     ``PreparedImages.also`` and cached alike; each file is read once and decoded at most once for all of them.
     ``lungs``: the lung finder, required when a preprocessing is lung-focused (``data`` imports no model: the caller
-    passes e.g. :func:`cxrscreen.lungs.finder.segmenter_lungs`). Images stay uint8, 4x smaller than the float32
+    passes :func:`cxrscreen.lungs.finder.load_lung_finder`). Images stay uint8, 4x smaller than the float32
     convention; :func:`cxrscreen.data.imageio.to_float` converts a batch when it is read.
     """
     if on_bad_image not in ON_BAD_IMAGE:

@@ -50,7 +50,11 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def to_float(image: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] (a stored prepared image, any shape) -> the convention, float32 [0, 1]."""
+    """uint8 [0, 255] (a stored prepared image, any shape) -> the convention, float32 [0, 1]. The one uint8 ->
+    float conversion: a torch tensor is converted where it lies (training sends uint8 batches to the device, 4x
+    less to copy), to the same float32 values."""
+    if not isinstance(image, np.ndarray) and hasattr(image, "float"):  # a torch tensor (data imports no torch)
+        return image.float().div_(255.0)
     return np.asarray(image, dtype=np.float32) / np.float32(255.0)
 
 

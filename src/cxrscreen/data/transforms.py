@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
@@ -20,7 +20,7 @@ from PIL import Image
 from cxrscreen.data.clahe import equalize_adapthist
 from cxrscreen.data.defaults import DEFAULT_IMG_SIZE
 from cxrscreen.data.imageio import load_xray
-from cxrscreen.data.lungs import lung_focus, typical_lung_mask
+from cxrscreen.data.lung_focus import lung_focus, typical_lung_mask
 from cxrscreen.errors import ConfigError
 
 LUNG_MODES = ("none", "crop", "mask", "crop_mask")
@@ -29,22 +29,34 @@ EQUALIZE_MODES = ("none", "hist", "clahe")
 # (top, bottom, left, right) of a box in an image, bottom/right exclusive.
 Frame = tuple[int, int, int, int]
 # Decoded X-ray float32 (H, W) in [0, 1] -> its lung mask bool (H, W), or None when no plausible lungs were found
-# (e.g. :func:`cxrscreen.lungs.segmenter.lung_finder`). Passed in, so that ``data`` needs no model code.
+# (e.g. :meth:`cxrscreen.lungs.segmenter.LungSegmenter.plausible_mask`). Passed in, so that ``data`` needs no model code.
 FindLungs = Callable[[np.ndarray], "np.ndarray | None"]
 # The same for many X-rays at once, one mask (or None) per image, in order (e.g.
-# :func:`cxrscreen.lungs.segmenter.batch_lung_finder`, which runs the network on the batch).
+# :meth:`cxrscreen.lungs.segmenter.LungSegmenter.plausible_masks`, which runs the network on the batch).
 FindLungsBatch = Callable[[Sequence[np.ndarray]], "list[np.ndarray | None]"]
 
 
-@dataclass(frozen=True)
-class LungFinder:
-    """A lung segmenter as the prepared-image cache is given it (it lives in :mod:`cxrscreen.lungs`, above ``data``;
-    e.g. :func:`cxrscreen.lungs.finder.segmenter_lungs`): ``digest`` names its weights (entries are kept per digest)
-    and ``load()`` returns its :data:`FindLungsBatch`, called only when an image is actually prepared, so that a warm
-    cache never loads the network."""
+class LungFinder(Protocol):
+    """A lung segmenter as preparation is handed it (it lives in :mod:`cxrscreen.lungs`, above ``data``:
+    :func:`cxrscreen.lungs.finder.load_lung_finder` makes the one every caller uses): ``digest`` names its weights
+    and engine (the cache keeps entries per digest) and ``load()`` returns its :data:`FindLungsBatch`, called only
+    when an image is actually prepared, so that a warm cache never loads the network."""
 
+    @property
+    def digest(self) -> str: ...
+
+    def load(self) -> FindLungsBatch: ...
+
+
+@dataclass(frozen=True)
+class CallableLungFinder:
+    """A :class:`LungFinder` around a batch finder one already has (``digest`` must name what it finds)."""
+
+    find: FindLungsBatch
     digest: str
-    load: Callable[[], FindLungsBatch]
+
+    def load(self) -> FindLungsBatch:
+        return self.find
 
 
 @dataclass(frozen=True)
@@ -122,7 +134,7 @@ class Preprocessing:
         """Decoded X-ray float32 (H, W) -> :class:`Prepared` (the network input and the frame it shows).
 
         ``find_lungs`` is required when :attr:`needs_lungs`. When it finds no plausible lungs, the typical lung
-        fields (:func:`cxrscreen.data.lungs.typical_lung_mask`) are used instead of a doubtful mask, so that such
+        fields (:func:`cxrscreen.data.lung_focus.typical_lung_mask`) are used instead of a doubtful mask, so that such
         images are framed like the others (and the frame alone does not tell the model which were hard).
         """
         image = np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
@@ -141,7 +153,7 @@ class Preprocessing:
         out = np.clip(equalize(out, self.equalize), 0.0, 1.0).astype(np.float32)
         return Prepared(out, frame, lungs_found, shape)
 
-    def prepare_batch(self, images: Sequence[np.ndarray], find_lungs: FindLungsBatch | None = None) -> list[Prepared]:
+    def prepare_many(self, images: Sequence[np.ndarray], find_lungs: FindLungsBatch | None = None) -> list[Prepared]:
         """:meth:`prepare` for many decoded X-rays, their lungs found in one call of ``find_lungs`` (required when
         :attr:`needs_lungs`): each result is what :meth:`prepare` gives that image with the mask found for it."""
         if not self.needs_lungs:

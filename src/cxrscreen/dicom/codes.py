@@ -15,7 +15,7 @@ from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 
 from cxrscreen import __version__
-from cxrscreen.io_utils import file_sha256
+from cxrscreen.hashing import file_sha256
 from cxrscreen.models.class_codes import PRIVATE_SCHEME, ClassCode
 
 PROBABILITY = codes.DCM.Probability

@@ -24,7 +24,7 @@ from cxrscreen import SCREENING_NOTICE
 from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
 from cxrscreen.data.imageio import load_xray, to_float, to_uint8
 from cxrscreen.data.labels import LabelSet
-from cxrscreen.data.lungs import dilate, hide_lungs, keep_only_lungs
+from cxrscreen.data.lung_focus import dilate, hide_lungs, keep_only_lungs
 from cxrscreen.data.records import Record
 from cxrscreen.data.sources import task_class
 from cxrscreen.data.transforms import Preprocessing
@@ -34,13 +34,13 @@ from cxrscreen.evaluation.probe import ProbeResult, source_probe
 from cxrscreen.evaluation.tables import format_interval, format_table
 from cxrscreen.explain.gradcam import GradCam
 from cxrscreen.io_utils import write_json
-from cxrscreen.lungs.segmenter import load_segmenter, segment_lungs_batch
+from cxrscreen.run_dir import AUDIT_FILE, RunDir
+from cxrscreen.lungs.finder import SegmenterFinder, load_lung_finder
 from cxrscreen.metrics.classification import BinaryMetrics, MulticlassMetrics, class_vs_rest, multiclass_metrics
 
 VARIANTS = ("original", "lungs_hidden", "lungs_only")
 VARIANT_TITLES = {"original": "as they are", "lungs_hidden": "lungs hidden", "lungs_only": "only lungs kept"}
 POSITIVE = "covid"
-AUDIT_FILE = "audit.json"
 # With the lungs hidden, an AUROC at or above this means the model finds its answer elsewhere.
 SHORTCUT_AUROC = 0.70
 # Keeping only the lungs may cost this much AUROC for a model that "relies on the lungs".
@@ -103,9 +103,7 @@ class VariantScore:
 
 @dataclass
 class AuditResult:
-    """What :func:`audit_model` measured.
-
-    ``gradcam_lung_share``: mean share of Grad-CAM mass inside the lung mask per true class (and ``all``), for the
+    """What :func:`audit_model` measured. ``gradcam_lung_share``: mean share of Grad-CAM mass inside the lung mask per true class (and ``all``), for the
     predicted class's map; ``lung_area_share``: the mean share of the network input the lungs cover (what a map
     spread evenly would score). ``probe`` is None with a single source.
     """
@@ -157,11 +155,9 @@ def _finite(value: float) -> float | None:
 
 
 def lung_edits(image: np.ndarray, mask: np.ndarray, dilation: float = 0.04) -> dict[str, np.ndarray]:
-    """The three variants of one X-ray (float32 (H, W) in [0, 1]) given its lung mask (bool (H, W)).
-
-    The mask is dilated by ``dilation`` x the shorter side first, so hiding covers the lung borders and keeping
-    keeps them. Returns ``{"original", "lungs_hidden", "lungs_only"}`` -> float32 (H, W) in [0, 1].
-    """
+    """The three variants of one X-ray (float32 (H, W) in [0, 1]) given its lung mask (bool (H, W)): ``{"original",
+    "lungs_hidden", "lungs_only"}`` -> float32 (H, W) in [0, 1]. The mask is dilated by ``dilation`` x the shorter
+    side first, so hiding covers the lung borders and keeping keeps them."""
     grown = dilate(mask.astype(bool), dilation)
     return {
         "original": image.astype(np.float32, copy=False),
@@ -273,10 +269,9 @@ def audit_arrays(
     inputs = {v: np.empty((len(images), side, side), dtype=np.uint8) for v in VARIANTS}
     frames = np.empty((len(images), side, side), dtype=bool)
     for i, (image, mask) in enumerate(zip(images, masks)):
-        for variant, edited in lung_edits(image, mask, cfg.mask_dilation).items():
-            prepared = pp.prepare(edited, lambda _edited: mask)  # every variant framed by the unedited lungs
-            inputs[variant][i] = to_uint8(prepared.input)
-        frames[i] = prepared.to_input(mask) >= 0.5  # the lungs in the frame the network saw
+        edited, frames[i] = audit_inputs(pp, image, mask, cfg.mask_dilation)
+        for variant in VARIANTS:
+            inputs[variant][i] = edited[variant]
 
     scores, features = {}, None
     for variant in VARIANTS:
@@ -312,6 +307,16 @@ def audit_arrays(
         notes=notes,
         mask_dilation=cfg.mask_dilation,
     )
+
+
+def audit_inputs(pp: Preprocessing, image: np.ndarray, mask: np.ndarray, dilation: float) -> tuple[dict, np.ndarray]:
+    """The prepared inputs (uint8 (S, S)) of the three :func:`lung_edits` of one X-ray, each framed by the lungs of
+    the unedited image, and those lungs (bool (S, S)) in the frame the network sees."""
+    inputs = {}
+    for variant, edited in lung_edits(image, mask, dilation).items():
+        prepared = pp.prepare(edited, lambda _edited: mask)  # every variant framed by the unedited lungs
+        inputs[variant] = to_uint8(prepared.input)
+    return inputs, prepared.to_input(mask) >= 0.5
 
 
 def predict_uint8(predictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -361,10 +366,12 @@ def load_images(records: list[Record]) -> tuple[list[Record], list[np.ndarray], 
     return kept, images, unreadable
 
 
-def audit_model(cfg: AuditConfig | None = None, log: Callable[[str], None] = print, segmenter=None, **kwargs: Any) -> AuditResult:
+def audit_model(cfg: AuditConfig | None = None, log: Callable[[str], None] = print,
+                lungs: SegmenterFinder | None = None, **kwargs: Any) -> AuditResult:
     """Audit a model as ``cfg`` (or the keyword arguments of :class:`AuditConfig`) says; writes ``audit.json``.
 
-    ``segmenter``: a :class:`cxrscreen.lungs.segmenter.LungSegmenter` to use instead of ``cfg.segmenter``'s file.
+    ``lungs``: the lung finder (default: :func:`cxrscreen.lungs.finder.load_lung_finder` of ``cfg.segmenter``, the
+    engine prediction and the training cache run), whose segmenter also says why lungs were not found.
 
     Example (notebook): ``audit_model(model="runs/r1", data=["data/covid-chestxray-dataset"]).verdict``.
     """
@@ -378,7 +385,7 @@ def audit_model(cfg: AuditConfig | None = None, log: Callable[[str], None] = pri
     data = list(cfg.data) or evaluator.train_data
     if not data:
         raise ConfigError("--data is required: the model does not name the data it was trained on")
-    segmenter = segmenter or load_segmenter(cfg.segmenter)
+    lungs = lungs or load_lung_finder(cfg.segmenter)
     chosen = evaluator.select_records(data)  # the images `cxrscreen evaluate` would score
     records, left_out, notes = chosen.records, chosen.left_out, chosen.notes
     if left_out is not None:
@@ -388,19 +395,19 @@ def audit_model(cfg: AuditConfig | None = None, log: Callable[[str], None] = pri
         notes.append(f"a random sample of {cfg.max_images} of the {len(records)} images (seed {cfg.seed})")
         records = [records[i] for i in keep]
     records, images, unreadable = load_images(records)
-    lungs = segment_lungs_batch(images, segmenter)
-    found = [i for i, seg in enumerate(lungs) if seg.plausible]
-    reasons = Counter(seg.reason for seg in lungs if not seg.plausible)
+    segmentations = lungs.segmenter().segment_batch(images)
+    found = [i for i, seg in enumerate(segmentations) if seg.plausible]
+    reasons = Counter(seg.reason for seg in segmentations if not seg.plausible)
     notes.extend(f"left out (lungs not found): {n} {reason}" for reason, n in reasons.most_common())
-    log(f"auditing {len(found)} image(s); lungs not found on {len(lungs) - len(found)}")
-    result = audit_arrays(evaluator.predictor, [images[i] for i in found], [lungs[i].mask for i in found],
+    log(f"auditing {len(found)} image(s); lungs not found on {len(segmentations) - len(found)}")
+    result = audit_arrays(evaluator.predictor, [images[i] for i in found], [segmentations[i].mask for i in found],
                           [records[i] for i in found], cfg, log)
     result.data = list(data)
-    result.lungs_not_found = len(lungs) - len(found)
+    result.lungs_not_found = len(segmentations) - len(found)
     result.unreadable = unreadable
     result.left_out_near_duplicates = left_out
     result.notes = notes + result.notes
-    out_dir = Path(cfg.out) if cfg.out else (evaluator.run_dir / "audit" if evaluator.run_dir else None)
+    out_dir = Path(cfg.out) if cfg.out else (RunDir(evaluator.run_dir).audit_dir if evaluator.run_dir else None)
     if out_dir is not None:
         write_json(out_dir / AUDIT_FILE, result.to_dict())
         result.notes.append(f"wrote {out_dir / AUDIT_FILE}")

@@ -45,7 +45,7 @@ from cxrscreen.evaluation.results import (
 )
 from cxrscreen.guard.inputs import guard_preprocessing
 from cxrscreen.inference.predictor import load_predictor
-from cxrscreen.lungs.finder import segmenter_lungs
+from cxrscreen.lungs.finder import load_lung_finder
 from cxrscreen.metrics.calibration import rescale_temperature
 from cxrscreen.metrics.classification import BinaryMetrics, class_vs_rest, multiclass_metrics
 from cxrscreen.run_dir import RunDir
@@ -304,7 +304,7 @@ class Evaluator:
             thumbnails = self.predictor.guard_reads_whole_image
         also = [guard_preprocessing()] if thumbnails else []
         prepared = load_prepared(paths, self.meta.preprocessing, progress=self.cfg.progress, also=also,
-                                 lungs=segmenter_lungs())
+                                 lungs=load_lung_finder())
         return LoadedImages(prepared.ok, prepared.errors, prepared.images, prepared.also[0] if also else None)
 
     def predict_arrays(self, images: np.ndarray | ImageStack, thumbnails: np.ndarray | ImageStack | None = None

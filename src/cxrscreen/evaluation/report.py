@@ -32,9 +32,8 @@ from cxrscreen.evaluation.tables import ADAPT_FIGURE_ROWS
 from cxrscreen.inference.predictor import load_predictor
 from cxrscreen.io_utils import write_text
 from cxrscreen.models.checkpoint import ModelMeta, read_checkpoint
-from cxrscreen.run_dir import RunDir
+from cxrscreen.run_dir import AUDIT_FILE, PREDICTIONS_CSV, RunDir
 
-AUDIT_PATHS = ("audit/audit.json", "audit.json")
 METRIC_ROWS = (("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("macro-F1", "macro_f1"),
                ("macro-AUROC", "macro_auroc"))
 FIGURES = (("confusion_matrix", "confusion matrix"), ("roc", "ROC"), ("reliability", "reliability"))
@@ -301,7 +300,7 @@ def pick_examples(rows: list[dict[str, str]], classes: list[str], per_class: int
 
 
 def gradcam_section(run_dir: Path, eval_dir: Path, per_class: int, log: Callable[[str], None]) -> str:
-    rows = read_csv(eval_dir / "predictions.csv")
+    rows = read_csv(eval_dir / PREDICTIONS_CSV)
     if not rows or per_class == 0:
         hint = "No predictions to explain: run `cxrscreen evaluate --model RUN_DIR` first."
         return html.section("gradcam", "Grad-CAM examples", html.paragraph(hint, "muted"))
@@ -336,7 +335,7 @@ def build_report(run_dir: str | Path, gradcam_per_class: int = 3, log: Callable[
     summary = read_json(files.summary)
     config = read_json(files.config) or meta.config or {}
     eval_dir = files.eval_dir
-    audit = next((a for a in (read_json(run_dir / p) for p in AUDIT_PATHS) if a is not None), None)
+    audit = next((a for a in (read_json(p) for p in (files.audit, run_dir / AUDIT_FILE)) if a is not None), None)
     body = "\n".join([
         f"<h1>cxrscreen report: {html.escape(meta.name)}</h1>",
         html.paragraph(f"Run directory {run_dir.resolve()}", "muted"),
@@ -345,7 +344,7 @@ def build_report(run_dir: str | Path, gradcam_per_class: int = 3, log: Callable[
         data_section(meta.train_summary or (summary or {}).get("data", {}), config),
         curves_section(read_csv(files.metrics), adapted=files.adapt.is_file()),
         adaptation_section(read_json(files.adapt), run_dir),
-        evaluation_section(read_json(eval_dir / "metrics.json"), eval_dir,
+        evaluation_section(read_json(files.eval_metrics), eval_dir,
                            (summary or {}).get("test") or meta.metrics.get("test")),
         audit_section(audit),
         gradcam_section(run_dir, eval_dir, gradcam_per_class, log),

@@ -18,6 +18,7 @@ from cxrscreen.evaluation import plots
 from cxrscreen.io_utils import atomic_write, write_json
 from cxrscreen.metrics.calibration import ReliabilityDiagram, brier_score, reliability_diagram
 from cxrscreen.metrics.classification import BinaryMetrics, Interval, MulticlassMetrics, difference
+from cxrscreen.run_dir import EVAL_METRICS, PREDICTIONS_CSV
 
 POSITIVE = "covid"
 
@@ -236,10 +237,10 @@ def write_outputs(result: EvaluationResult, out_dir: Path) -> None:
             cal = collection.calibration
             figures["reliability"] = plots.plot_reliability(
                 {"T=1": cal.diagram_before, f"T={cal.temperature:.2f}": cal.diagram_after}, folder / "reliability.png", title)
-        figures["predictions"] = folder / "predictions.csv"
+        figures["predictions"] = folder / PREDICTIONS_CSV
         write_predictions_csv(collection, figures["predictions"])
         collection.figures = {k: str(v) for k, v in figures.items()}
-    write_json(out_dir / "metrics.json", result.to_dict())
+    write_json(out_dir / EVAL_METRICS, result.to_dict())
 
 
 def slug(text: str) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrscreen.data.cache import content_hash
+from cxrscreen.hashing import file_hash
 from cxrscreen.errors import ConfigError, ModelError
 from cxrscreen.models.meta import ModelMeta
 from cxrscreen.models.onnx import INPUT_NAME, OPSET, cache_dir, cpu_session, preferred_cache_dir, session_metadata, torch_tag
@@ -48,7 +48,7 @@ class OnnxModel:
 
 def bundle_folder(checkpoint: Path) -> Path:
     """The cache folder of a checkpoint's ONNX bundle, keyed by the file's bytes and the exporting torch release."""
-    return cache_dir() / f"{content_hash(checkpoint.read_bytes())}-opset{OPSET}-torch{torch_tag()}"
+    return cache_dir() / f"{file_hash(checkpoint)}-opset{OPSET}-torch{torch_tag()}"
 
 
 def split_guard(ood: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from cxrscreen.errors import ConfigError
 from cxrscreen.threads import available_cpus
@@ -201,20 +204,60 @@ def default_threads() -> int:
     return min(4, available_cpus())
 
 
-@functools.lru_cache(maxsize=1)
-def single_threaded_libraries(opencv: bool) -> None:
-    """Make the numerical libraries the workers call single-threaded, once per process: OpenBLAS (the OOD guard's
-    matrix products) and, when ``opencv`` (lung-focused preprocessing), OpenCV. Like torch's intra-op threads, their
-    own thread pools wait for each other: with both CPUs busy with workers, a (32 x 1536) x (1536 x 32) product took
-    22-42 ms on OpenBLAS's 2 threads against 0.1 ms on one, and the guard's scoring 1.5 ms per image. Process-wide
-    (the libraries have no other setting), as :func:`load_predictor`'s ``torch.set_num_threads(1)`` is."""
+@contextmanager
+def single_threaded_libraries(opencv: bool) -> Iterator[None]:
+    """While a predictor works: the numerical libraries its workers call made single-threaded, and restored when
+    the last predictor's work in the process ends (serve's requests overlap): OpenBLAS (the OOD guard's matrix
+    products), OpenCV when ``opencv`` (lung-focused preprocessing) or already loaded, and torch's intra-op threads
+    when torch is loaded. Like torch's intra-op threads, their own thread pools wait for each other: with both
+    CPUs busy with workers, a (32 x 1536) x (1536 x 32) product took 22-42 ms on OpenBLAS's 2 threads against 0.1
+    ms on one, and the guard's scoring 1.5 ms per image. Scoped, not process-wide: a fine-tuning that loads a
+    predictor first (``adapt``) trains on every CPU afterwards."""
+    global _single_threaded_users
+    with _SINGLE_THREADED_LOCK:
+        if _single_threaded_users == 0:
+            _restore_threads[:] = _limit_to_one_thread(opencv)
+        _single_threaded_users += 1
+    try:
+        yield
+    finally:
+        with _SINGLE_THREADED_LOCK:
+            _single_threaded_users -= 1
+            if _single_threaded_users == 0:
+                for restore in reversed(_restore_threads):
+                    restore()
+                _restore_threads.clear()
+
+
+_SINGLE_THREADED_LOCK = threading.Lock()
+_single_threaded_users = 0
+_restore_threads: list[Callable[[], object]] = []
+
+
+def _limit_to_one_thread(opencv: bool) -> list[Callable[[], object]]:
+    """Set the libraries of :func:`single_threaded_libraries` to one thread; the calls that undo it."""
+    restore: list[Callable[[], object]] = []
+    with_opencv = opencv or "cv2" in sys.modules
+    if with_opencv:
+        import cv2  # before the BLAS controller: OpenCV loads an OpenBLAS of its own
+
+        restore.append(functools.partial(cv2.setNumThreads, cv2.getNumThreads()))
+        cv2.setNumThreads(1)
+    restore.append(blas_controller(with_opencv).limit(limits=1, user_api="blas").restore_original_limits)
+    torch = sys.modules.get("torch")  # never imported for this: the ONNX backend runs without torch
+    if torch is not None:
+        restore.append(functools.partial(torch.set_num_threads, torch.get_num_threads()))
+        torch.set_num_threads(1)
+    return restore
+
+
+@functools.lru_cache(maxsize=2)
+def blas_controller(with_opencv: bool) -> Any:
+    """threadpoolctl's controller of the BLAS libraries loaded now, made once per ``with_opencv`` (whether OpenCV's
+    own OpenBLAS is loaded yet): listing the libraries takes some 20 ms."""
     from threadpoolctl import ThreadpoolController  # small (8 ms); scikit-learn's own dependency
 
-    if opencv:
-        import cv2  # before the BLAS limit: OpenCV loads an OpenBLAS of its own
-
-        cv2.setNumThreads(1)
-    ThreadpoolController().limit(limits=1, user_api="blas")
+    return ThreadpoolController()
 
 
 def chunk_size(count: int, workers: int, batch_size: int) -> int:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, T
 import numpy as np
 
 from cxrscreen.data import transforms
+from cxrscreen.data.transforms import FindLungsBatch, LungFinder
 from cxrscreen.data.imageio import ImageSource, load_xray
 from cxrscreen.errors import ConfigError, ModelError
 from cxrscreen.guard.ppca import accepts, check_guard, ood_scores, reads_whole_image
@@ -40,7 +41,7 @@ from cxrscreen.inference.options import (  # noqa: F401 - re-exported: the CLI a
     single_threaded_libraries,
 )
 from cxrscreen.inference.backends import InferenceBackend, NetOutputs, TorchBackend, softmax  # noqa: F401
-from cxrscreen.inference.preparation import PreparedBatch, failure_reason, prepare_batch, source_name
+from cxrscreen.inference.preparation import PreparedBatch, decode_and_prepare, failure_reason, source_name
 from cxrscreen.inference.results import Explanation, Prediction, PredictionFailure
 from cxrscreen.models.bundled import WEIGHTS_DIR, bundled_model, bundled_models, is_bundled_name
 from cxrscreen.run_dir import RunDir
@@ -63,9 +64,10 @@ class Predictor:
     """A loaded classifier ready to predict and explain.
 
     Attributes: ``meta`` (:class:`ModelMeta`), ``classes`` (class names in output order), ``backend_name``
-    (``torch`` or ``onnx``: the engine ``auto`` chose), ``model_path`` (the file it was loaded from), ``batch_size``, ``segmenter`` (the
-    lung segmenter for lung-focused preprocessing; None = the bundled torch one, loaded on first use), ``device`` (where the torch
-    network runs), ``threads`` (CPU threads: batches are prepared and scored by that many workers side by side,
+    (``torch`` or ``onnx``: the engine ``auto`` chose), ``model_path`` (the file it was loaded from), ``batch_size``,
+    ``lungs`` (the :class:`LungFinder` of lung-focused preprocessing, handed in by :func:`load_predictor`:
+    :func:`cxrscreen.lungs.finder.load_lung_finder`, the one the training cache and the audit use; None for a model
+    that does not look for the lungs), ``device`` (where the torch network runs), ``threads`` (CPU threads: batches are prepared and scored by that many workers side by side,
     each network single-threaded, see :func:`cxrscreen.inference.options.default_threads`), ``thresholds``
     ({class: probability} of :func:`decide`; empty = the most probable class), ``guard_graph`` (the OOD guard
     network's ONNX export, None: found or made on first use).
@@ -79,7 +81,7 @@ class Predictor:
         model_path: Path,
         torch_model: XrayClassifier | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        segmenter: Any = None,
+        lungs: LungFinder | None = None,
         threads: int | None = None,
         device: str = "cpu",
         thresholds: dict[str, float] | None = None,
@@ -91,7 +93,7 @@ class Predictor:
         self.backend_name = backend_name
         self.model_path = model_path
         self.batch_size = batch_size
-        self.segmenter = segmenter
+        self.lungs = lungs
         self._torch_model = torch_model
         self.threads = threads
         self.device = device
@@ -103,7 +105,11 @@ class Predictor:
         # Networks made on first use (exports included) are made once, whichever worker or request needs them
         # first: torch's exporter and tracer hold global state and fail when two threads use them at once.
         self._first_use = threading.Lock()
-        single_threaded_libraries(opencv=meta.preprocessing.needs_lungs)  # parallel over images (default_threads)
+
+    def single_threaded(self):
+        """The scope of this predictor's work: parallel over images (:attr:`workers`), each network and library
+        single-threaded (:func:`single_threaded_libraries`), the process's settings restored afterwards."""
+        return single_threaded_libraries(opencv=self.meta.preprocessing.needs_lungs)
 
     @property
     def known_limits(self) -> list[str]:
@@ -148,22 +154,22 @@ class Predictor:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="cxr-predict")
         return self._pool.map(fn, items)
 
-    def find_lungs_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
-        """The lung mask of each decoded X-ray (None where no plausible lungs are found), one segmenter pass."""
-        from cxrscreen.lungs.segmenter import batch_lung_finder, load_segmenter
-
-        if self.segmenter is None:
-            with self._first_use:
-                self.segmenter = self.segmenter or load_segmenter()
-        return batch_lung_finder(self.segmenter)(images)
+    @property
+    def find_lungs(self) -> FindLungsBatch | None:
+        """The batch finder of :attr:`lungs` (its network loaded on first use), None without lung-focused
+        preprocessing; preparation calls it directly, never back through the predictor."""
+        if self.lungs is None or not self.meta.preprocessing.needs_lungs:
+            return None
+        with self._first_use:  # the torch engine's first load traces the network: one thread at a time
+            return self.lungs.load()
 
     def prepare_input(self, image: np.ndarray) -> transforms.Prepared:
         """A decoded X-ray -> the network input with its frame: the one preparation predict and explain share."""
-        return self.meta.preprocessing.prepare_batch([image], self.find_lungs_batch)[0]
+        return self.meta.preprocessing.prepare_many([image], self.find_lungs)[0]
 
-    def prepare_batch(self, sources: Sequence[ImageSource], names: Sequence[str]) -> PreparedBatch:
-        """Decode and prepare a batch of inputs (:func:`cxrscreen.inference.preparation.prepare_batch`)."""
-        return prepare_batch(sources, names, self.meta.preprocessing, self.find_lungs_batch, self.guard_reads_whole_image)
+    def prepare_sources(self, sources: Sequence[ImageSource], names: Sequence[str]) -> PreparedBatch:
+        """Decode and prepare a batch of inputs (:func:`cxrscreen.inference.preparation.decode_and_prepare`)."""
+        return decode_and_prepare(sources, names, self.meta.preprocessing, self.find_lungs, self.guard_reads_whole_image)
 
     def predict_prepared(self, images: np.ndarray, thumbnails: np.ndarray | None = None) -> NetOutputs:
         """Prepared inputs float32 (N, S, S) in [0, 1] -> :class:`NetOutputs` (probabilities temperature-scaled).
@@ -171,24 +177,23 @@ class Predictor:
         ``thumbnails``: the guard's whole-image inputs (N, 64, 64) in [0, 1]
         (:func:`cxrscreen.guard.network.guard_thumbnail`), needed by :meth:`ood_check` when
         :attr:`guard_reads_whole_image`. Runs in chunks of ``batch_size``, shared by the workers. uint8 images
-        must be divided by 255 first.
+        are converted by :func:`cxrscreen.data.imageio.to_float` first.
         """
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 3 or images.shape[1:] != (self.img_size, self.img_size):
-            raise ConfigError(
-                f"images: expected shape (N, {self.img_size}, {self.img_size}), got {tuple(images.shape)}"
-            )
+            raise ConfigError(f"images: expected shape (N, {self.img_size}, {self.img_size}), got {tuple(images.shape)}")
         if images.size and (images.min() < 0.0 or images.max() > 1.0):
-            raise ConfigError("images: values must be in [0, 1] (divide uint8 images by 255)")
+            raise ConfigError("images: values must be in [0, 1] (convert uint8 images with cxrscreen.data.imageio.to_float)")
         if thumbnails is not None and len(thumbnails) != len(images):
             raise ConfigError(f"thumbnails: {len(thumbnails)} for {len(images)} images")
         step = chunk_size(len(images), self.workers, self.batch_size)
         starts = list(range(0, len(images), step))
-        chunks = list(self._map(lambda start: self.backend.run(images[start : start + step, None]), starts))
         guard_features = None
-        if thumbnails is not None and self.guard_reads_whole_image and len(thumbnails):
-            thumbs = np.asarray(thumbnails, dtype=np.float32)
-            guard_features = np.concatenate(list(self._map(lambda start: self.guard_runner(thumbs[start : start + step]), starts)))
+        with self.single_threaded():
+            chunks = list(self._map(lambda start: self.backend.run(images[start : start + step, None]), starts))
+            if thumbnails is not None and self.guard_reads_whole_image and len(thumbnails):
+                thumbs = np.asarray(thumbnails, dtype=np.float32)
+                guard_features = np.concatenate(list(self._map(lambda start: self.guard_runner(thumbs[start : start + step]), starts)))
         if not chunks:
             return NetOutputs(np.zeros((0, len(self.classes))), np.zeros((0, 0), dtype=np.float32), guard_features)
         logits, features = (np.concatenate(parts) for parts in zip(*chunks))
@@ -215,12 +220,10 @@ class Predictor:
         """(in_distribution bool (N,), scores (N,) or None) from the model's OOD guard; all True without a guard."""
         if not self.meta.ood:
             return np.ones(len(outputs.probs), dtype=bool), None
-        if self.guard_reads_whole_image:
-            if outputs.guard_features is None:
-                raise ConfigError("this model's OOD guard reads the whole images: pass thumbnails to predict_prepared")
-            scores = ood_scores(outputs.guard_features, self.guard)
-        else:
-            scores = ood_scores(outputs.features, self.guard)
+        if self.guard_reads_whole_image and outputs.guard_features is None:
+            raise ConfigError("this model's OOD guard reads the whole images: pass thumbnails to predict_prepared")
+        with self.single_threaded():
+            scores = ood_scores(outputs.features if not self.guard_reads_whole_image else outputs.guard_features, self.guard)
         return accepts(scores, self.meta.ood), scores
 
     @property
@@ -276,10 +279,11 @@ class Predictor:
                 raise ConfigError("predict: name= is for one image; pass names= to predict_batch for a list")
             return self.predict_batch(source)
         label = source_name(source, name)
-        batch = self.prepare_batch([source], [label])
-        if batch.failures:
-            raise batch.failures[0]
-        return self._score([label], batch)[0]
+        with self.single_threaded():
+            batch = self.prepare_sources([source], [label])
+            if batch.failures:
+                raise batch.failures[0]
+            return self._score([label], batch)[0]
 
     def predict_batch(
         self, sources: Sequence[ImageSource], names: Sequence[str] | None = None
@@ -302,7 +306,7 @@ class Predictor:
 
         def run(start: int) -> list[Prediction | PredictionFailure]:
             chunk_names = labels[start : start + step]
-            batch = self.prepare_batch(sources[start : start + step], chunk_names)
+            batch = self.prepare_sources(sources[start : start + step], chunk_names)
             results: list[Prediction | PredictionFailure | None] = [None] * len(chunk_names)
             for position, prediction in zip(batch.positions, self._score(chunk_names, batch)):
                 results[position] = prediction
@@ -310,8 +314,9 @@ class Predictor:
                 results[position] = PredictionFailure(chunk_names[position], failure_reason(error, chunk_names[position]))
             return results  # type: ignore[return-value]
 
-        for chunk in self._map(run, range(0, len(sources), step)):
-            yield from chunk
+        with self.single_threaded():
+            for chunk in self._map(run, range(0, len(sources), step)):
+                yield from chunk
 
     @property
     def torch_model(self) -> XrayClassifier:
@@ -336,10 +341,11 @@ class Predictor:
 
         check_target(target, self.classes)
         original = load_xray(source, source_name(source, name))
-        prepared = self.prepare_input(original)
-        if target is None:
-            target = self.decide(self.predict_prepared(prepared.input[None]).probs[0])
-        heatmaps, _ = GradCam(self.torch_model)(torch.from_numpy(prepared.input)[None, None], self.classes.index(target))
+        with self.single_threaded():
+            prepared = self.prepare_input(original)
+            if target is None:
+                target = self.decide(self.predict_prepared(prepared.input[None]).probs[0])
+            heatmaps, _ = GradCam(self.torch_model)(torch.from_numpy(prepared.input)[None, None], self.classes.index(target))
         heatmap = np.clip(prepared.to_original(heatmaps[0]), 0.0, 1.0)
         return Explanation(heatmap=heatmap, overlay_png=overlay_png(original, heatmap), target=target, prepared=prepared)
 
@@ -376,6 +382,7 @@ def load_predictor(
     batch_size: int = DEFAULT_BATCH_SIZE,
     channels_last: bool = True,
     onnx_optimization: str = "all",
+    lungs: LungFinder | None = None,
 ) -> Predictor:
     """Load a model for prediction.
 
@@ -391,6 +398,9 @@ def load_predictor(
     the most probable class). ``channels_last``: torch memory layout (faster for EfficientNet-Lite's depthwise
     convolutions on CPU, see benchmarks/infer.py).
     ``onnx_optimization``: ONNX Runtime graph optimisation level, ``all``/``extended``/``basic``/``disabled``.
+    ``lungs``: the lung finder of a lung-focused model (None: :func:`cxrscreen.lungs.finder.load_lung_finder`'s,
+    whichever backend runs the classifier, so that both backends, the audit and the training cache prepare a file
+    alike).
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
@@ -404,28 +414,30 @@ def load_predictor(
     if backend == "torch":
         if is_onnx:
             raise ConfigError(f"{model_path}: an .onnx model needs --backend onnx")
-        import torch
-
         from cxrscreen.models.checkpoint import load_checkpoint
 
-        torch.set_num_threads(1)  # parallel over images, not operators (see default_threads)
         model, meta = load_checkpoint(model_path)
         check_ood_guard(meta, model_path)
         return Predictor(meta, TorchBackend(model, channels_last, run_on), "torch", model_path, model, batch_size,
-                         threads=threads, device=run_on, thresholds=thresholds)
+                         lungs_for(meta, lungs), threads, run_on, thresholds)
     from cxrscreen.inference.onnx_runtime import OnnxRuntimeBackend, prepared_for_onnx
 
     prepared = None if is_onnx else prepared_for_onnx(model_path)
     runner = OnnxRuntimeBackend(model_path if prepared is None else prepared.graph, threads=1, optimization=onnx_optimization)
     meta = runner.meta if prepared is None else prepared.meta
     check_ood_guard(meta, model_path)
-    segmenter = None
-    if meta.preprocessing.needs_lungs:
-        from cxrscreen.lungs.segmenter import load_segmenter
-
-        segmenter = load_segmenter(backend="onnx", threads=1)
-    return Predictor(meta, runner, "onnx", model_path, None, batch_size, segmenter, threads, thresholds=thresholds,
+    return Predictor(meta, runner, "onnx", model_path, None, batch_size, lungs_for(meta, lungs), threads, thresholds=thresholds,
                      guard_graph=None if prepared is None else prepared.guard_graph)
+
+
+def lungs_for(meta: ModelMeta, lungs: LungFinder | None) -> LungFinder | None:
+    """``lungs``, or the one lung finder (:func:`cxrscreen.lungs.finder.load_lung_finder`) when the model's
+    preprocessing looks for the lungs; None when it does not."""
+    if lungs is not None or not meta.preprocessing.needs_lungs:
+        return lungs
+    from cxrscreen.lungs.finder import load_lung_finder  # the segmenter's modules: only for lung-focused models
+
+    return load_lung_finder()
 
 
 def check_ood_guard(meta: ModelMeta, path: Path) -> None:

@@ -1,7 +1,7 @@
 """Many inputs made ready for the classifier, a batch at a time: the preparation predict, evaluate and serve share.
 
 For a batch of sources (batches themselves run on the predictor's workers): decode them, find the lungs of all
-of them in one pass of the segmenter (:meth:`Preprocessing.prepare_batch`), crop, mask and equalise each, and
+of them in one pass of the segmenter (:meth:`Preprocessing.prepare_many`), crop, mask and equalise each, and
 shrink each whole image for the out-of-distribution guard when it reads the whole image. One image is a batch of
 one, so a file predicted alone and in a folder gets the same input.
 """
@@ -73,20 +73,21 @@ def decode_all(sources: Sequence[ImageSource], names: Sequence[str]) -> list[np.
     return [decode(i) for i in range(len(sources))]
 
 
-def prepare_batch(
+def decode_and_prepare(
     sources: Sequence[ImageSource],
     names: Sequence[str],
     pp: Preprocessing,
     find_lungs: FindLungsBatch | None,
     with_thumbnails: bool,
 ) -> PreparedBatch:
-    """Decode and prepare a batch of sources (see the module's docstring); ``find_lungs`` is required when
-    ``pp.needs_lungs``; ``with_thumbnails``: also the guard's whole-image inputs."""
+    """Decode and prepare a batch of sources (see the module's docstring); ``find_lungs`` (the batch finder of
+    :func:`cxrscreen.lungs.finder.load_lung_finder`) is required when ``pp.needs_lungs``; ``with_thumbnails``: also
+    the guard's whole-image inputs."""
     decoded = decode_all(sources, names)
     positions = [i for i, image in enumerate(decoded) if isinstance(image, np.ndarray)]
     failures = {i: image for i, image in enumerate(decoded) if isinstance(image, CxrError)}
     images = [decoded[i] for i in positions]
-    prepared = pp.prepare_batch(images, find_lungs)
+    prepared = pp.prepare_many(images, find_lungs)
     thumbnails = None
     if with_thumbnails and images:
         thumbnails = np.stack([guard_thumbnail(image) for image in images])

@@ -1,1 +1,3 @@
-"""The lungs, in one place: the segmenter network and its inference (segmenter), the finder preprocessing is given (finder), training (training), Dice/IoU (metrics), overlays (overlay). At the models level: it imports data; data is handed a LungFinder and never imports it."""
+"""The lungs, in one place: the network in torch and its exports (network), its inference without torch
+(segmenter), the one lung finder every caller is handed (finder: the engine decided once), training (training),
+Dice/IoU (metrics), overlays (overlay). Above models and data: data is handed a LungFinder and never imports it."""

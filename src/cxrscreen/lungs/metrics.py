@@ -6,11 +6,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from cxrscreen.data.imageio import load_xray
 from cxrscreen.lungs.pairs import read_lung_mask
-from cxrscreen.lungs.network import LungUNet
 from cxrscreen.lungs.segmenter import LungSegmenter
 
 
@@ -39,12 +37,3 @@ def evaluate_segmenter(segmenter: LungSegmenter, pairs: Sequence[tuple[Path, Pat
         "plausible_fraction": float(np.mean([r.plausible for r in results])),
     }
 
-
-def mean_dice(net: LungUNet, images: np.ndarray, masks: np.ndarray) -> float:
-    """Mean Dice at the network's size of thresholded outputs for (N, S, S) images and masks."""
-    with torch.inference_mode():
-        pred = net.eval()(torch.from_numpy(images[:, None])) > 0
-    truth = torch.from_numpy(masks[:, None]) > 0.5
-    inter = (pred & truth).sum(dim=(1, 2, 3)).float()
-    total = (pred.sum(dim=(1, 2, 3)) + truth.sum(dim=(1, 2, 3))).float()
-    return float((2 * inter / total.clamp(min=1)).mean())

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrscreen.data.cache import cache_root, content_hash
+from cxrscreen.data.cache import cache_root
+from cxrscreen.hashing import file_hash
 from cxrscreen.errors import ModelError
 from cxrscreen.io_utils import atomic_write
 from cxrscreen.lungs.weights import DEFAULT_WEIGHTS, FILE_FORMAT, ONNX_META_KEY, SegmenterArch
@@ -136,7 +137,7 @@ def traced_segmenter(weights: Path) -> torch.jit.ScriptModule:
     folder (``torchscript/``, keyed by the file's content). Loading the trace needs no MONAI, whose import took
     2.7 s and loads matplotlib; the traced graph runs the same operators. Traced in memory when the cache
     folder cannot be written."""
-    target = cache_root() / "torchscript" / f"lungs-{content_hash(weights.read_bytes())}-torch{torch_tag()}.pt"
+    target = cache_root() / "torchscript" / f"lungs-{file_hash(weights)}-torch{torch_tag()}.pt"
     if target.is_file():
         return torch.jit.load(str(target), map_location="cpu").eval()
     net, info = build_network(weights)

@@ -24,9 +24,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cxrscreen.data.cache import content_hash
 from cxrscreen.data.transforms import resize
 from cxrscreen.errors import ConfigError, ModelError
+from cxrscreen.hashing import file_hash
 from cxrscreen.io_utils import atomic_write
 from cxrscreen.lungs.weights import DEFAULT_WEIGHTS, FILE_FORMAT, IMG_SIZES, ONNX_META_KEY, SegmenterArch  # noqa: F401
 from cxrscreen.models.onnx import INPUT_NAME, OPSET, cpu_session, session_metadata, torch_tag
@@ -204,6 +204,15 @@ class LungSegmenter:
                 out.append(probabilities_to_segmentation(probs, image.shape, self.limits))
         return out
 
+    def plausible_masks(self, images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
+        """Per X-ray its lung mask, or None when the lungs found are not plausible (one network pass per batch):
+        the :data:`cxrscreen.data.transforms.FindLungsBatch` preparation takes."""
+        return [lungs.mask if lungs.plausible else None for lungs in self.segment_batch(images)]
+
+    def plausible_mask(self, image: np.ndarray) -> np.ndarray | None:
+        """:meth:`plausible_masks` of one X-ray (a :data:`cxrscreen.data.transforms.FindLungs`)."""
+        return self.plausible_masks([image])[0]
+
 
 def session_predictor(session: Any, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """``session`` as a batch predictor; with ``threads`` == 1, run :data:`ONE_THREAD_CHUNK` images at a time."""
@@ -234,7 +243,7 @@ def exported_segmenter(weights: Path) -> Path | bytes:
     """The ONNX export of a segmenter weight file, made once and kept in cxrscreen's cache folder (``onnx/``, keyed
     by the file's content and the exporting torch): exporting takes seconds and torch, which every ONNX Runtime
     process paid at start-up. Finding it loads no torch. Its bytes when the cache folder cannot be written."""
-    target = onnx_cache_dir() / f"lungs-{content_hash(weights.read_bytes())}-leaky-opset{OPSET}-torch{torch_tag()}.onnx"
+    target = onnx_cache_dir() / f"lungs-{file_hash(weights)}-leaky-opset{OPSET}-torch{torch_tag()}.onnx"
     if target.is_file():
         return target
     from cxrscreen.lungs.network import build_network, onnx_model_bytes  # torch: only to export, once
@@ -278,27 +287,3 @@ def load_segmenter(
 def segment_lungs(image: np.ndarray, segmenter: LungSegmenter | None = None) -> LungSegmentation:
     """Find the lungs on one X-ray, float32 (H, W) in [0, 1]; the bundled segmenter unless one is given."""
     return (segmenter or load_segmenter()).segment(image)
-
-
-def batch_lung_finder(segmenter: LungSegmenter | None = None) -> Callable[[Sequence[np.ndarray]], list[np.ndarray | None]]:
-    """The batch lung finder :meth:`cxrscreen.data.transforms.Preprocessing.prepare_batch` takes: X-rays -> per
-    image the lung mask, or None when the lungs found are not plausible; one network pass per batch. The bundled
-    segmenter (loaded on first use) unless one is given."""
-
-    def find_lungs(images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
-        found = (segmenter or load_segmenter()).segment_batch(images)
-        return [lungs.mask if lungs.plausible else None for lungs in found]
-
-    return find_lungs
-
-
-def lung_finder(segmenter: LungSegmenter | None = None) -> Callable[[np.ndarray], np.ndarray | None]:
-    """The lung finder :meth:`cxrscreen.data.transforms.Preprocessing.prepare` takes: :func:`batch_lung_finder`
-    for one X-ray, so that one image and a batch are segmented alike."""
-    find_batch = batch_lung_finder(segmenter)
-    return lambda image: find_batch([image])[0]
-
-
-def segment_lungs_batch(images: Sequence[np.ndarray], segmenter: LungSegmenter | None = None) -> list[LungSegmentation]:
-    """:func:`segment_lungs` for many images at once (faster: the network runs on batches)."""
-    return (segmenter or load_segmenter()).segment_batch(images)

@@ -1,5 +1,6 @@
 """Training the lung segmenter (``cxrscreen segment train``) on image/mask pairs (:mod:`cxrscreen.lungs.pairs`),
-scored by Dice (:mod:`cxrscreen.lungs.metrics`). Inference lives in :mod:`cxrscreen.lungs.segmenter`.
+validated by the network's own Dice (:func:`mean_dice`, in torch) and tested on masks at full size
+(:mod:`cxrscreen.lungs.metrics`). Inference lives in :mod:`cxrscreen.lungs.segmenter`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from cxrscreen.errors import ConfigError
 from cxrscreen.io_utils import atomic_write
 from cxrscreen.lungs.defaults import TEST_DATA, TRAIN_DATA
-from cxrscreen.lungs.metrics import evaluate_segmenter, mean_dice
+from cxrscreen.lungs.metrics import evaluate_segmenter
 from cxrscreen.lungs.pairs import load_pairs, segmentation_pairs
 from cxrscreen.lungs.network import LungUNet, torch_predictor
 from cxrscreen.lungs.segmenter import LungSegmenter
@@ -160,3 +161,13 @@ def train_segmenter(cfg: SegmenterTrainConfig, log: Callable[[str], None] = prin
     save_segmenter(cfg.out, net, info)
     log(f"saved {cfg.out}")
     return info
+
+
+def mean_dice(net: LungUNet, images: np.ndarray, masks: np.ndarray) -> float:
+    """Mean Dice at the network's size of thresholded outputs for (N, S, S) images and masks."""
+    with torch.inference_mode():
+        pred = net.eval()(torch.from_numpy(images[:, None])) > 0
+    truth = torch.from_numpy(masks[:, None]) > 0.5
+    inter = (pred & truth).sum(dim=(1, 2, 3)).float()
+    total = (pred.sum(dim=(1, 2, 3)) + truth.sum(dim=(1, 2, 3))).float()
+    return float((2 * inter / total.clamp(min=1)).mean())

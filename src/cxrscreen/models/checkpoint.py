@@ -18,7 +18,8 @@ import torch
 from cxrscreen.errors import ModelError
 from cxrscreen.io_utils import atomic_write
 from cxrscreen.models.meta import ModelMeta  # noqa: F401 - re-exported: a checkpoint's description
-from cxrscreen.models.registry import XrayClassifier, create_model
+from cxrscreen.models.factory import create_model
+from cxrscreen.models.registry import XrayClassifier
 
 FORMAT_VERSION = 1
 

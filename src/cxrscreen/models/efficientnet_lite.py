@@ -15,7 +15,7 @@ from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
 from cxrscreen.errors import ConfigError
-from cxrscreen.io_utils import file_sha256
+from cxrscreen.hashing import file_sha256
 from cxrscreen.models.registry import Backbone, register_model
 
 # EfficientNet-Lite was trained on images scaled to [-1, 1]: (x - 0.5) / 0.5 for x in [0, 1].

@@ -1,8 +1,10 @@
-"""One registry for every classifier architecture (as timm's ``register_model`` / ``create_model``).
+"""One registry for every classifier architecture (as timm's ``register_model``), and the classifier around them.
 
 An entry declares, as data, what the rest of the library needs to know about the architecture: its default
 input size, the intensity normalisation its pretrained weights expect, whether pretrained weights exist and the
-name of the layer Grad-CAM should look at. Adding an architecture is one decorated builder function.
+name of the layer Grad-CAM should look at. Adding an architecture is one decorated builder function in a model
+module. As in timm, the registry imports no model: each model module registers itself when imported, and
+:mod:`cxrscreen.models.factory` (``create_model``, ``get_spec``, ``list_models``) imports them all.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-
-from cxrscreen.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -91,25 +91,6 @@ def register_model(
     return decorate
 
 
-def _ensure_builtin() -> None:
-    # Importing the modules runs their @register_model decorators; they import this module, so not at its top.
-    from cxrscreen.models import efficientnet_lite, monai_nets  # noqa: F401
-
-
-def list_models() -> list[ModelSpec]:
-    _ensure_builtin()
-    return sorted(_REGISTRY.values(), key=lambda s: s.name)
-
-
-def get_spec(name: str) -> ModelSpec:
-    _ensure_builtin()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
-
-
-def create_model(name: str, num_classes: int, pretrained: bool = True, dropout: float = 0.2) -> XrayClassifier:
-    """Build a registered classifier. ``pretrained`` loads ImageNet weights where the architecture has them."""
-    spec = get_spec(name)
-    backbone = spec.builder(num_classes, pretrained and spec.has_pretrained)
-    return XrayClassifier(backbone, num_classes, spec.mean, spec.std, dropout)
+def registered() -> dict[str, ModelSpec]:
+    """The architectures registered so far, by name (:mod:`cxrscreen.models.factory` imports every built-in one)."""
+    return dict(_REGISTRY)

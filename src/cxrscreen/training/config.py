@@ -12,7 +12,7 @@ from typing import Any
 from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE
 from cxrscreen.data.transforms import Preprocessing
 from cxrscreen.errors import ConfigError, RunDirError
-from cxrscreen.models.registry import get_spec
+from cxrscreen.models.factory import get_spec
 from cxrscreen.run_dir import RunDir
 from cxrscreen.training.adversary import ADVERSARIES
 from cxrscreen.training.sampler import BALANCE_MODES, DEFAULT_CAP

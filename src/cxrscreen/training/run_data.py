@@ -20,7 +20,7 @@ from cxrscreen.data.stack import ImageStack
 from cxrscreen.errors import DatasetLayoutError
 from cxrscreen.guard.fit import GUARD_SIDES
 from cxrscreen.guard.inputs import guard_preprocessing
-from cxrscreen.lungs.finder import segmenter_lungs
+from cxrscreen.lungs.finder import load_lung_finder
 from cxrscreen.training.config import TrainConfig
 
 SIDES = ("train", "val", "test")
@@ -151,7 +151,7 @@ def prepare_run_data(cfg: TrainConfig, run_split: RunSplit, log: Callable[[str],
         # from the same decode.
         guard_pp = [guard_preprocessing()] if side in GUARD_SIDES else []
         prepared = load_prepared(part.paths, cfg.preprocessing, progress=progress, on_bad_image=cfg.on_bad_image,
-                                 also=guard_pp, lungs=segmenter_lungs())
+                                 also=guard_pp, lungs=load_lung_finder())
         kept = [part.records[i] for i in prepared.ok]
         data.records[side] = kept
         data.images[side] = prepared.images

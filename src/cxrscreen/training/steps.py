@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from cxrscreen.data.stack import ImageStack
+from cxrscreen.data.imageio import to_float
 from cxrscreen.metrics.classification import point_metrics
 from cxrscreen.models.registry import XrayClassifier
 
@@ -36,7 +37,7 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
 
 def to_input(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 (N, S, S) -> float (N, 1, S, S) in [0, 1], channels-last, on ``device``."""
-    x = images_uint8.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
+    x = to_float(images_uint8.to(device, non_blocking=True).unsqueeze(1))
     return x.contiguous(memory_format=torch.channels_last)
 
 

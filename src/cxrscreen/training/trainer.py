@@ -29,7 +29,7 @@ from cxrscreen.guard.fit import GUARD_SIDES, fit_guard
 from cxrscreen.io_utils import atomic_write, write_json
 from cxrscreen.metrics.classification import classification_report
 from cxrscreen.models.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
-from cxrscreen.models.registry import create_model
+from cxrscreen.models.factory import create_model
 from cxrscreen.run_dir import RunDir
 from cxrscreen.training.config import TrainConfig, load_run_config
 from cxrscreen.training.distributed import (

@@ -8,8 +8,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from cxrscreen.adaptation.tail import TuneSettings, cut_index, fine_tune, frozen_features, predict_features
-from cxrscreen.models.registry import create_model
+from cxrscreen.adaptation.fine_tuning import TuneSettings, cut_index, fine_tune, frozen_features, predict_features
+from cxrscreen.models.factory import create_model
 from cxrscreen.training.steps import predict_logits
 
 SETTINGS = TuneSettings(epochs=3, patience=2, batch_size=16, lr=1e-3, weight_decay=1e-4, label_smoothing=0.05)

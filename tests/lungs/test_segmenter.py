@@ -19,7 +19,6 @@ from cxrscreen.lungs.segmenter import (
     clean_mask,
     load_segmenter,
     segment_lungs,
-    segment_lungs_batch,
 )
 from cxrscreen.lungs.metrics import dice_iou, evaluate_segmenter
 from cxrscreen.lungs.network import read_segmenter_file
@@ -50,7 +49,7 @@ def test_shipped_file_is_self_describing_and_small():
 def test_mask_has_the_image_size_and_batch_matches_single(jsrt_pairs):
     images = [load_xray(p) for p, _ in jsrt_pairs[:3]]
     images[1] = images[1][:200, :180]  # sizes may differ within a batch
-    batch = segment_lungs_batch(images)
+    batch = load_segmenter().segment_batch(images)
     for image, result in zip(images, batch):
         single = segment_lungs(image)
         assert result.mask.shape == image.shape and result.mask.dtype == bool

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrscreen.data.lungs import apply_lung_mode, dilate, hide_lungs, keep_only_lungs, lung_box
+from cxrscreen.data.lung_focus import apply_lung_mode, dilate, hide_lungs, keep_only_lungs, lung_box
 from cxrscreen.data.imageio import load_xray
 from cxrscreen.data.transforms import Preprocessing, prepare_image, resize
 from cxrscreen.lungs.pairs import read_lung_mask
-from cxrscreen.lungs.segmenter import lung_finder
+from cxrscreen.lungs.segmenter import load_segmenter
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_prepare_uses_the_lungs_of_a_real_xray(shared_data):
     path = sorted((root / "images").glob("*.jpg"))[0]
     original = load_xray(path)
     pp = Preprocessing(img_size=64, lung_mode="crop")
-    prepared = pp.prepare(original, lung_finder())
+    prepared = pp.prepare(original, load_segmenter().plausible_mask)
     cropped, found = prepared.input, prepared.lungs_found
     assert found is True and cropped.shape == (64, 64) and cropped.dtype == np.float32
     # The frame is the box of JSRT's hand-drawn lung mask plus the margin, to 3% of the side, and the input is
@@ -96,7 +96,7 @@ def test_prepare_uses_the_lungs_of_a_real_xray(shared_data):
 
 
 def test_typical_lung_fields_are_two_lungs_of_plausible_size() -> None:
-    from cxrscreen.data.lungs import typical_lung_mask
+    from cxrscreen.data.lung_focus import typical_lung_mask
 
     mask = typical_lung_mask((200, 240))
     assert 0.15 < mask.mean() < 0.40
@@ -106,11 +106,11 @@ def test_typical_lung_fields_are_two_lungs_of_plausible_size() -> None:
 
 
 def test_unfound_lungs_are_framed_like_found_ones() -> None:
-    from cxrscreen.data.lungs import typical_lung_mask
+    from cxrscreen.data.lung_focus import typical_lung_mask
 
     pp = Preprocessing(img_size=64, lung_mode="crop_mask")
     noise = np.random.default_rng(0).random((128, 128)).astype(np.float32)
-    result = pp.prepare(noise, lung_finder())
+    result = pp.prepare(noise, load_segmenter().plausible_mask)
     prepared, found = result.input, result.lungs_found
     assert found is False
     expected = prepare_image(noise, pp, typical_lung_mask(noise.shape))
