@@ -29,3 +29,7 @@ class ModelError(CxrError):
 
 class RunDirError(CxrError):
     """A run directory cannot be used (already finished, missing, incompatible resume)."""
+
+
+class AuditLogError(CxrError):
+    """An audit log cannot be read, holds no screened image, or was written by another model."""

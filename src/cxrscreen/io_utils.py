@@ -1,7 +1,8 @@
-"""Atomic file writes: a run directory never holds a half-written file."""
+"""Atomic file writes (a run directory never holds a half-written file) and a file's sha256."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -41,3 +42,12 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_write(path, "w") as fh:
         fh.write(text)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

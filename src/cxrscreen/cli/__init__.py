@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "validity",
     "adapt",
     "models",
+    "monitor",
 )
 
 

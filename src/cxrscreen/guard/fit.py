@@ -12,14 +12,20 @@ from cxrscreen.data.records import Record
 from cxrscreen.data.splits import record_groups
 from cxrscreen.guard.inputs import GUARD_ACCEPT_RATE, GUARD_NETWORK, guard_thumbnails
 from cxrscreen.guard.network import torch_guard_features
-from cxrscreen.guard.ppca import fit_ood_guard
+from cxrscreen.guard.ppca import fit_scored_ood_guard
 
 GUARD_SIDES = ("train", "val")  # the sides of a run's split the guard is fitted on
 
 
 def fit_guard(records: list[Record], hashes: Mapping[str, str], max_distance: float, progress: bool = False,
               thumbnails: np.ndarray | None = None) -> dict[str, Any]:
-    """A run's out-of-distribution guard (:mod:`cxrscreen.guard.ppca`), fitted on the whole-image features
+    """:func:`fit_scored_guard` without the scores."""
+    return fit_scored_guard(records, hashes, max_distance, progress, thumbnails)[0]
+
+
+def fit_scored_guard(records: list[Record], hashes: Mapping[str, str], max_distance: float, progress: bool = False,
+                     thumbnails: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """(guard, out-of-fold score of each image it was fitted on, NaN for files that did not decode). A run's out-of-distribution guard (:mod:`cxrscreen.guard.ppca`), fitted on the whole-image features
     (:mod:`cxrscreen.guard.network`) of ``records`` (its training and validation images), with the threshold
     set on out-of-fold scores, folds drawn by patient and near-duplicate group (``hashes``: path -> pHash; within
     ``max_distance`` bits per 64). ``thumbnails``: the guard's inputs of ``records``, uint8 (N, 64, 64), when the
@@ -30,5 +36,8 @@ def fit_guard(records: list[Record], hashes: Mapping[str, str], max_distance: fl
         inputs, ok = guard_thumbnails([r.path for r in records], progress, on_bad_image="skip")
     else:
         inputs, ok = to_float(thumbnails), list(range(len(records)))
-    return fit_ood_guard(torch_guard_features(inputs), groups[ok], accept_rate=GUARD_ACCEPT_RATE,
-                         features="whole_image", network=GUARD_NETWORK)
+    guard, fitted = fit_scored_ood_guard(torch_guard_features(inputs), groups[ok], accept_rate=GUARD_ACCEPT_RATE,
+                                         features="whole_image", network=GUARD_NETWORK)
+    scores = np.full(len(records), np.nan)
+    scores[ok] = fitted
+    return guard, scores

@@ -7,7 +7,6 @@ network's response to a grey image repeated over three channels, at a third of t
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
 from cxrscreen.errors import ConfigError
+from cxrscreen.io_utils import file_sha256
 from cxrscreen.models.registry import Backbone, register_model
 
 # EfficientNet-Lite was trained on images scaled to [-1, 1]: (x - 0.5) / 0.5 for x in [0, 1].
@@ -41,14 +41,6 @@ def weights_file(variant: str) -> Path:
     if expected and file_sha256(files[0]) != expected:
         raise ConfigError(f"{files[0]}: weight file does not match the published checksum")
     return files[0]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_reference(variant: str) -> EfficientNet:

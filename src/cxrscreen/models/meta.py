@@ -35,6 +35,9 @@ class ModelMeta:
     thresholds: dict[str, float] = field(default_factory=dict)
     # Kinds of images the model is known to get wrong, one plain sentence each, shown with every prediction.
     known_limits: list[str] = field(default_factory=list)
+    # What the model does on its own validation images (cxrscreen.metrics.reference.OutputReference.to_dict):
+    # the yardstick `cxrscreen monitor` and the servers hold their recent images against. Empty = none stored.
+    reference: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label_set(self) -> LabelSet:
