@@ -46,6 +46,10 @@ def install_monitoring(app: FastAPI, monitoring: Monitoring | None, require_api_
     async def count_requests(request: Request, call_next: Callable) -> Any:
         response = await call_next(request)
         route = request.scope.get("route")
-        # The route's template, never the raw path: unknown paths must not grow the label set.
-        metrics.count_request(DOOR, getattr(route, "path", "unmatched"), response.status_code)
+        # Paths that match a route as they are (this app's routes have no parameters; a router's route knows only
+        # its path after the router's prefix), a mount's by its own path (/static): unknown paths must not grow
+        # the label set.
+        path, template = request.url.path, getattr(route, "path", None)
+        endpoint = "unmatched" if template is None else path if path.endswith(template) else template
+        metrics.count_request(DOOR, endpoint, response.status_code)
         return response
