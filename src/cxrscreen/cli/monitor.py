@@ -61,24 +61,27 @@ def run_monitor(args: argparse.Namespace) -> int:
 
 
 def print_table(report, every: int) -> None:
+    def out(line: str) -> None:
+        say(line, sys.stdout)
+
     reference = report.reference
-    say(f"model {report.model.name} v{report.model.version} (sha256 {report.model.sha256[:12]}...), reference: "
+    out(f"model {report.model.name} v{report.model.version} (sha256 {report.model.sha256[:12]}...), reference: "
         f"{reference.source or f'{reference.images} images'}")
-    say(f"{len(report.observations)} screened image(s), {report.unscreened} unscreened; windows of "
+    out(f"{len(report.observations)} screened image(s), {report.unscreened} unscreened; windows of "
         f"{report.settings.window}, a look every {report.settings.step}; false alarms <= {report.settings.alpha:g} "
         f"per {report.settings.horizon} images (Holm over the quantities, Bonferroni over the looks)")
     if not report.looks:
         return
     names = [q.name for q in report.looks[0].quantities]
-    say(f"{'images':<12}" + "".join(f"{name:>16}" for name in names) + "  moved (corrected p)")
-    say(f"{'reference':<12}" + "".join(f"{q.reference:>16}" for q in report.looks[0].quantities))
+    out(f"{'images':<12}" + "".join(f"{name:>16}" for name in names) + "  moved (corrected p)")
+    out(f"{'reference':<12}" + "".join(f"{q.reference:>16}" for q in report.looks[0].quantities))
     first = report.first_alarm
     for look in report.looks:
         if look.last % every == 0 or look is first or look is report.looks[-1]:
             cells = "".join(f"{q.window + ('*' if q.moved else ''):>16}" for q in look.quantities)
-            say(f"{f'{look.first}-{look.last}':<12}{cells}  {look.describe()}")
+            out(f"{f'{look.first}-{look.last}':<12}{cells}  {look.describe()}")
     if first is None:
-        say("no alarm: nothing moved beyond what windows of the reference's own images do")
+        out("no alarm: nothing moved beyond what windows of the reference's own images do")
     else:
-        say(f"first alarm at image {first.last}: {first.describe()}")
-    say("ALARM: " + report.looks[-1].describe() if report.alarm else "no alarm stands")
+        out(f"first alarm at image {first.last}: {first.describe()}")
+    out("ALARM: " + report.looks[-1].describe() if report.alarm else "no alarm stands")

@@ -8,7 +8,7 @@ turns quantiles back into a sample of the reference's own size for a two-sample 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,8 +23,9 @@ QUANTILE_LEVELS = np.linspace(0.0, 1.0, 101)
 class OutputReference:
     """The model's outputs on ``images`` validation images.
 
-    ``label_counts``: class -> images decided as it (under ``thresholds``) among those the OOD guard accepted.
-    ``flagged``: images the guard flagged (its scores there are out of fold: what it gives images it never saw).
+    ``label_counts``: class -> images decided as it (under ``thresholds``, from the probabilities: the guard's
+    flags are a quantity of their own). ``flagged``: images the guard flagged (its scores there are out of fold:
+    what it gives images it never saw).
     ``probability_quantiles``: p(``positive``) at :data:`QUANTILE_LEVELS`; ``guard_quantiles`` the same for the
     guard score (empty without a guard). ``source``: which images, in words.
     """
@@ -43,13 +44,8 @@ class OutputReference:
     def has_guard(self) -> bool:
         return bool(self.guard_quantiles)
 
-    @property
-    def screened(self) -> int:
-        """Images the guard accepted, over which :attr:`label_counts` are counted."""
-        return sum(self.label_counts.values())
-
     def label_shares(self) -> dict[str, float]:
-        total = max(1, self.screened)
+        total = max(1, sum(self.label_counts.values()))
         return {c: self.label_counts.get(c, 0) / total for c in self.classes}
 
     @property
@@ -66,6 +62,13 @@ class OutputReference:
     def median(self, quantity: str) -> float:
         quantiles = self.probability_quantiles if quantity == "probability" else self.guard_quantiles
         return float(quantiles[len(quantiles) // 2])
+
+    def with_guard(self, guard_scores: np.ndarray, guard_threshold: float) -> OutputReference:
+        """This reference with the guard's part from new scores (after ``refit-guard``); NaN scores left out."""
+        scores = np.asarray(guard_scores, dtype=np.float64)
+        scores = scores[np.isfinite(scores)]
+        return replace(self, flagged=int((scores > guard_threshold).sum()),
+                       guard_quantiles=[float(q) for q in np.quantile(scores, QUANTILE_LEVELS)])
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": REFERENCE_VERSION, **asdict(self)}
@@ -109,18 +112,12 @@ def build_reference(
     if probs.ndim != 2 or probs.shape[1] != len(classes) or len(probs) < 2 or len(labels) != len(probs):
         raise ValueError(f"a reference needs at least 2 rows of {len(classes)} probabilities and one label per row")
     positive = positive or positive_class(classes)
-    accepted = np.ones(len(probs), dtype=bool)
-    guard_quantiles: list[float] = []
-    flagged = 0
-    if guard_scores is not None and guard_threshold is not None:
-        scores = np.asarray(guard_scores, dtype=np.float64)
-        known = np.isfinite(scores)
-        accepted = ~known | (scores <= guard_threshold)
-        flagged = int((known & ~accepted).sum())
-        guard_quantiles = [float(q) for q in np.quantile(scores[known], QUANTILE_LEVELS)]
-    counts = np.bincount(np.asarray(labels)[accepted], minlength=len(classes))
-    return OutputReference(
+    counts = np.bincount(np.asarray(labels), minlength=len(classes))
+    reference = OutputReference(
         images=int(len(probs)), classes=list(classes), positive=positive,
-        label_counts={c: int(n) for c, n in zip(classes, counts)}, flagged=flagged,
+        label_counts={c: int(n) for c, n in zip(classes, counts)}, flagged=0,
         probability_quantiles=[float(q) for q in np.quantile(probs[:, list(classes).index(positive)], QUANTILE_LEVELS)],
-        guard_quantiles=guard_quantiles, thresholds=dict(thresholds or {}), source=source)
+        thresholds=dict(thresholds or {}), source=source)
+    if guard_scores is None or guard_threshold is None:
+        return reference
+    return reference.with_guard(guard_scores, guard_threshold)

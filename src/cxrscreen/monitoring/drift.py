@@ -3,8 +3,8 @@
 Four quantities are compared with the checkpoint's :class:`~cxrscreen.metrics.reference.OutputReference`:
 
 - ``labels``: the share of each label (decided under the reference's thresholds, from the logged probabilities,
-  so a server run with other ``--threshold`` values compares like with like), chi-square test of the 2 x K table
-  (reference counts, window counts);
+  so a server run with other ``--threshold`` values compares like with like; guard flags aside, they are the next
+  quantity), chi-square test of the 2 x K table (reference counts, window counts);
 - ``guard flags``: the OOD guard's flag rate, one-sided Fisher exact test (only a rise is news);
 - ``p(<positive>)``: the positive class's probability, two-sample Kolmogorov-Smirnov test;
 - ``guard score``: the guard's score, two-sample Kolmogorov-Smirnov test.
@@ -112,12 +112,11 @@ def percent(value: float) -> str:
 
 
 def label_test(reference: OutputReference, observations: Sequence[Observation]) -> tuple[str, str, float, float]:
-    """(reference, window, chi-square, p) for the label shares among the images the guard accepted."""
+    """(reference, window, chi-square, p) for the label shares."""
     classes = reference.classes
     counts = np.zeros(len(classes), dtype=np.int64)
     for obs in observations:
-        if not obs.flagged:
-            counts[decide(np.asarray(obs.probabilities), classes, reference.thresholds)] += 1
+        counts[decide(np.asarray(obs.probabilities), classes, reference.thresholds)] += 1
     table = np.array([[reference.label_counts.get(c, 0) for c in classes], counts])
     table = table[:, table.sum(axis=0) > 0]
     if counts.sum() == 0 or table.shape[1] < 2:

@@ -32,11 +32,10 @@ def window_values(report: MonitorReport) -> dict[str, list[float]]:
     values: dict[str, list[float]] = {name: [] for name in [*classes, "flags", "probability", "guard", "n"]}
     for look in report.looks:
         window: list[Observation] = report.observations[look.first - 1: look.last]
-        kept = [o for o in window if not o.flagged]
-        counts = np.bincount([decide(np.asarray(o.probabilities), classes, reference.thresholds) for o in kept],
+        counts = np.bincount([decide(np.asarray(o.probabilities), classes, reference.thresholds) for o in window],
                              minlength=len(classes))
         for i, name in enumerate(classes):
-            values[name].append(counts[i] / max(1, len(kept)))
+            values[name].append(counts[i] / max(1, len(window)))
         values["flags"].append(float(np.mean([bool(o.flagged) for o in window])))
         values["probability"].append(float(np.median([o.probabilities[positive] for o in window])))
         scores = [o.guard_score for o in window if o.guard_score is not None]
