@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="chance of a false alarm within --horizon images")
     parser.add_argument("--horizon", type=int, default=defaults.horizon, metavar="N",
                         help="images over which --alpha holds (Bonferroni over its looks)")
-    parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw each quantity over time against the reference")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw each quantity over time against the reference (default: no plot)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format")
     parser.add_argument("--every", type=int, metavar="N",
                         help="table: a row every N images (default: 5 looks), plus the first alarm and the last look")

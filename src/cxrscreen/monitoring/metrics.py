@@ -5,7 +5,7 @@ door calls itself. The drift window, when there is one, is read at scrape time."
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -14,7 +14,9 @@ from prometheus_client.exposition import start_http_server
 from cxrscreen.errors import ConfigError
 from cxrscreen.monitoring.audit import ModelIdentity
 from cxrscreen.monitoring.events import ScreeningEvent
-from cxrscreen.monitoring.live import DriftWindow
+
+if TYPE_CHECKING:  # the drift window loads scipy; counting images needs none of it
+    from cxrscreen.monitoring.live import DriftWindow
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST

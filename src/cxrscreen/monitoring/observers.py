@@ -9,15 +9,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from cxrscreen.errors import ModelError
 from cxrscreen.metrics.reference import OutputReference
 from cxrscreen.monitoring.audit import AuditLog, ModelIdentity
 from cxrscreen.monitoring.settings import DriftSettings
 from cxrscreen.monitoring.events import Observer, ScreeningEvent, content_id, notify
-from cxrscreen.monitoring.live import DriftWindow
 from cxrscreen.monitoring.metrics import ScreeningMetrics
+
+if TYPE_CHECKING:
+    from cxrscreen.monitoring.live import DriftWindow
 
 
 @dataclass
@@ -25,7 +27,7 @@ class Monitoring:
     """The observers of one front door: ``observers`` (hand each event to all of them), and each by kind (None
     where not asked for) so the door can serve the metrics and show the drift."""
 
-    model: ModelIdentity
+    model: ModelIdentity | None = None
     observers: list[Observer] = field(default_factory=list)
     audit: AuditLog | None = None
     metrics: ScreeningMetrics | None = None
@@ -60,7 +62,10 @@ def build_monitoring(predictor: Any, audit_log: str | os.PathLike | None = None,
                      drift: bool = True, drift_settings: DriftSettings | None = None) -> Monitoring:
     """The observers for ``predictor``: an :class:`AuditLog` at ``audit_log``, :class:`ScreeningMetrics` when
     ``metrics``, and a :class:`DriftWindow` when ``drift`` and the model carries a reference (a model without one
-    gets a warning on stderr and no drift). Call :meth:`Monitoring.close` when done."""
+    gets a warning on stderr and no drift). Call :meth:`Monitoring.close` when done (or use it as a context). Asked
+    for nothing, it holds no observer and reads nothing (the model file is hashed only for a log or metrics)."""
+    if audit_log is None and not metrics and not drift:
+        return Monitoring()
     model = ModelIdentity.of(predictor)
     window = None
     if drift:
@@ -69,6 +74,8 @@ def build_monitoring(predictor: Any, audit_log: str | os.PathLike | None = None,
             print(f"cxrscreen: warning: {predictor.model_path} carries no drift reference (made before models stored "
                   "one): no drift statistic", file=sys.stderr)
         else:
+            from cxrscreen.monitoring.live import DriftWindow  # scipy.stats: only for a door that keeps a window
+
             window = DriftWindow(reference, drift_settings)
     counters = ScreeningMetrics(model, window) if metrics else None
     audit = AuditLog(Path(audit_log), model) if audit_log is not None else None
@@ -81,6 +88,9 @@ def monitored_predictions(predictor: Any, sources: Sequence[str | os.PathLike], 
     """``predictor.predict_iter(sources)`` (image files), each result also handed to ``observers`` as a
     :class:`ScreeningEvent` (input id: the file's content hash; latency: the time since the previous result,
     each image's share of a streamed batch)."""
+    if not observers:  # nothing watches: no file is read twice
+        yield from predictor.predict_iter([str(s) for s in sources])
+        return
     last = time.perf_counter()
     for source, result in zip(sources, predictor.predict_iter([str(s) for s in sources])):
         now = time.perf_counter()
