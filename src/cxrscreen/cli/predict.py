@@ -76,8 +76,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 def add_audit_log_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audit-log", type=Path, metavar="PATH",
                         help="append one JSON line per image to PATH (time, content hash, model and its hash, label, "
-                        "probabilities, decision, guard, latency; no file or patient names; default: no log); `cxrscreen monitor` "
-                        "reads it")
+                        "probabilities, decision, guard, latency; no file or patient names; default: no log); "
+                        "`cxrscreen monitor` reads it")
 
 
 def load_for_inference(args: argparse.Namespace, **options) -> Predictor:
