@@ -5,7 +5,6 @@ log, Prometheus metrics, drift window) for a loaded predictor, and :func:`monito
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,22 +60,18 @@ def stored_reference(meta: Any, where: str | os.PathLike) -> OutputReference | N
 def build_monitoring(predictor: Any, audit_log: str | os.PathLike | None = None, metrics: bool = False,
                      drift: bool = True, drift_settings: DriftSettings | None = None) -> Monitoring:
     """The observers for ``predictor``: an :class:`AuditLog` at ``audit_log``, :class:`ScreeningMetrics` when
-    ``metrics``, and a :class:`DriftWindow` when ``drift`` and the model carries a reference (a model without one
-    gets a warning on stderr and no drift). Call :meth:`Monitoring.close` when done (or use it as a context). Asked
+    ``metrics``, and a :class:`DriftWindow` when ``drift`` and the model carries a reference (a model made before
+    checkpoints stored one gets none: ``drift`` is None, and a door says so). Call :meth:`Monitoring.close` when done (or use it as a context). Asked
     for nothing, it holds no observer and reads nothing (the model file is hashed only for a log or metrics)."""
     if audit_log is None and not metrics and not drift:
         return Monitoring()
     model = ModelIdentity.of(predictor)
     window = None
-    if drift:
-        reference = stored_reference(predictor.meta, predictor.model_path)
-        if reference is None:
-            print(f"cxrscreen: warning: {predictor.model_path} carries no drift reference (made before models stored "
-                  "one): no drift statistic", file=sys.stderr)
-        else:
-            from cxrscreen.monitoring.live import DriftWindow  # scipy.stats: only for a door that keeps a window
+    reference = stored_reference(predictor.meta, predictor.model_path) if drift else None
+    if reference is not None:
+        from cxrscreen.monitoring.live import DriftWindow  # scipy.stats: only for a door that keeps a window
 
-            window = DriftWindow(reference, drift_settings)
+        window = DriftWindow(reference, drift_settings)
     counters = ScreeningMetrics(model, window) if metrics else None
     audit = AuditLog(Path(audit_log), model) if audit_log is not None else None
     observers: list[Observer] = [o for o in (audit, counters, window) if o is not None]

@@ -399,6 +399,9 @@ def serve(
         server_header=False,
     )
     print(f"cxrscreen: serving on {base_url(listener)}", flush=True)
+    if monitoring.drift is None:
+        print(f"cxrscreen: no drift statistic: {predictor.model_path} carries no reference (made before models stored "
+              "one)", flush=True)
     with monitoring:
         uvicorn.Server(config).run(sockets=[listener])
 
