@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-list", type=Path, metavar="TXT", help="write the internal images' paths here")
+    p.add_argument("--example-log", type=Path, metavar="JSONL",
+                   help="also write the audit log of one order of 'internal -> Kermany' (for `cxrscreen monitor`)")
     args = p.parse_args(argv)
     settings = DriftSettings(window=args.window)
     predictor = load_predictor("default")
@@ -100,8 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results, internal = observations(predictor, internal_paths)
     _, tb_obs = observations(predictor, [tb[i] for i in rng.choice(len(tb), AFTER, replace=False)])
-    _, kermany_obs = observations(predictor, [kermany[i] for i in rng.choice(len(kermany), AFTER, replace=False)])
+    kermany_results, kermany_obs = observations(predictor, [kermany[i] for i in rng.choice(len(kermany), AFTER,
+                                                                                          replace=False)])
     predict_s = time.perf_counter() - start
+    if args.example_log:
+        with AuditLog(args.example_log, ModelIdentity.of(predictor)) as audit:
+            before = [results[i] for i in np.random.default_rng(args.seed).permutation(INTERNAL)[:BEFORE]]
+            for i, result in enumerate([*before, *kermany_results]):
+                audit(ScreeningEvent("predict", f"example:{i}", 0.05, result))
 
     false_alarms = 0
     for _ in range(args.orders):
