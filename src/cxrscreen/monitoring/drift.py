@@ -127,7 +127,7 @@ def label_test(reference: OutputReference, observations: Sequence[Observation]) 
     # The label whose share moved most says what moved.
     biggest = max(range(len(classes)), key=lambda i: abs(shares[i] - ref_shares[classes[i]]))
     name = classes[biggest]
-    return (f"{name} {percent(ref_shares[name])}", f"{percent(shares[biggest])}", float(result.statistic),
+    return (f"{name} {percent(ref_shares[name])}", f"{name} {percent(shares[biggest])}", float(result.statistic),
             float(result.pvalue))
 
 

@@ -65,7 +65,7 @@ def plot_drift(report: MonitorReport, path: str | os.PathLike) -> Path:
             if name in reference.classes or name == "flags":
                 centre = reference.label_shares()[name] if name != "flags" else reference.flag_rate
                 half = Z95 * np.sqrt(centre * (1 - centre) / np.maximum(n, 1))
-                low, high = centre - half, centre + half
+                low, high = np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
             else:
                 bands = [median_band(reference, name, int(k)) for k in n]
                 low, high = np.array([b[0] for b in bands]), np.array([b[1] for b in bands])
