@@ -33,3 +33,7 @@ class RunDirError(CxrError):
 
 class OutputError(CxrError):
     """An output path cannot be written (a file where a folder should be, no permission, a read-only disk)."""
+
+
+class AuditLogError(CxrError):
+    """An audit log cannot be read, holds no screened image, or was written by another model."""

@@ -18,6 +18,7 @@ from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.sources import load_dataset
 from cxrscreen.inference.predictor import load_predictor
 from cxrscreen.metrics.classification import weighted_auroc
+from cxrscreen.metrics.reference import OutputReference
 from cxrscreen.models.checkpoint import load_checkpoint
 from cxrscreen.serve.app import create_app
 
@@ -81,6 +82,10 @@ def test_adapted_checkpoint_records_its_lineage(adapted, tiny_parent: Path, ieee
     assert meta.temperature == pytest.approx(report["temperature"]["temperature"])
     assert meta.train_summary["images_per_split"]["site (all folds)"] == {"covid": 24, "other": 16}
     assert len(meta.train_hashes) >= len(ieee_rows) - 2 and meta.ood["n_fit"] == len(ieee_rows)
+    # The drift reference: the site's out-of-fold outputs under the stored threshold.
+    reference = OutputReference.from_dict(meta.reference)
+    assert reference.images == len(ieee_rows) and reference.positive == "covid" and reference.has_guard
+    assert sum(reference.label_counts.values()) == len(ieee_rows) and reference.thresholds == meta.thresholds
     # Fine-tuned: the tail changed, the frozen stem did not.
     state, parent_state = model.state_dict(), parent_model.state_dict()
     stem = "backbone.net._conv_stem.weight"

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from cxrscreen.cli import main
-from cxrscreen.models.checkpoint import load_checkpoint
+from cxrscreen.metrics.reference import OutputReference
+from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 
 
 def train_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -77,6 +78,11 @@ def test_checkpoint_is_self_describing(trained_run: Path) -> None:
     n_val = sum(1 for r in split if r["split"] == "val")
     assert meta.ood["n_fit"] == n_train + n_val
     assert meta.ood["calibration"]["set"] == "out-of-fold" and meta.ood["calibration"]["images"] == n_train + n_val
+    # The drift reference: the validation images' outputs, their guard scores out of fold.
+    reference = OutputReference.from_dict(meta.reference)
+    assert reference.images == n_val and sum(reference.label_counts.values()) == n_val
+    assert reference.has_guard and reference.guard_quantiles == sorted(reference.guard_quantiles)
+    assert reference.flag_rate < 0.5 and reference.positive == "covid"
     assert set(meta.train_summary["images_per_split"]) == {"train", "val", "test"}
     test = meta.metrics["test"]
     assert 0.0 <= test["accuracy"]["value"] <= 1.0
@@ -121,8 +127,11 @@ def test_refit_guard_reproduces_the_trained_guard(trained_run: Path, tmp_path: P
     copy.write_bytes((trained_run / "best.pt").read_bytes())
     model, meta = load_checkpoint(copy)
     old_guard = dict(meta.ood)
+    stale = {**meta.reference, "guard_quantiles": [0.0] * 101}  # a reference whose guard part must be redone
+    save_checkpoint(copy, model, ModelMeta.from_dict({**meta.to_dict(), "reference": stale}))
     assert main(["refit-guard", str(trained_run), "--checkpoint", str(copy), "--quiet"]) == 0
     refit_model, refit_meta = load_checkpoint(copy)
+    assert refit_meta.reference["guard_quantiles"] == pytest.approx(meta.reference["guard_quantiles"], rel=1e-3)
     assert refit_meta.ood["threshold"] == pytest.approx(old_guard["threshold"], rel=1e-3)
     np.testing.assert_allclose(refit_meta.ood["mean"], old_guard["mean"], atol=1e-5)
     for key, value in model.state_dict().items():

@@ -35,9 +35,11 @@ from cxrscreen.adaptation.scores import by_source, interval_fields, operating_th
 from cxrscreen.adaptation.site import SiteData, load_site, site_evaluator
 from cxrscreen.adaptation.fine_tuning import TuneSettings, cut_index, fine_tune, frozen_features, predict_features
 from cxrscreen.errors import ConfigError, RunDirError
-from cxrscreen.guard.fit import fit_guard
+from cxrscreen.guard.fit import fit_scored_guard
 from cxrscreen.metrics.calibration import choose_temperature
 from cxrscreen.metrics.classification import binary_metrics
+from cxrscreen.metrics.reference import build_reference
+from cxrscreen.inference.options import decide
 from cxrscreen.inference.predictor import softmax
 from cxrscreen.hashing import file_sha256
 from cxrscreen.io_utils import atomic_write, write_json
@@ -167,7 +169,7 @@ class Adaptation:
         if curve:
             report["figures"] = {"learning_curve": str(plot_learning_curve(curve, before, after, cfg.positive,
                                                                           RunDir(cfg.run_dir).learning_curve))}
-        self.save_final(epochs, calibration.temperature, threshold, report)
+        self.save_final(epochs, calibration.temperature, threshold, report, oof_probs)
         self.clock.lap("final_model")
         report["seconds"] = round(time.time() - start, 1)
         report["seconds_by_step"] = self.clock.laps
@@ -221,15 +223,21 @@ class Adaptation:
                 "sha256": file_sha256(self.parent_path), "classes": list(meta.classes),
                 "known_limits": list(meta.known_limits)}
 
-    def save_final(self, epochs: int, temperature: float, threshold: float, report: dict[str, Any]) -> None:
-        """Fine-tune on every site image and write ``best.pt`` (with guard, lineage, temperature and threshold)."""
+    def save_final(self, epochs: int, temperature: float, threshold: float, report: dict[str, Any],
+                   oof_probs: np.ndarray) -> None:
+        """Fine-tune on every site image and write ``best.pt`` (with guard, lineage, temperature, threshold and the
+        reference: the out-of-fold outputs on the site's images)."""
         cfg, site = self.cfg, self.site
         self.log(f"final model: fine-tuning on all {len(site.records)} images for {epochs} epoch(s)")
         tuned = fine_tune(self.parent, self.features, site.targets, np.arange(len(site.records)), None, self.cut,
                           self.settings, cfg.seed, epochs=epochs)
         self.log("fitting the OOD guard on the site's images")
-        guard = fit_guard(site.records, site.hashes, cfg.dedup_distance, thumbnails=site.thumbnails)
+        guard, guard_scores = fit_scored_guard(site.records, site.hashes, cfg.dedup_distance, thumbnails=site.thumbnails)
         meta = self.final_meta(temperature, threshold, guard, report)
+        labels = np.array([decide(row, site.classes, meta.thresholds) for row in oof_probs])
+        meta.reference = build_reference(oof_probs, labels, site.classes, guard_scores, guard["threshold"],
+                                         meta.thresholds, cfg.positive,
+                                         f"the site's {len(labels)} images, out of fold").to_dict()
         write_json(RunDir(cfg.run_dir).config, cfg.to_dict())
         save_checkpoint(RunDir(cfg.run_dir).best, tuned.model, meta)
 

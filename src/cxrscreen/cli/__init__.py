@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "adapt",
     "models",
     "dicom",
+    "monitor",
 )
 
 

@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--target", metavar="CLASS", help="class Grad-CAM explains (default: the predicted class)")
     add_backend_argument(predict)
     predict.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N", help="images per forward pass")
+    add_audit_log_argument(predict)
     predict.set_defaults(func=run_predict)
 
     explain = subparsers.add_parser("explain", help="write Grad-CAM overlays of chest X-rays")
@@ -73,6 +74,13 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_audit_log_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--audit-log", type=Path, metavar="PATH",
+                        help="append one JSON line per image to PATH (time, content hash, model and its hash, label, "
+                        "probabilities, decision, guard, latency; no file or patient names; default: no log); "
+                        "`cxrscreen monitor` reads it")
+
+
 def load_for_inference(args: argparse.Namespace, **options) -> Predictor:
     """The predictor the inference flags of ``args`` ask for (``options``: more :func:`load_predictor` keywords)."""
     from cxrscreen.inference.predictor import load_predictor
@@ -96,11 +104,14 @@ def run_predict(args: argparse.Namespace) -> int:
     predictor = load_for_inference(args, backend=args.backend, batch_size=args.batch_size)
     if args.explain:
         check_target(args.target, predictor.classes)
+    from cxrscreen.monitoring.observers import build_monitoring, monitored_predictions
+
+    monitoring = build_monitoring(predictor, audit_log=args.audit_log, drift=False)
     stems = UniqueStems()
     failed = 0
     writer = OutputWriter(args.format, predictor.classes, sys.stdout, predictor.known_limits)
-    with progress(len(files), "predicting") as bar:
-        for path, result in zip(files, predictor.predict_iter([str(p) for p in files])):
+    with progress(len(files), "predicting") as bar, monitoring:
+        for path, result in zip(files, monitored_predictions(predictor, files, monitoring.observers)):
             bar.update()
             if isinstance(result, PredictionFailure):
                 failed += 1

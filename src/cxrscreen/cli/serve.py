@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from cxrscreen.cli.predict import add_backend_argument, add_inference_arguments, add_model_arguments
+from cxrscreen.cli.predict import add_audit_log_argument, add_backend_argument, add_inference_arguments, add_model_arguments
 from cxrscreen.serve.settings import API_KEY_ENV, ServeSettings, resolve_api_key
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="serve the REST API (/v1/predict, /v1/model, /docs) and the web page",
+        help="serve the REST API (/v1/predict, /v1/model, /metrics, /docs) and the web page",
         description="Serve the REST API and the web page. A screening aid, not a diagnosis.",
     )
     defaults = ServeSettings()
@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--api-key", default=None, metavar="KEY",
         help=f"require this key on /v1/ requests (X-API-Key or Authorization: Bearer); default: ${API_KEY_ENV}",
     )
+    add_audit_log_argument(parser)
     parser.set_defaults(func=run_serve)
 
 
@@ -56,5 +57,6 @@ def run_serve(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         thresholds=parse_thresholds(args.threshold or []) or None,
+        audit_log=args.audit_log,
     )
     return 0

@@ -13,7 +13,7 @@ from cxrscreen.data.splits import record_groups
 from cxrscreen.data.stack import ImageStack
 from cxrscreen.guard.inputs import GUARD_ACCEPT_RATE, GUARD_NETWORK, guard_preprocessing
 from cxrscreen.guard.network import torch_guard_features
-from cxrscreen.guard.ppca import fit_ood_guard
+from cxrscreen.guard.ppca import fit_scored_ood_guard
 
 GUARD_SIDES = ("train", "val")  # the sides of a run's split the guard is fitted on
 
@@ -33,9 +33,16 @@ def fit_sample(count: int, limit: int = GUARD_FIT_MAX, seed: int = 0) -> np.ndar
 
 def fit_guard(records: list[Record], hashes: Mapping[str, str], max_distance: float, progress: bool = False,
               thumbnails: np.ndarray | ImageStack | None = None) -> dict[str, Any]:
-    """A run's out-of-distribution guard (:mod:`cxrscreen.guard.ppca`), fitted on the whole-image features
-    (:mod:`cxrscreen.guard.network`) of ``records`` (its training and validation images; at most
-    :data:`GUARD_FIT_MAX` of them, see :func:`fit_sample`), with the threshold set on out-of-fold scores, folds
+    """:func:`fit_scored_guard` without the scores."""
+    return fit_scored_guard(records, hashes, max_distance, progress, thumbnails)[0]
+
+
+def fit_scored_guard(records: list[Record], hashes: Mapping[str, str], max_distance: float, progress: bool = False,
+                     thumbnails: np.ndarray | ImageStack | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """(guard, out-of-fold score of each image it was fitted on; NaN for files that did not decode and images left
+    out of the fit's sample). A run's out-of-distribution guard (:mod:`cxrscreen.guard.ppca`), fitted on the
+    whole-image features (:mod:`cxrscreen.guard.network`) of ``records`` (its training and validation images; at
+    most :data:`GUARD_FIT_MAX` of them, see :func:`fit_sample`), with the threshold set on out-of-fold scores, folds
     drawn by patient and near-duplicate group (``hashes``: path -> pHash; within ``max_distance`` bits per 64).
     ``thumbnails``: the guard's inputs of ``records``, uint8 (N, 64, 64), when the caller has them; otherwise they
     are read (through the cache), and files that do not decode are left out, as training left them out. The
@@ -48,5 +55,8 @@ def fit_guard(records: list[Record], hashes: Mapping[str, str], max_distance: fl
         ok = np.arange(len(records))
     sample = fit_sample(len(ok))
     inputs = thumbnails if len(sample) == len(ok) else thumbnails[sample]
-    return fit_ood_guard(torch_guard_features(inputs), groups[ok][sample], accept_rate=GUARD_ACCEPT_RATE,
-                         features="whole_image", network=GUARD_NETWORK)
+    guard, fitted = fit_scored_ood_guard(torch_guard_features(inputs), groups[ok][sample], accept_rate=GUARD_ACCEPT_RATE,
+                                         features="whole_image", network=GUARD_NETWORK)
+    scores = np.full(len(records), np.nan)
+    scores[ok[sample]] = fitted
+    return guard, scores

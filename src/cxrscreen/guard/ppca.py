@@ -46,7 +46,21 @@ def fit_ood_guard(
     network: str | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Fit the guard on features (N, F) of real X-rays (a run's training and validation images) and set its
+    """:func:`fit_scored_ood_guard` without the scores."""
+    return fit_scored_ood_guard(real_features, groups, accept_rate, folds, max_components, features, network, seed)[0]
+
+
+def fit_scored_ood_guard(
+    real_features: np.ndarray,
+    groups: np.ndarray | None = None,
+    accept_rate: float = 0.99,
+    folds: int = 5,
+    max_components: int = 32,
+    features: str = "penultimate",
+    network: str | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """(guard, the calibration scores (N,) of the images, out of fold where possible). Fit the guard on features (N, F) of real X-rays (a run's training and validation images) and set its
     threshold on out-of-fold scores.
 
     The images are dealt into ``folds`` folds, whole groups at a time (``groups[i]``: the image's patient or
@@ -55,7 +69,8 @@ def fit_ood_guard(
     quantile of those N out-of-fold scores; the guard kept is fitted on all N images. Compared with fitting on the
     training images and taking the quantile of the validation images alone, the threshold rests on every image
     instead of a sixth of them (on the bundled model's training images it moved by 3 units between random
-    calibration subsets, against 0.3 out of fold; MODEL_CARD.md).
+    calibration subsets, against 0.3 out of fold; MODEL_CARD.md). The out-of-fold scores are what the guard gives
+    images it never saw, so they are also the model's reference for drift (:mod:`cxrscreen.metrics.reference`).
 
     ``k = min(max_components, n // 4, F - 1)`` principal directions are modelled (a quarter of the images at most,
     so the residual variance is not fitted away on few images). With fewer than ``MIN_CALIBRATION`` images, or
@@ -96,7 +111,7 @@ def fit_ood_guard(
     guard["accept_rate"] = float(accept_rate)
     guard["threshold"] = float(np.quantile(scores, accept_rate))
     guard["calibration"] = {**calibration, "accepted": float(np.mean(accepts(scores, guard)))}
-    return guard
+    return guard, scores
 
 
 def _group_folds(group_ids: np.ndarray, folds: int, seed: int) -> np.ndarray:

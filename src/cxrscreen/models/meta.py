@@ -39,6 +39,9 @@ class ModelMeta:
     # {class: {"value", "scheme", "meaning"}}: the coded concept of each class in results written as codes (the
     # DICOM SR); a class left out gets its standard code (see class_code).
     class_codes: dict[str, dict[str, str]] = field(default_factory=dict)
+    # What the model does on its own validation images (cxrscreen.metrics.reference.OutputReference.to_dict):
+    # the yardstick `cxrscreen monitor` and the servers hold their recent images against. Empty = none stored.
+    reference: dict[str, Any] = field(default_factory=dict)
 
     def class_code(self, name: str) -> ClassCode:
         """The coded concept of class ``name`` (:func:`cxrscreen.models.class_codes.class_code`)."""

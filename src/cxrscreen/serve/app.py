@@ -9,6 +9,8 @@ Predictor contract (``meta``, ``classes``, ``predict(source, name)``, ``decided_
   chose it), probabilities, model, OOD flag, notice.
 - ``GET /v1/model``: the model card (classes, input size, metrics, ...) from the checkpoint's metadata.
 - ``GET /healthz``: liveness, never behind the API key. ``GET /``: the web page. ``/docs``: OpenAPI.
+- ``GET /metrics``: Prometheus metrics, and every upload handed to the audit log and the drift window, when
+  ``create_app`` is given a :class:`~cxrscreen.monitoring.observers.Monitoring` (:mod:`cxrscreen.serve.monitor`).
 
 Uploads stay in memory (see :mod:`cxrscreen.serve.upload`); logs carry sizes, formats, labels and timings,
 never file names, DICOM tags or pixels. Every error is JSON ``{"error": "..."}``.
@@ -46,6 +48,8 @@ from cxrscreen import SCREENING_NOTICE, __version__
 from cxrscreen.data.imageio import load_xray, sniff_format, to_uint8
 from cxrscreen.errors import ConfigError, CxrError, ImageDecodeError
 from cxrscreen.inference.predictor import load_predictor
+from cxrscreen.monitoring.observers import Monitoring, build_monitoring
+from cxrscreen.serve.monitor import drift_status, install_monitoring, report
 from cxrscreen.serve.settings import ServeSettings
 from cxrscreen.serve.upload import FILE_FIELD, Upload, read_upload
 
@@ -83,8 +87,9 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="t
 bearer_token = HTTPBearer(auto_error=False, description="the service's API key as a bearer token, if set")
 
 
-def create_app(predictor: Any, settings: ServeSettings | None = None) -> FastAPI:
-    """The FastAPI application serving ``predictor`` (see :func:`cxrscreen.inference.predictor.load_predictor`)."""
+def create_app(predictor: Any, settings: ServeSettings | None = None, monitoring: Monitoring | None = None) -> FastAPI:
+    """The FastAPI application serving ``predictor`` (see :func:`cxrscreen.inference.predictor.load_predictor`),
+    its uploads reported to ``monitoring`` (:func:`cxrscreen.monitoring.observers.build_monitoring`)."""
     settings = settings or ServeSettings()
     app = FastAPI(
         title="cxrscreen",
@@ -96,6 +101,7 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> FastAPI
     app.state.executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="cxrscreen-predict")
     app.state.model_gate = ModelGate()
     install_error_handlers(app)
+    install_monitoring(app, monitoring, require_api_key)
     app.include_router(build_api_router(), prefix="/v1")
 
     @app.get("/healthz", tags=["service"], summary="Liveness check (no API key needed)")
@@ -157,12 +163,26 @@ def build_api_router() -> APIRouter:
     ) -> dict[str, Any]:
         app = request.app
         upload = await read_upload(request, app.state.settings.max_upload_bytes)
-        file_format = check_format(upload)
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        body = await loop.run_in_executor(
-            app.state.executor, analyse_upload, app.state.predictor, app.state.model_gate, upload, explain, image
-        )
+        screened: list[Any] = []  # one event per upload: a failing explanation does not report it twice
+
+        def reported(prediction: Any) -> None:
+            screened.append(prediction)
+            report(app, upload.data, started, prediction)
+
+        try:
+            file_format = check_format(upload)
+            loop = asyncio.get_running_loop()
+            body = await loop.run_in_executor(
+                app.state.executor, analyse_upload, app.state.predictor, app.state.model_gate, upload, explain, image,
+                reported,
+            )
+        except (HTTPException, CxrError) as exc:
+            if not screened:
+                message = str(getattr(exc, "detail", exc)).splitlines()[0]
+                # The audit log keeps no file names: a name may carry a patient's.
+                report(app, upload.data, started, reason=message.replace(upload.filename, "upload"))
+            raise
         logger.info(
             "predict: %d-byte %s -> %s%s in %.0f ms",
             len(upload.data),
@@ -175,7 +195,7 @@ def build_api_router() -> APIRouter:
 
     @router.get("/model", summary="Model card: classes, input size, metrics, training summary")
     async def model(request: Request) -> dict[str, Any]:
-        return json_safe(model_card(request.app.state.predictor))
+        return json_safe({**model_card(request.app.state.predictor), "drift": drift_status(request.app)})
 
     return router
 
@@ -247,11 +267,14 @@ class ModelGate:
                 self._condition.notify_all()
 
 
-def analyse_upload(predictor: Any, gate: ModelGate, upload: Upload, explain: bool, render: bool) -> dict[str, Any]:
-    """Decode once, predict, and optionally explain and render; runs on a worker thread."""
+def analyse_upload(predictor: Any, gate: ModelGate, upload: Upload, explain: bool, render: bool,
+                   screened: Callable[[Any], None] = lambda prediction: None) -> dict[str, Any]:
+    """Decode once, predict (handing the prediction to ``screened``), and optionally explain and render; runs on a
+    worker thread."""
     xray = load_xray(upload.data, upload.filename)
     with gate.shared():
         prediction = predictor.predict(xray, name=upload.filename)
+    screened(prediction)
     meta = predictor.meta
     body = {**prediction.to_dict(), "model": {"name": meta.name, "version": meta.version, "arch": meta.arch}}
     if explain:
@@ -358,23 +381,30 @@ def serve(
     device: str = "auto",
     threads: int | None = None,
     thresholds: dict[str, float] | None = None,
+    audit_log: str | Path | None = None,
 ) -> None:
     """Load the model (the bundled default when ``model`` is None; ``backend``, ``device``, ``threads`` and
     ``thresholds`` as in :func:`cxrscreen.inference.predictor.load_predictor`) and serve it with uvicorn until
-    stopped. Prints ``serving on http://HOST:PORT`` once the port is bound (``port=0`` picks a free one)."""
+    stopped, with ``/metrics``, the drift statistic and, given ``audit_log``, one audit line per upload. Prints
+    ``serving on http://HOST:PORT`` once the port is bound (``port=0`` picks a free one)."""
     predictor = load_predictor(model, backend=backend, device=device, threads=threads, thresholds=thresholds)
+    monitoring = build_monitoring(predictor, audit_log=audit_log, metrics=True)
     if settings.api_key is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s without an API key: anyone who can reach it can use it", settings.host)
     listener = listen(settings.host, settings.port)
     config = uvicorn.Config(
-        create_app(predictor, settings),
+        create_app(predictor, settings, monitoring),
         host=settings.host,
         port=settings.port,
         log_config=logging_config(),
         server_header=False,
     )
     print(f"cxrscreen: serving on {base_url(listener)}", flush=True)
-    uvicorn.Server(config).run(sockets=[listener])
+    if monitoring.drift is None:
+        print(f"cxrscreen: no drift statistic: {predictor.model_path} carries no reference (made before models stored "
+              "one)", flush=True)
+    with monitoring:
+        uvicorn.Server(config).run(sockets=[listener])
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -7,7 +7,8 @@ from typing import Any, Callable
 
 from cxrscreen.data.splits import load_split
 from cxrscreen.errors import RunDirError
-from cxrscreen.guard.fit import GUARD_SIDES, fit_guard
+from cxrscreen.guard.fit import GUARD_SIDES, fit_scored_guard
+from cxrscreen.metrics.reference import OutputReference
 from cxrscreen.models.checkpoint import load_checkpoint, save_checkpoint
 from cxrscreen.run_dir import RunDir
 from cxrscreen.threads import configure_threads
@@ -22,7 +23,8 @@ def refit_ood_guard(
     (its saved config and split), and store it in ``checkpoint`` (default: the run's ``best.pt``).
 
     For checkpoints from an older cxrscreen, whose guard read the penultimate features, or a copy of a run's model
-    (the bundled one). Only the guard changes; weights, temperature and metrics stay. Returns the guard.
+    (the bundled one). Only the guard (and the guard's part of the drift reference) changes; weights, temperature
+    and metrics stay. Returns the guard.
     """
     run_dir = Path(run_dir)
     files = RunDir(run_dir)
@@ -34,7 +36,11 @@ def refit_ood_guard(
     configure_threads(cfg.num_threads)
     split = load_split(files.split, run_dataset(cfg, log)[2])
     records = [r for side in GUARD_SIDES for r in split.part(side).records]
-    meta.ood = fit_guard(records, split.hashes, cfg.dedup_distance, progress)
+    meta.ood, scores = fit_scored_guard(records, split.hashes, cfg.dedup_distance, progress)
+    if meta.reference:  # its guard part follows the new guard: the validation images' out-of-fold scores
+        validation = len(split.part(GUARD_SIDES[-1]).records)
+        meta.reference = OutputReference.from_dict(meta.reference).with_guard(
+            scores[-validation:], meta.ood["threshold"]).to_dict()
     save_checkpoint(target, model, meta)
     log(f"{target}: guard refitted on {meta.ood['n_fit']} training and validation images, threshold set on their "
         f"{meta.ood['calibration']['set']} scores ({meta.ood['calibration']['accepted']:.1%} accepted)")

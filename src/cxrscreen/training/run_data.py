@@ -15,12 +15,13 @@ from cxrscreen.data.dedup import DEFAULT_MAX_DISTANCE, hash_files
 from cxrscreen.data.labels import LabelSet
 from cxrscreen.data.records import Record
 from cxrscreen.data.sources import load_dataset, Dataset
-from cxrscreen.data.splits import Split, load_split, make_split, split_from_rows
+from cxrscreen.data.splits import Split, load_split, make_split, save_split, split_from_rows
 from cxrscreen.data.stack import ImageStack
-from cxrscreen.errors import DatasetLayoutError
+from cxrscreen.errors import DatasetLayoutError, RunDirError
 from cxrscreen.guard.fit import GUARD_SIDES
 from cxrscreen.guard.inputs import guard_preprocessing
 from cxrscreen.lungs.finder import load_lung_finder
+from cxrscreen.models.meta import ModelMeta
 from cxrscreen.training.config import TrainConfig
 
 SIDES = ("train", "val", "test")
@@ -172,3 +173,18 @@ def prepare_run_data(cfg: TrainConfig, run_split: RunSplit, log: Callable[[str],
         raise DatasetLayoutError(f"no training images for class(es) {', '.join(missing)} in {', '.join(cfg.data)}")
     log(", ".join(f"{side} {len(data.images[side])}" for side in SIDES) + " images")
     return data
+
+
+def recreate_split(meta: ModelMeta, log: Callable[[str], None] = print, progress: bool = False) -> Split:
+    """The split a checkpoint was trained on, made again from the config it stores (same collections, classes,
+    seed, fractions and near-duplicate distance), for a model whose run directory is gone (a bundled one).
+    A :class:`RunDirError` unless its training images are exactly those the checkpoint's pHashes list."""
+    cfg = TrainConfig.from_dict(meta.config)
+    _, _, dataset = run_dataset(cfg, log)
+    hashes = hash_files(dataset.paths, progress=progress).hashes
+    split = make_split(dataset, hashes, seed=cfg.seed, fractions=cfg.fractions, max_distance=cfg.dedup_distance)
+    train = sorted(hashes[path] for path in split.part("train").paths if path in hashes)
+    if train != sorted(meta.train_hashes):
+        raise RunDirError(f"{meta.name}: its split cannot be made again from {', '.join(cfg.data)}: the training "
+                          f"images differ from those it records ({len(train)} against {len(meta.train_hashes)})")
+    return split

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from cxrscreen.data.splits import save_split, split_rows
 from cxrscreen.data.stack import ImageStack
 from cxrscreen.errors import RunDirError
-from cxrscreen.guard.fit import GUARD_SIDES, fit_guard
+from cxrscreen.guard.fit import GUARD_SIDES, fit_scored_guard
 from cxrscreen.io_utils import atomic_write, write_json
 from cxrscreen.metrics.classification import classification_report
 from cxrscreen.models.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
@@ -44,6 +44,7 @@ from cxrscreen.training.distributed import (
     wrap_model,
 )
 from cxrscreen.metrics.calibration import choose_temperature
+from cxrscreen.metrics.reference import build_reference
 from cxrscreen.threads import available_cpus, configure_threads
 from cxrscreen.training.adversary import source_adversary
 from cxrscreen.training.augment import BatchAugment, augment_config
@@ -335,7 +336,8 @@ class Trainer:
 
     # -- after training ---------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
-        """Calibrate, fit the OOD guard, store training hashes and test metrics in ``best.pt``; write the summary."""
+        """Calibrate, fit the OOD guard, store the reference, training hashes and test metrics in ``best.pt``; write
+        the summary."""
         payload = read_checkpoint(self.files.best)
         self.model.load_state_dict(payload["state_dict"])
         meta = ModelMeta.from_dict(payload["meta"])
@@ -345,9 +347,14 @@ class Trainer:
         meta.temperature = calibration.temperature
         if calibration.note:
             self.log(f"warning: {calibration.note}")
-        meta.ood = fit_guard([r for side in GUARD_SIDES for r in self.data.records[side]], self.data.hashes,
-                             self.cfg.dedup_distance,
-                             thumbnails=ImageStack.concat([self.data.guard_inputs[side] for side in GUARD_SIDES]))
+        meta.ood, guard_scores = fit_scored_guard([r for side in GUARD_SIDES for r in self.data.records[side]],
+                                                  self.data.hashes, self.cfg.dedup_distance,
+                                                  thumbnails=ImageStack.concat([self.data.guard_inputs[s] for s in GUARD_SIDES]))
+        val_probs = torch.softmax(torch.from_numpy(val_logits / meta.temperature), dim=1).numpy()
+        # The validation images' guard scores out of fold: what the guard gives images it never saw.
+        meta.reference = build_reference(val_probs, val_probs.argmax(axis=1), meta.classes,
+                                         guard_scores[-len(val_probs):], meta.ood["threshold"],
+                                         source=f"validation split, {len(val_probs)} images").to_dict()
         meta.train_hashes = list(self.data.train_hashes)
         test_logits = predict_logits(self.model, self.data.test_images, device)
         test = held_out_report(test_logits / meta.temperature, self.data.test_targets, meta.classes, self.cfg.seed)

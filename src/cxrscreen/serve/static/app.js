@@ -62,10 +62,21 @@ async function loadModelInfo() {
     $("model-info").textContent =
       `Model: ${card.name} v${card.version} (${card.arch}, ${card.input_size} px), classes: ${card.classes.join(", ")}`;
     $("notice").textContent = card.notice;
+    showDrift(card.drift);
   } catch (err) {
     $("model-info").textContent =
       err.status === 401 ? "Enter the API key to use this service." : `Model information unavailable: ${err.message}`;
   }
+}
+
+// The server's drift statistic: recent images no longer look like the model's own validation images.
+function showDrift(drift) {
+  const alarm = Boolean(drift && drift.alarm);
+  $("drift-alarm").hidden = !alarm;
+  $("drift-alarm").textContent = alarm
+    ? `Drift alarm: the recent images no longer look like this model's validation images (${drift.summary}). ` +
+      "Its results on them may not be as good as measured."
+    : "";
 }
 
 function renderBars(probabilities, topClass) {
@@ -183,6 +194,7 @@ async function analyse(file) {
   try {
     const result = await callApi("/v1/predict?explain=true&image=true", { method: "POST", body: form });
     showResult(file.name, result);
+    loadModelInfo(); // the drift statistic may have changed with this image
     setStatus(`Analysed ${file.name}.`);
   } catch (err) {
     showError(err.message);
