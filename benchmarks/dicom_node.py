@@ -77,6 +77,19 @@ def send(files: list[tuple[str, Path]], port: int, acked: dict[str, float]) -> N
     assoc.release()
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its live descendants (the node's workers)."""
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            total += sum(tree_cpu_s(int(child)) for child in (task / "children").read_text().split())
+    except (OSError, IndexError):
+        pass  # ended meanwhile
+    return total
+
+
 def end_to_end(datasets: list, associations: int, work: Path) -> dict:
     destination = StoreCollector("BENCH")
     node, port = start_node(work / "spool", destination.start(), work / "node.log")
@@ -86,6 +99,7 @@ def end_to_end(datasets: list, associations: int, work: Path) -> dict:
         for i, ds in enumerate(datasets):
             ds.save_as(work / f"source-{i}.dcm", enforce_file_format=True)
             files.append((str(ds.SOPInstanceUID), work / f"source-{i}.dcm"))
+        node_cpu, own_cpu = tree_cpu_s(node.pid), time.process_time()
         start = time.monotonic()
         threads = [threading.Thread(target=send, args=(files[i::associations], port, acked)) for i in range(associations)]
         for thread in threads:
@@ -98,6 +112,7 @@ def end_to_end(datasets: list, associations: int, work: Path) -> dict:
             if not any(spooled.glob("*.dcm")) and len(acked) == len(datasets):
                 break  # nothing left to send: some were not screened (see the node's log)
             time.sleep(0.02)
+        node_cpu, own_cpu = tree_cpu_s(node.pid) - node_cpu, time.process_time() - own_cpu
     finally:
         node.terminate()
         node.wait()
@@ -114,6 +129,9 @@ def end_to_end(datasets: list, associations: int, work: Path) -> dict:
         "wall_s": wall, "images_per_s": len(done) / wall,
         "p50_s": latencies[len(latencies) // 2], "p95_s": latencies[int(0.95 * (len(latencies) - 1))],
         "max_s": latencies[-1],
+        "node_cpu_ms_per_image": 1000 * node_cpu / len(datasets),
+        "sender_and_destination_cpu_ms_per_image": 1000 * own_cpu / len(datasets),
+        "load_average_1min_after": os.getloadavg()[0],
     }
 
 
@@ -180,6 +198,9 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         print(f"| {result['images']} | {result['screened_and_sent']} | {result['wall_s']:.1f} s | "
               f"{result['images_per_s']:.1f} | {result['p50_s']:.2f} s | {result['p95_s']:.2f} s | {result['max_s']:.2f} s |")
+        print(f"\nCPU per image: node (all its processes) {result['node_cpu_ms_per_image']:.0f} ms, this process (senders "
+              f"and destination) {result['sender_and_destination_cpu_ms_per_image']:.0f} ms; "
+              f"1-minute load average after: {result['load_average_1min_after']:.1f} on {os.cpu_count()} CPUs")
         costs = stages(datasets[: args.stages + 1], work) if args.stages else {}
         if costs:
             print(f"\n| stage (mean of {args.stages} images, alone) | ms per image |\n|---|---|")
