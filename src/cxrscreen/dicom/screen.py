@@ -116,7 +116,7 @@ class DicomScreener:
         predictor's workers: torch's default (all CPUs per call) made one Grad-CAM 40x slower beside other work."""
         self.predictor.torch_model  # loaded (and torch imported) first, so that worker_threads can scope its threads
         with worker_threads(self.predictor.workers):
-            return self.predictor.explain(image, target=prediction.label, name=prediction.source).heatmap
+            return self.predictor.explain(image, target=prediction.label, name=prediction.source, overlay=False).heatmap
 
 
 def _missing_identity(ds: Dataset) -> str | None:
