@@ -145,10 +145,11 @@ def stages(datasets: list, work: Path) -> dict[str, tuple[float, float]]:
     from cxrscreen.dicom.sc import build_sc
     from cxrscreen.dicom.send import Destination, Sender
     from cxrscreen.dicom.spool import Spool
+    from cxrscreen.dicom.workers import ScreenerRecipe
     from cxrscreen.dicom.sr import build_sr
     from cxrscreen.inference.predictor import load_predictor
 
-    screener = DicomScreener(load_predictor(threads=1))
+    screener = ScreenerRecipe.of(DicomScreener(load_predictor())).load()  # as a worker process has it
     predictor, algorithm = screener.predictor, screener.algorithm
     spool = Spool(work / "stage-spool")
     destination = StoreCollector("BENCH")

@@ -25,7 +25,7 @@ from pynetdicom.sop_class import Verification
 
 from cxrscreen.dicom.screen import DicomScreener, result_path
 from cxrscreen.dicom.workers import screening_for
-from cxrscreen.dicom.send import BACKOFF_S, SUCCESS_OR_WARNING, Destination, DestinationDown, Sender
+from cxrscreen.dicom.send import BACKOFF_S, SUCCESS_OR_WARNING, Destination, DestinationDown, Sender, send_at_once
 from cxrscreen.dicom.spool import Pending, Spool
 from cxrscreen.errors import ConfigError
 from cxrscreen.io_utils import atomic_write
@@ -122,7 +122,8 @@ class DicomNode:
             self._spawn(self._screen_loop, f"cxr-dicom-screen-{i}")
         if self.config.send_to is not None:
             self._spawn(self._send_loop, "cxr-dicom-send")
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0x0000)]
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0x0000),
+                    (evt.EVT_CONN_OPEN, lambda event: send_at_once(event.assoc))]
         self._server = self.ae.start_server((self.config.host, self.config.port), block=False,
                                             evt_handlers=handlers, ssl_context=self._tls())
         log.info("listening as %s on %s:%d%s", self.config.ae_title, self.config.host, self.port,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -63,12 +64,18 @@ class ScreenerRecipe:
                    predictor.batch_size, screener.outputs)
 
     def load(self) -> DicomScreener:
-        """The screener, its predictor on one thread (the workers share the CPUs between them)."""
+        """The screener, warmed up, its networks on one thread each (the workers share the CPUs between them;
+        torch's default, all CPUs per process, would make the workers' threads fight)."""
         from cxrscreen.inference.predictor import load_predictor
 
         predictor = load_predictor(self.model_path, backend=self.backend, device="cpu", threads=1,
                                    thresholds=self.thresholds, batch_size=self.batch_size)
-        return DicomScreener(predictor, self.outputs)
+        screener = DicomScreener(predictor, self.outputs)
+        screener.warm_up()
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(1)
+        return screener
 
 
 _worker_screener: DicomScreener | None = None
@@ -77,11 +84,6 @@ _worker_screener: DicomScreener | None = None
 def _start_worker(recipe: ScreenerRecipe) -> None:
     global _worker_screener
     _worker_screener = recipe.load()
-    _worker_screener.warm_up()
-    if "torch" in __import__("sys").modules:
-        import torch
-
-        torch.set_num_threads(1)
 
 
 def _ready() -> int:
