@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -124,6 +125,7 @@ class ScreeningPool:
         self.recipe = recipe
         self.workers = max(1, processes)
         self._pool: ProcessPoolExecutor | None = None
+        self._restart = threading.Lock()
 
     def start(self) -> None:
         """Start the workers and wait until each has loaded its networks (the first image is not late)."""
@@ -133,13 +135,17 @@ class ScreeningPool:
             future.result()
 
     def screen(self, path: Path, name: str) -> EncodedOutcome:
-        assert self._pool is not None, "start() first"
+        pool = self._pool
+        assert pool is not None, "start() first"
         try:
-            return self._pool.submit(_work, str(path), name).result()
+            return pool.submit(_work, str(path), name).result()
         except BrokenProcessPool:
-            # A worker died (killed, out of memory): the others' work is lost too; start afresh for what follows.
-            self.close()
-            self.start()
+            # A worker died (killed, out of memory), and the pool with it: the first thread to see it starts a
+            # new one for what follows; what was being screened fails (the node sets it aside).
+            with self._restart:
+                if self._pool is pool:
+                    self.close()
+                    self.start()
             raise CxrError(f"{name}: a screening worker process died") from None
 
     def close(self) -> None:
