@@ -5,8 +5,10 @@
 
 Targets: all screened; >= 10 images/s end to end (first C-STORE sent -> last result stored at the destination);
 p95 receive-to-result-sent <= 3 s (the node's C-STORE response at the sender -> both results at the destination).
-Then "what costs what": each stage timed alone, in this process, on ``--stages`` images (decode, predict,
-Grad-CAM, SR, SC, writing the spool file, encoding and sending the results over loopback).
+Also the CPU time per image of the node (all its processes; its main process apart) and of this process (the
+senders and the destination), which does not depend on what else loads the machine. Then "what costs what": each
+stage timed alone (wall and CPU) in this process as a screening worker runs it (one thread), on ``--stages`` images
+(decode, predict, Grad-CAM, SR, SC, writing the spool file, encoding and sending the results over loopback).
 ``--side N`` enlarges every image to N x N first (real radiographs are 2-3k px; the shared ones are 224-256 px).
 """
 
