@@ -5,8 +5,10 @@
 
 Targets: all screened; >= 10 images/s end to end (first C-STORE sent -> last result stored at the destination);
 p95 receive-to-result-sent <= 3 s (the node's C-STORE response at the sender -> both results at the destination).
-Then "what costs what": each stage timed alone, in this process, on ``--stages`` images (decode, predict,
-Grad-CAM, SR, SC, writing the spool file, encoding and sending the results over loopback).
+Also the CPU time per image of the node (all its processes; its main process apart) and of this process (the
+senders and the destination), which does not depend on what else loads the machine. Then "what costs what": each
+stage timed alone (wall and CPU) in this process as a screening worker runs it (one thread), on ``--stages`` images
+(decode, predict, Grad-CAM, SR, SC, writing the spool file, encoding and sending the results over loopback).
 ``--side N`` enlarges every image to N x N first (real radiographs are 2-3k px; the shared ones are 224-256 px).
 """
 
@@ -77,6 +79,20 @@ def send(files: list[tuple[str, Path]], port: int, acked: dict[str, float]) -> N
     assoc.release()
 
 
+def cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by process ``pid`` itself and by its live descendants (the node's
+    screening workers)."""
+    own = descendants = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            descendants += sum(sum(cpu_s(int(child))) for child in (task / "children").read_text().split())
+    except (OSError, IndexError):
+        pass  # ended meanwhile
+    return own, descendants
+
+
 def end_to_end(datasets: list, associations: int, work: Path) -> dict:
     destination = StoreCollector("BENCH")
     node, port = start_node(work / "spool", destination.start(), work / "node.log")
@@ -86,6 +102,7 @@ def end_to_end(datasets: list, associations: int, work: Path) -> dict:
         for i, ds in enumerate(datasets):
             ds.save_as(work / f"source-{i}.dcm", enforce_file_format=True)
             files.append((str(ds.SOPInstanceUID), work / f"source-{i}.dcm"))
+        node_cpu, own_cpu = cpu_s(node.pid), time.process_time()
         start = time.monotonic()
         threads = [threading.Thread(target=send, args=(files[i::associations], port, acked)) for i in range(associations)]
         for thread in threads:
@@ -94,10 +111,12 @@ def end_to_end(datasets: list, associations: int, work: Path) -> dict:
             thread.join()
         deadline = time.monotonic() + 600
         spooled = work / "spool" / "received"
-        while len(destination.received) < 2 * len(datasets) and time.monotonic() < deadline:
+        while len(destination.raw) < 2 * len(datasets) and time.monotonic() < deadline:
             if not any(spooled.glob("*.dcm")) and len(acked) == len(datasets):
                 break  # nothing left to send: some were not screened (see the node's log)
             time.sleep(0.02)
+        node_cpu = [after - before for after, before in zip(cpu_s(node.pid), node_cpu)]
+        own_cpu = time.process_time() - own_cpu
     finally:
         node.terminate()
         node.wait()
@@ -114,30 +133,35 @@ def end_to_end(datasets: list, associations: int, work: Path) -> dict:
         "wall_s": wall, "images_per_s": len(done) / wall,
         "p50_s": latencies[len(latencies) // 2], "p95_s": latencies[int(0.95 * (len(latencies) - 1))],
         "max_s": latencies[-1],
+        "node_cpu_ms_per_image": 1000 * sum(node_cpu) / len(datasets),
+        "node_main_process_cpu_ms_per_image": 1000 * node_cpu[0] / len(datasets),
+        "sender_and_destination_cpu_ms_per_image": 1000 * own_cpu / len(datasets),
+        "load_average_1min_after": os.getloadavg()[0],
     }
 
 
-def stages(datasets: list, work: Path) -> dict[str, float]:
-    """Mean ms per image of each stage, timed alone."""
+def stages(datasets: list, work: Path) -> dict[str, tuple[float, float]]:
+    """Mean ms per image of each stage, timed alone as a screening worker runs it (one thread): (wall, CPU)."""
     from cxrscreen.data.dicom import decode_dicom
     from cxrscreen.dicom.screen import DicomScreener
     from cxrscreen.dicom.sc import build_sc
     from cxrscreen.dicom.send import Destination, Sender
     from cxrscreen.dicom.spool import Spool
+    from cxrscreen.dicom.workers import ScreenerRecipe
     from cxrscreen.dicom.sr import build_sr
     from cxrscreen.inference.predictor import load_predictor
 
-    screener = DicomScreener(load_predictor())
+    screener = ScreenerRecipe.of(DicomScreener(load_predictor())).load()  # as a worker process has it
     predictor, algorithm = screener.predictor, screener.algorithm
     spool = Spool(work / "stage-spool")
     destination = StoreCollector("BENCH")
     sender = Sender(Destination("BENCH", "127.0.0.1", destination.start()), "CXRSCREEN")
-    times: dict[str, list[float]] = {}
+    times: dict[str, list[tuple[float, float]]] = {}
 
     def timed(name, fn, *args):
-        begin = time.perf_counter()
+        begin, cpu = time.perf_counter(), time.process_time()
         value = fn(*args)
-        times.setdefault(name, []).append(1000 * (time.perf_counter() - begin))
+        times.setdefault(name, []).append((1000 * (time.perf_counter() - begin), 1000 * (time.process_time() - cpu)))
         return value
 
     for i, ds in enumerate(datasets):
@@ -159,7 +183,8 @@ def stages(datasets: list, work: Path) -> dict[str, float]:
     sender.close()
     destination.stop()
     spool.close()
-    return {name: statistics.mean(values) for name, values in times.items()}
+    return {name: (statistics.mean(v[0] for v in values), statistics.mean(v[1] for v in values))
+            for name, values in times.items()}
 
 
 def main() -> None:
@@ -180,11 +205,15 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         print(f"| {result['images']} | {result['screened_and_sent']} | {result['wall_s']:.1f} s | "
               f"{result['images_per_s']:.1f} | {result['p50_s']:.2f} s | {result['p95_s']:.2f} s | {result['max_s']:.2f} s |")
+        print(f"\nCPU per image: node (all its processes) {result['node_cpu_ms_per_image']:.0f} ms (its main process: "
+              f"{result['node_main_process_cpu_ms_per_image']:.0f} ms), this process (senders "
+              f"and destination) {result['sender_and_destination_cpu_ms_per_image']:.0f} ms; "
+              f"1-minute load average after: {result['load_average_1min_after']:.1f} on {os.cpu_count()} CPUs")
         costs = stages(datasets[: args.stages + 1], work) if args.stages else {}
         if costs:
-            print(f"\n| stage (mean of {args.stages} images, alone) | ms per image |\n|---|---|")
-            for name, ms in costs.items():
-                print(f"| {name} | {ms:.1f} |")
+            print(f"\n| stage (mean of {args.stages} images, alone, one thread) | ms per image | CPU ms per image |\n|---|---|---|")
+            for name, (wall, cpu) in costs.items():
+                print(f"| {name} | {wall:.1f} | {cpu:.1f} |")
         if args.json:
             args.json.write_text(json.dumps({"end_to_end": result, "stages_ms": costs, "side": side}, indent=2))
 

@@ -21,6 +21,8 @@ from pynetdicom.sop_class import (
 )
 
 from cxrscreen.dicom.node import DicomNode, NodeConfig
+from cxrscreen.dicom.screen import DicomScreener
+from cxrscreen.dicom.workers import LocalScreening, ScreeningPool
 from cxrscreen.dicom.send import Destination
 from cxrscreen.errors import ConfigError
 from dicom.conftest import BIRTH_DATE, PATIENT_ID, PATIENT_NAME, StoreCollector, chest_jpegs, make_dicom, write_dicom
@@ -53,8 +55,8 @@ def free_port() -> int:
 def node_factory(bundled_screener, tmp_path):
     nodes = []
 
-    def make(**config) -> DicomNode:
-        node = DicomNode(NodeConfig(port=0, spool=tmp_path / "spool", **config), bundled_screener)
+    def make(screener=None, **config) -> DicomNode:
+        node = DicomNode(NodeConfig(port=0, spool=tmp_path / "spool", **config), screener or bundled_screener)
         node.start()
         nodes.append(node)
         return node
@@ -64,10 +66,15 @@ def node_factory(bundled_screener, tmp_path):
         node.stop()
 
 
-def test_node_screens_frontal_chest_xrays_and_sends_their_results(node_factory, collector, shared_data, tmp_path, caplog) -> None:
+@pytest.mark.parametrize("processes", [None, 0], ids=["worker-processes", "in-process"])
+def test_node_screens_frontal_chest_xrays_and_sends_their_results(processes, node_factory, bundled_screener, collector, shared_data, tmp_path, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     out = tmp_path / "out"
-    node = node_factory(send_to=Destination("PACS", "127.0.0.1", collector.server.server_address[1]), out=out)
+    events = []  # the node tells its observers, wherever it screened
+    screener = DicomScreener(bundled_screener.predictor, observers=[events.append])
+    node = node_factory(screener, send_to=Destination("PACS", "127.0.0.1", collector.server.server_address[1]), out=out,
+                        processes=processes)
+    assert isinstance(node.screening, LocalScreening if processes == 0 else ScreeningPool)
     jpegs = chest_jpegs(shared_data, 2)
     frontal = [make_dicom(jpegs[0]), make_dicom(jpegs[1], modality="DX", bits=16, monochrome1=True)]
     others = [make_dicom(jpegs[0], view="LATERAL"), make_dicom(jpegs[0], modality="CT")]
@@ -82,6 +89,8 @@ def test_node_screens_frontal_chest_xrays_and_sends_their_results(node_factory, 
         sorted(ds.SOPClassUID.name for ds in collector.received.values()).count("Comprehensive 3D SR Storage") == 2
     assert set(collector.counts.values()) == {1}
     assert len(list(out.glob("*.dcm"))) == 4
+    screened = {event.input_id: event for event in events if event.prediction is not None}
+    assert set(screened) == {ds.SOPInstanceUID for ds in frontal} and len(events) == 4
     log = caplog.text
     assert "lateral view" in log and "CT" in log
     for secret in (PATIENT_NAME, PATIENT_ID, BIRTH_DATE, "SECRETNAME"):

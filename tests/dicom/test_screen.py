@@ -90,6 +90,19 @@ def test_results_join_the_study_reference_the_source_and_pass_dciodvfy(variant, 
     assert f"checkpoint sha256 {algorithm.digest}" in texts and algorithm.name in texts
 
 
+def test_the_sr_objects_highdicom_view_is_its_content(bundled_screener, shared_data) -> None:
+    """The SR is built without highdicom's copy of the content: its ``content`` view must still be the document."""
+    outcome = bundled_screener.screen(dicom_bytes(make_dicom(chest_jpegs(shared_data, 1)[0])), "in.dcm")
+    sr = outcome.results["sr"]
+    assert sr.content[0].ContentSequence == sr.ContentSequence and sr.content[0].ContentSequence
+    groups = sr.content.get_image_measurement_groups()
+    assert len(groups) == len(bundled_screener.algorithm.classes) + (outcome.prediction.ood_score is not None)
+    for group in groups:
+        assert group.source_images[0].referenced_sop_instance_uid == outcome.sop_instance_uid
+    assert sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0] \
+        .ReferencedSOPInstanceUID == outcome.sop_instance_uid
+
+
 def test_covid_is_coded_with_snomed_and_the_sr_states_the_threshold(shared_data, tmp_path) -> None:
     predictor = load_predictor(thresholds={"covid": 0.01})
     screener = DicomScreener(predictor, outputs=("sr",))

@@ -274,6 +274,8 @@ def test_explain_real_xray(predictor, tiny_checkpoint: Path, real_xrays: list[Pa
     np.testing.assert_allclose(explanation.heatmap, reference, atol=0.03)
     with Image.open(io.BytesIO(explanation.overlay_png)) as overlay:
         assert overlay.format == "PNG" and overlay.size == (original.shape[1], original.shape[0])
+    bare = predictor.explain(path, overlay=False)  # the DICOM node draws its own picture
+    assert bare.overlay_png == b"" and np.array_equal(bare.heatmap, explanation.heatmap)
     others = [predictor.explain(path.read_bytes(), target=c) for c in CLASSES if c != explanation.target]
     assert all(o.target != explanation.target for o in others)
     assert max(np.abs(o.heatmap - explanation.heatmap).mean() for o in others) > 0.01

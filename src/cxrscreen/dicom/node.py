@@ -23,10 +23,12 @@ import pydicom
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from cxrscreen.dicom.screen import DicomScreener, result_path, write_dataset
-from cxrscreen.dicom.send import BACKOFF_S, SUCCESS_OR_WARNING, Destination, DestinationDown, Sender
+from cxrscreen.dicom.screen import DicomScreener, result_path
+from cxrscreen.dicom.workers import screening_for
+from cxrscreen.dicom.send import BACKOFF_S, SUCCESS_OR_WARNING, Destination, DestinationDown, Sender, send_at_once
 from cxrscreen.dicom.spool import Pending, Spool
 from cxrscreen.errors import ConfigError
+from cxrscreen.io_utils import atomic_write
 from cxrscreen.monitoring.events import ScreeningEvent, notify
 
 log = logging.getLogger("cxrscreen.dicom")
@@ -39,7 +41,8 @@ MAX_REJECTIONS = 5  # failure statuses from the destination for one object befor
 @dataclass
 class NodeConfig:
     """How the node listens and where results go. ``allow``: calling AE titles accepted (empty: any);
-    ``tls_cert``/``tls_key``: PEM files for DICOM over TLS (both or neither)."""
+    ``tls_cert``/``tls_key``: PEM files for DICOM over TLS (both or neither); ``processes``: worker processes that
+    screen (None: as many as the predictor's workers; 0: screen in the node's own process)."""
 
     port: int = 11112
     ae_title: str = "CXRSCREEN"
@@ -50,6 +53,7 @@ class NodeConfig:
     allow: tuple[str, ...] = ()
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    processes: int | None = None
 
     def check(self) -> None:
         if not 0 <= self.port < 65536:
@@ -58,6 +62,8 @@ class NodeConfig:
             raise ConfigError(f"--ae-title {self.ae_title!r}: an AE title has 1 to 16 characters")
         if self.send_to is None and self.out is None:
             raise ConfigError("give --send-to AET@HOST:PORT, --out DIR or both: results must go somewhere")
+        if self.processes is not None and self.processes < 0:
+            raise ConfigError(f"--processes {self.processes}: give 0 (screen in the node's process) or more")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
         for path in (self.tls_cert, self.tls_key):
@@ -84,6 +90,7 @@ class DicomNode:
         config.check()
         self.config = config
         self.screener = screener
+        self.screening = screening_for(screener, config.processes)
         self.spool = Spool(config.spool)
         self.ae = AE(ae_title=config.ae_title)
         self.ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs on loopback
@@ -105,18 +112,18 @@ class DicomNode:
 
     def start(self) -> None:
         """Recover what the spool holds from a previous run, then listen and work."""
-        self.screener.warm_up()
+        self.screening.start()
         for pending in self.spool.recover():
             if pending.screened:
                 self._send_queue.put(pending)
             else:
                 self._screen_queue.put(pending.receipt)
-        workers = max(1, getattr(self.screener.predictor, "workers", 1))
-        for i in range(workers):
+        for i in range(self.screening.workers):
             self._spawn(self._screen_loop, f"cxr-dicom-screen-{i}")
         if self.config.send_to is not None:
             self._spawn(self._send_loop, "cxr-dicom-send")
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0x0000)]
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0x0000),
+                    (evt.EVT_CONN_OPEN, lambda event: send_at_once(event.assoc))]
         self._server = self.ae.start_server((self.config.host, self.config.port), block=False,
                                             evt_handlers=handlers, ssl_context=self._tls())
         log.info("listening as %s on %s:%d%s", self.config.ae_title, self.config.host, self.port,
@@ -131,6 +138,7 @@ class DicomNode:
         self._send_queue.put(None)
         for thread in self._threads:
             thread.join()
+        self.screening.close()
         self.spool.close()
 
     def idle(self) -> bool:
@@ -188,19 +196,21 @@ class DicomNode:
                 self.spool.set_aside(receipt, f"{type(exc).__name__}: {exc}")
 
     def _screen_one(self, receipt: str) -> None:
-        data = self.spool.received_path(receipt).read_bytes()
-        outcome = self.screener.screen(data, receipt, self._received_at.pop(receipt, None))
+        received_at = self._received_at.pop(receipt, None)
+        screened = self.screening.screen(self.spool.received_path(receipt), receipt)
+        outcome = screened.outcome
+        self.screener.report(outcome, receipt, time.monotonic() if received_at is None else received_at)
         sop_uid = outcome.sop_instance_uid
         if not outcome.screened:
             log.info("not screened %s: %s", sop_uid or receipt, outcome.reason)
             self.spool.record(receipt, "skipped", reason=outcome.reason)
             self.spool.finish(receipt)
             return
-        for kind, ds in outcome.results.items():
-            write_dataset(ds, self.spool.result_path(receipt, kind))
+        for kind, data in screened.files.items():
+            _write(self.spool.result_path(receipt, kind), data)
             if self.config.out is not None:
-                write_dataset(ds, result_path(self.config.out, sop_uid, kind))
-        kinds = list(outcome.results)
+                _write(result_path(self.config.out, sop_uid, kind), data)
+        kinds = list(screened.files)
         self.spool.record(receipt, "screened", kinds=kinds, sop=sop_uid)
         prediction = outcome.prediction
         log.info("screened %s: %s -> %s", sop_uid, prediction.label if prediction else "?", ", ".join(kinds))
@@ -262,3 +272,8 @@ class DicomNode:
         self.spool.finish(pending.receipt)
         log.debug("sent the results of %s to %s", pending.receipt, self.config.send_to)
         return True
+
+
+def _write(path: Path, data: bytes) -> None:
+    with atomic_write(path, "wb") as fh:
+        fh.write(data)

@@ -78,12 +78,17 @@ class DicomScreener:
         """Screen the DICOM file ``data`` (``name`` labels it in messages: a path, never patient data).
         ``received_at``: ``time.monotonic()`` when it arrived (latency of the observers' event; default now)."""
         start = time.monotonic() if received_at is None else received_at
-        outcome = self._screen(data, name)
-        notify(self.observers, ScreeningEvent(DOOR, outcome.sop_instance_uid or name, time.monotonic() - start,
-                                              outcome.prediction, outcome.reason))
+        outcome = self.screen_quietly(data, name)
+        self.report(outcome, name, start)
         return outcome
 
-    def _screen(self, data: bytes, name: str) -> ScreenOutcome:
+    def report(self, outcome: ScreenOutcome, name: str, received_at: float) -> None:
+        """Tell the observers about ``outcome`` (latency from ``received_at``, a ``time.monotonic()``)."""
+        notify(self.observers, ScreeningEvent(DOOR, outcome.sop_instance_uid or name, time.monotonic() - received_at,
+                                              outcome.prediction, outcome.reason))
+
+    def screen_quietly(self, data: bytes, name: str) -> ScreenOutcome:
+        """:meth:`screen` without telling the observers (a worker process screens, the node reports)."""
         try:
             ds = pydicom.dcmread(io.BytesIO(data))
         except Exception as exc:  # pydicom raises many types on data that is not DICOM or is truncated
@@ -111,7 +116,7 @@ class DicomScreener:
         predictor's workers: torch's default (all CPUs per call) made one Grad-CAM 40x slower beside other work."""
         self.predictor.torch_model  # loaded (and torch imported) first, so that worker_threads can scope its threads
         with worker_threads(self.predictor.workers):
-            return self.predictor.explain(image, target=prediction.label, name=prediction.source).heatmap
+            return self.predictor.explain(image, target=prediction.label, name=prediction.source, overlay=False).heatmap
 
 
 def _missing_identity(ds: Dataset) -> str | None:

@@ -64,10 +64,11 @@ def build_sr(source: Dataset, prediction: Prediction, algorithm: Algorithm) -> h
         procedure_reported=PLAIN_CHEST_XRAY,
         imaging_measurements=groups or None,
     )
-    report[0].ContentSequence.append(_qualitative_evaluations(prediction, algorithm))
+    root = report[0]
+    root.ContentSequence.append(_qualitative_evaluations(prediction, algorithm))
     sr = hd.sr.Comprehensive3DSR(
         evidence=[evidence],
-        content=report[0],
+        content=_without_items(root),
         series_instance_uid=series_uid(sop_uid, algorithm.digest, SR),
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=instance_uid(sop_uid, algorithm.digest, SR),
@@ -79,8 +80,23 @@ def build_sr(source: Dataset, prediction: Prediction, algorithm: Algorithm) -> h
         manufacturer_model_name=algorithm.name[:64],
         software_versions=algorithm.software,
     )
+    # The content goes in now, as the constructor would have put it, and highdicom's view of it is parsed in
+    # place: the constructor deep-copies the whole tree and searches it for references (half an SR's cost, for
+    # evidence that is the source alone: every group references it, and the evidence is made from it either way).
+    for element in root:
+        sr[element.tag] = element
     sr.CodingSchemeIdentificationSequence = [private_scheme()]
-    return sr
+    return hd.sr.Comprehensive3DSR.from_dataset(sr, copy=False)
+
+
+def _without_items(root: Dataset) -> Dataset:
+    """The report's root container with no content items: what the SR constructor gets (see :func:`build_sr`)."""
+    shell = Dataset()
+    for element in root:
+        if element.keyword != "ContentSequence":
+            shell[element.tag] = element
+    shell.ContentSequence = []
+    return shell
 
 
 def private_scheme() -> Dataset:

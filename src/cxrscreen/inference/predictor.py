@@ -331,9 +331,11 @@ class Predictor:
             self._torch_model, _ = load_checkpoint(self.model_path)
         return self._torch_model
 
-    def explain(self, source: ImageSource, target: str | None = None, name: str | None = None) -> Explanation:
+    def explain(self, source: ImageSource, target: str | None = None, name: str | None = None,
+                overlay: bool = True) -> Explanation:
         """Grad-CAM of ``target`` (a class name; None = the class :meth:`predict` gives, thresholds included) for
-        one image, computed on exactly the input that :meth:`predict` scores."""
+        one image, computed on exactly the input that :meth:`predict` scores. ``overlay=False``: no overlay PNG is
+        encoded (``overlay_png`` is empty), for callers that draw their own."""
         import torch
 
         from cxrscreen.explain.gradcam import GradCam
@@ -347,7 +349,7 @@ class Predictor:
                 target = self.decide(self.predict_prepared(prepared.input[None]).probs[0])
             heatmaps, _ = GradCam(self.torch_model)(torch.from_numpy(prepared.input)[None, None], self.classes.index(target))
         heatmap = np.clip(prepared.to_original(heatmaps[0]), 0.0, 1.0)
-        return Explanation(heatmap=heatmap, overlay_png=overlay_png(original, heatmap), target=target, prepared=prepared)
+        return Explanation(heatmap=heatmap, overlay_png=overlay_png(original, heatmap) if overlay else b"", target=target, prepared=prepared)
 
 
 def resolve_model_path(path: str | os.PathLike | None) -> Path:

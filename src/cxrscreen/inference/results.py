@@ -68,7 +68,7 @@ class PredictionFailure:
 @dataclass
 class Explanation:
     """Grad-CAM for one image: ``heatmap`` float32 (H, W) in [0, 1] at the input image's size (zero outside the
-    part of the image the network saw), the X-ray with the heatmap overlaid as PNG bytes, the class it explains,
+    part of the image the network saw), the X-ray with the heatmap overlaid as PNG bytes (empty when ``explain(overlay=False)``), the class it explains,
     and ``prepared``: the network input it explains, with its frame in the image (the same one
     :meth:`Predictor.predict` scores)."""
 
