@@ -9,7 +9,13 @@ from pathlib import Path
 
 from cxrscreen import SCREENING_NOTICE
 from cxrscreen.cli.batch import batch_exit_code, say
-from cxrscreen.cli.predict import add_backend_argument, add_inference_arguments, add_model_arguments, load_for_inference
+from cxrscreen.cli.predict import (
+    add_audit_log_argument,
+    add_backend_argument,
+    add_inference_arguments,
+    add_model_arguments,
+    load_for_inference,
+)
 
 DEFAULT_OUTPUTS = "sr,sc"
 
@@ -41,10 +47,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_backend_argument(parser)
     add_inference_arguments(parser)
+    add_audit_log_argument(parser)
 
 
 def run_screen(args: argparse.Namespace) -> int:
     from cxrscreen.dicom.screen import DicomScreener, dicom_files, parse_outputs, screen_files
+    from cxrscreen.monitoring.observers import build_monitoring
 
     outputs = parse_outputs(args.outputs)
     listing = dicom_files(args.paths)
@@ -56,9 +64,16 @@ def run_screen(args: argparse.Namespace) -> int:
         if not listing.refused:  # each refused path has had its line already
             say(f"{', '.join(args.paths)}: no DICOM files to screen", sys.stderr)
         return 2
-    screener = DicomScreener(load_for_inference(args), outputs)
-    done, failed = 0, len(listing.refused)
-    for path, outcome, written in screen_files(listing.files, args.out, screener):
+    predictor = load_for_inference(args)
+    with build_monitoring(predictor, audit_log=args.audit_log, drift=False) as monitoring:
+        screener = DicomScreener(predictor, outputs, observers=monitoring.observers)
+        return report_screening(screen_files(listing.files, args.out, screener), len(listing.refused))
+
+
+def report_screening(outcomes, failed: int) -> int:
+    """Print one line per screened file (stdout) or skipped/failed one (stderr); the batch's exit code."""
+    done = 0
+    for path, outcome, written in outcomes:
         if outcome.screened:
             done += 1
             prediction = outcome.prediction

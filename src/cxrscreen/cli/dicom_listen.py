@@ -32,16 +32,21 @@ def register_listen(commands: argparse._SubParsersAction, add_common_arguments: 
     listen.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key (default: none; needed with --tls-cert)")
     listen.add_argument("--processes", type=int, metavar="N",
                         help="worker processes that screen, one model each (default: --threads; 0: in the node's own process)")
+    listen.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics (C-STOREs by status, screened images by label, guard flags, "
+                        "latency, drift) at http://HOST:PORT/metrics, HOST as --host (default: no metrics server)")
     listen.add_argument("--log-level", default="info", choices=("debug", "info", "warning"), help="log detail on stderr")
     add_common_arguments(listen)
     listen.set_defaults(func=run_listen)
 
 
 def run_listen(args: argparse.Namespace) -> int:
+    from cxrscreen.cli.predict import load_for_inference
     from cxrscreen.dicom.node import DicomNode, NodeConfig
     from cxrscreen.dicom.screen import DicomScreener, parse_outputs
     from cxrscreen.dicom.send import Destination
-    from cxrscreen.cli.predict import load_for_inference
+    from cxrscreen.monitoring.metrics import serve_metrics
+    from cxrscreen.monitoring.observers import build_monitoring
 
     config = NodeConfig(
         port=args.port, ae_title=args.ae_title, host=args.host,
@@ -53,15 +58,25 @@ def run_listen(args: argparse.Namespace) -> int:
     outputs = parse_outputs(args.outputs)
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.ERROR)  # its INFO/DEBUG lines can print dataset contents
-    node = DicomNode(config, DicomScreener(load_for_inference(args), outputs))
+    predictor = load_for_inference(args)
+    monitoring = build_monitoring(predictor, audit_log=args.audit_log, metrics=args.metrics_port is not None)
+    if monitoring.metrics is not None:
+        serve_metrics(monitoring.metrics, args.metrics_port, config.host)
+    if monitoring.drift is None:
+        print("cxrscreen dicom listen: the model carries no reference, so no drift is watched", file=sys.stderr)
+    on_status = None if monitoring.metrics is None else lambda status: monitoring.metrics.count_request(
+        "dicom", "C-STORE", f"0x{status:04X}")
+    node = DicomNode(config, DicomScreener(predictor, outputs, observers=monitoring.observers), on_status=on_status)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    node.start()
-    print(f"cxrscreen dicom listen: {config.ae_title} on {config.host}:{node.port}", flush=True)
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.stop()
+    with monitoring:
+        node.start()
+        metrics = f", metrics on {config.host}:{args.metrics_port}" if monitoring.metrics is not None else ""
+        print(f"cxrscreen dicom listen: {config.ae_title} on {config.host}:{node.port}{metrics}", flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            node.stop()
     return 0

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pydicom
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -86,8 +87,10 @@ def truncated_pixels(ds) -> str | None:
 class DicomNode:
     """The running node: :meth:`start`, then :attr:`port` is bound; :meth:`stop` ends it."""
 
-    def __init__(self, config: NodeConfig, screener: DicomScreener):
+    def __init__(self, config: NodeConfig, screener: DicomScreener, on_status: Callable[[int], None] | None = None):
+        """``on_status``: called with the status of every C-STORE answered (the metrics count them)."""
         config.check()
+        self.on_status = on_status
         self.config = config
         self.screener = screener
         self.screening = screening_for(screener, config.processes)
@@ -158,6 +161,12 @@ class DicomNode:
         return context
 
     def _on_store(self, event) -> int:
+        status = self._store(event)
+        if self.on_status is not None:
+            self.on_status(status)
+        return status
+
+    def _store(self, event) -> int:
         """Spool the object, then succeed; a DIMSE failure for what cannot be read or stored."""
         request = event.request
         sop_uid = str(request.AffectedSOPInstanceUID)
