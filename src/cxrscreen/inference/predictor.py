@@ -47,9 +47,7 @@ from cxrscreen.models.bundled import WEIGHTS_DIR, bundled_model, bundled_models,
 from cxrscreen.run_dir import RunDir
 
 # torch, ONNX Runtime, the lung segmenter, the guard's network and Grad-CAM are imported where first used, for
-# start-up time: loading a model must not pay for what it does not run; the ONNX backend with a warm cache imports
-# no torch at all, and the exporter is never loaded to predict (tests/inference/test_startup.py).
-
+# start-up time: the ONNX backend with a warm cache imports no torch, nor the exporter (tests/inference/test_startup.py).
 if TYPE_CHECKING:  # torch is imported only where a network runs in it
     from cxrscreen.models.checkpoint import ModelMeta
     from cxrscreen.models.registry import XrayClassifier
@@ -349,7 +347,8 @@ class Predictor:
                 target = self.decide(self.predict_prepared(prepared.input[None]).probs[0])
             heatmaps, _ = GradCam(self.torch_model)(torch.from_numpy(prepared.input)[None, None], self.classes.index(target))
         heatmap = np.clip(prepared.to_original(heatmaps[0]), 0.0, 1.0)
-        return Explanation(heatmap=heatmap, overlay_png=overlay_png(original, heatmap) if overlay else b"", target=target, prepared=prepared)
+        png = overlay_png(original, heatmap) if overlay else b""
+        return Explanation(heatmap=heatmap, overlay_png=png, target=target, prepared=prepared)
 
 
 def resolve_model_path(path: str | os.PathLike | None) -> Path:
