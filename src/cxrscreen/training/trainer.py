@@ -47,11 +47,11 @@ from cxrscreen.metrics.calibration import choose_temperature
 from cxrscreen.threads import available_cpus, configure_threads
 from cxrscreen.training.adversary import source_adversary
 from cxrscreen.training.augment import BatchAugment, augment_config
-from cxrscreen.training.run_data import RunData, prepare_run_data, split_run
+from cxrscreen.training.run_data import RunData, index_batches, prepare_run_data, split_run
 from cxrscreen.training.sampler import BalancedSampler, balance_cells
+from cxrscreen.training.shard_data import ShardStream
 from cxrscreen.training.style import StyleAugment, insert_mixstyle
 from cxrscreen.training.steps import class_weights, lr_at, predict_logits, rank_indices, to_input, train_step, validation_scores
-
 
 
 @dataclass
@@ -147,6 +147,8 @@ class Trainer:
         num_classes = len(self.data.label_set.classes)
         self.build_model(pretrained=cfg.pretrained and not has_last)
         self.sampler = self.balanced_sampler()
+        self.shards = ShardStream(self.data.train_images, cfg.batch_size, cfg.seed, self.data.collections,
+                                  cfg.shard_workers) if cfg.shards else None
         draws = self.sampler.draws_per_image() if self.sampler is not None else None
         weights = broadcast_from_main(class_weights(self.data.train_targets, num_classes, draws) if ctx.is_main else None,
                                       ctx).to(ctx.device)
@@ -214,6 +216,13 @@ class Trainer:
             self.log(f"  {line}")
         return sampler
 
+    def epoch_batches(self, epoch: int, steps: int):
+        """This rank's (images uint8, classes, source ids) of each step of an epoch: streamed with --shards, else
+        read from the prepared images (on disk) in :meth:`epoch_indices`' order."""
+        if self.shards is not None:
+            return ((b.images, b.targets, b.sources) for b in self.shards.batches(epoch))
+        return index_batches(self.data, self.epoch_indices(epoch), self.cfg.batch_size, steps)
+
     def epoch_indices(self, epoch: int) -> np.ndarray:
         """This rank's training images of an epoch, in order: the balanced draw or the plain shuffle."""
         cfg, ctx = self.cfg, self.ctx
@@ -246,6 +255,8 @@ class Trainer:
         return TrainResult(self.run_dir, self.state.best_epoch, self.state.best_score, self.state.epoch, test_metrics, time.time() - start)
 
     def steps_per_epoch(self) -> int:
+        if self.shards is not None:
+            return self.shards.steps_per_epoch
         per_rank = math.ceil(len(self.data.train_images) / self.ctx.world_size)
         return max(1, per_rank // self.cfg.batch_size)
 
@@ -254,30 +265,27 @@ class Trainer:
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout: same on resume
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 7 + ctx.rank)
         self.mixstyle_generator.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, ctx.rank]).generate_state(1)[0]))
-        indices = self.epoch_indices(epoch)
-        images = self.data.train_images  # on disk: each batch is read as it is used
-        targets = torch.from_numpy(self.data.train_targets)
-        sources = torch.from_numpy(self.data.train_sources)
         self.net.train()
         seen, loss_sum, tick = 0, 0.0, time.time()
-        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not self.progress, leave=False)
-        for step in bar:
-            batch = indices[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            if len(batch) < 2:
+        bar = tqdm(self.epoch_batches(epoch, steps), total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+                   disable=not self.progress, leave=False)
+        for step, (images, y, sources) in enumerate(bar):
+            if len(y) < 2:
                 break
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at((epoch - 1) * steps + step, total_steps, warmup, cfg.lr)
             # Parameters (and noise) come from the CPU generator, so a seed gives the same batch on any device;
             # the pixel work (resampling, blur) runs where the model does.
-            x = self.augment(to_input(torch.from_numpy(images[batch]), ctx.device), generator)
-            x = self.style(x, sources[batch], generator).contiguous(memory_format=torch.channels_last)
-            self.mixstyle.set_domains(sources[batch])
-            y = targets[batch].to(ctx.device)
+            x = self.augment(to_input(torch.from_numpy(images), ctx.device), generator)
+            sources = torch.from_numpy(sources)
+            x = self.style(x, sources, generator).contiguous(memory_format=torch.channels_last)
+            self.mixstyle.set_domains(sources)
+            y = torch.from_numpy(y).to(ctx.device)
             if self.adversarial is not None:
-                y = (y, sources[batch].to(ctx.device))
+                y = (y, sources.to(ctx.device))
             loss = train_step(self.net, self.optimizer, self.loss_fn, x, y, self.autocast)
-            seen += len(batch)
-            loss_sum += loss * len(batch)
+            seen += len(sources)
+            loss_sum += loss * len(sources)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.time() - tick):.1f}")
         totals = all_reduce_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64), ctx)
         elapsed = time.time() - tick
@@ -347,7 +355,8 @@ class Trainer:
             self.log(f"warning: {calibration.note}")
         meta.ood = fit_guard([r for side in GUARD_SIDES for r in self.data.records[side]], self.data.hashes,
                              self.cfg.dedup_distance,
-                             thumbnails=ImageStack.concat([self.data.guard_inputs[side] for side in GUARD_SIDES]))
+                             thumbnails=None if self.cfg.shards else  # with --shards: read when fitted
+                             ImageStack.concat([self.data.guard_inputs[side] for side in GUARD_SIDES]))
         meta.train_hashes = list(self.data.train_hashes)
         test_logits = predict_logits(self.model, self.data.test_images, device)
         test = held_out_report(test_logits / meta.temperature, self.data.test_targets, meta.classes, self.cfg.seed)
