@@ -136,6 +136,7 @@ class ShardStream:
             raise ConfigError(f"{shards.location}: {len(counts)} shard(s) for {self.world_size} ranks; write at least "
                               "one shard per rank (data shard --shard-size)")
         per_rank = [counts[r:: self.world_size] for r in range(self.world_size)]
+        self.own_samples = sum(per_rank[self.rank])  # what this rank's shards hold, by the manifest
         self.rank_samples = max(sum(c) for c in per_rank)
         self.workers = max(0, min(workers, min(len(c) for c in per_rank)))
 
@@ -168,11 +169,16 @@ class ShardStream:
         while True:
             loader = DataLoader(self.pipeline(epoch), batch_size=None, num_workers=self.workers, collate_fn=as_is)
             seen = 0
-            for group in loader:
-                seen += len(group)
-                yield from group
-            if not seen:
-                raise DatasetLayoutError(f"{self.shards.location}: rank {self.rank}'s shards hold no sample")
+            try:
+                for group in loader:
+                    seen += len(group)
+                    yield from group
+            except (OSError, ValueError, RuntimeError) as exc:  # a worker's error arrives with its traceback
+                cause = str(exc).strip().splitlines()[-1]
+                raise DatasetLayoutError(f"{self.shards.location}: cannot stream the shards ({cause})") from None
+            if seen != self.own_samples:  # a shard cut short or rewritten: padding would hide it
+                raise DatasetLayoutError(f"{self.shards.location}: rank {self.rank}'s shards streamed {seen} samples, "
+                                         f"the manifest counts {self.own_samples}")
 
     def batches(self, epoch: int) -> Iterator[ShardBatch]:
         """``steps_per_epoch`` batches of ``batch_size`` samples."""

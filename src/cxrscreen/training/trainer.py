@@ -145,6 +145,7 @@ class Trainer:
             write_json(self.files.config, cfg.to_dict())
         self.load_data(self.files.split if resume else (Path(cfg.split) if cfg.split else None))
         num_classes = len(self.data.label_set.classes)
+        torch.manual_seed(cfg.seed)  # the same initial weights whether the images were prepared now or cached
         self.build_model(pretrained=cfg.pretrained and not has_last)
         self.sampler = self.balanced_sampler()
         self.shards = ShardStream(self.data.train_images, cfg.batch_size, cfg.seed, self.data.collections,
