@@ -5,6 +5,8 @@ same metrics and weights as the uninterrupted run."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +94,19 @@ def test_shards_of_a_whole_collection_or_another_split_are_refused(sharded: tupl
     assert "other images than this run's training side" in capsys.readouterr().err
     assert main([*shard_args(data, split, str(sharded[2]), tmp_path / "c"), "--balance", "class"]) == 2
     assert "--balance" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_ranks_on_uneven_shards_take_the_same_number_of_batches(sharded: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """5 shards (5, 5, 5, 5, 4 images) over 2 torchrun ranks: rank 0 holds 14 images, rank 1 10; both take 4 batches
+    of 4 (rank 1 repeats 6 of its images), so DDP does not wait forever for rank 1's missing batches."""
+    data, split, _ = sharded
+    shards = tmp_path / "shards"
+    assert main(["data", "shard", "--data", str(data), "--split", str(split), "--out", str(shards), "--img-size", "64",
+                 "--shard-size", "5"]) == 0
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "cxrscreen", *shard_args(data, split, str(shards), out), "--nproc", "2"]
+    command[command.index("--epochs") + 1] = "1"
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(metrics_rows(out)) == 1 and (out / "summary.json").is_file()
