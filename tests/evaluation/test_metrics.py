@@ -183,8 +183,8 @@ def test_bootstrap_in_chunks_gives_the_intervals_of_all_resamples_at_once(groups
     keys = [f"p{i % 101}" for i in range(301)] if groups else None  # 101 patients: an odd count of draws per row
     monkeypatch.setattr(classification, "BOOTSTRAP_CHUNK_BYTES", 2**40)  # one chunk: every resample at once
     at_once = classification_report(y, probs, CLASSES, n_resamples=999, seed=5, groups=keys)
-    monkeypatch.setattr(classification, "BOOTSTRAP_CHUNK_BYTES", 1)  # two resamples a chunk
-    assert classification.chunk_rows(301) == 2
+    monkeypatch.setattr(classification, "BOOTSTRAP_CHUNK_BYTES", 50 * 301 * 3)  # three resamples a chunk
+    assert classification.chunk_rows(301) == 3
     chunked = classification_report(y, probs, CLASSES, n_resamples=999, seed=5, groups=keys)
     assert chunked.multiclass.to_dict() == at_once.multiclass.to_dict()
     assert chunked.covid_vs_rest.to_dict() == at_once.covid_vs_rest.to_dict()

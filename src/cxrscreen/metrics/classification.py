@@ -82,8 +82,8 @@ def bootstrap_weights(n_items: int, n_resamples: int, seed: int, groups: Sequenc
 
 def chunk_rows(n_items: int) -> int:
     """Resamples per chunk: about :data:`BOOTSTRAP_CHUNK_BYTES` of working arrays (some 50 bytes per image and
-    resample), an even number (see :func:`bootstrap_chunks`), at least 2."""
-    return max(2, BOOTSTRAP_CHUNK_BYTES // (50 * max(n_items, 1)) // 2 * 2)
+    resample), at least 2."""
+    return max(2, BOOTSTRAP_CHUNK_BYTES // (50 * max(n_items, 1)))
 
 
 def bootstrap_chunks(n_items: int, n_resamples: int, seed: int, groups: Sequence | None = None,
@@ -91,9 +91,8 @@ def bootstrap_chunks(n_items: int, n_resamples: int, seed: int, groups: Sequence
     """The rows of :func:`bootstrap_weights`, ``rows`` at a time (default :func:`chunk_rows`), so that memory does
     not grow with the number of images times resamples: the first chunk starts with the all-ones row.
 
-    The draws are those of one ``(n_resamples, n_groups)`` draw: numpy's bounded integers come from 64-bit words
-    split in two, so every chunk but the last draws an even number of values (an even number of rows), and the
-    chunks consume the generator exactly as the single draw would.
+    The draws are those of one ``(n_resamples, n_groups)`` draw from the seeded generator (drawn row after row, the
+    chunks consume it as the single draw did), so the intervals do not depend on the chunk size.
     """
     if n_resamples < 0:
         raise ConfigError(f"--bootstrap must be 0 or more, got {n_resamples}")
@@ -103,8 +102,6 @@ def bootstrap_chunks(n_items: int, n_resamples: int, seed: int, groups: Sequence
         _, group_of_item = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
         n_groups = int(group_of_item.max()) + 1 if n_items else 0
     rows = rows or chunk_rows(n_items)
-    if rows < n_resamples + 1 and rows % 2:
-        raise ValueError(f"bootstrap chunks need an even number of rows, got {rows}")
     rng = np.random.default_rng(seed)
     yield np.ones((1, n_items), dtype=np.float32)
     for start in range(0, n_resamples, rows):
