@@ -60,6 +60,9 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_uninterrupted_run(
     assert main(shard_args(data, split, url, reference)) == 0  # streamed over http
     summary = json.loads((reference / "summary.json").read_text())
     assert sum(summary["data"]["images_per_split"]["train"].values()) == manifest["samples"]
+    # The guard fits on the training and validation images, read for it through the cache (not from the shards).
+    n_val = sum(summary["data"]["images_per_split"]["val"].values())
+    assert read_checkpoint(reference / "best.pt")["meta"]["ood"]["n_fit"] == manifest["samples"] + n_val
     steps = -(-manifest["samples"] // 4)  # one rank: every training image, in batches of 4
 
     calls, train_step = [], trainer_module.train_step
