@@ -1,6 +1,6 @@
 """Scale benchmark: does training's memory stay flat as the collection grows?
 
-    .venv/bin/python benchmarks/scale.py [--sizes 2500,10000] [--img-size 160] [--batch-size 32] [--json FILE]
+    .venv/bin/python benchmarks/scale.py [--sizes 2500,10000] [--img-size 160] [--batch-size 32] [--shards] [--json FILE]
 
 For each size, a synthetic collection is made from the Radiography Database's X-rays (a random crop of 70-100% of
 the side, a flip, a gamma and contrast change and Gaussian noise per image, so no two files are alike), written as
@@ -10,6 +10,11 @@ the side, a flip, a gamma and contrast change and Gaussian noise per image, so n
 - ``cxrscreen train --epochs 1`` in a child process on the warm cache (pHashes, leakage-free split, one epoch,
   validation, calibration, the OOD guard's fit and the test report): its wall time, the epoch's training
   throughput (``metrics.csv``) and the child's peak resident memory (``VmHWM``, read as it exits).
+
+With ``--shards``, also: ``cxrscreen data split``, then ``cxrscreen data shard --split`` of the training side (its
+rate, images per second of the training side) and ``cxrscreen train --shards`` on them in a child process (the
+training side streamed from the shards, validation and test from the warm cache): its wall time, throughput and peak
+resident memory, as above.
 
 Sizes not measured (100k, 400k on this 2-core machine would take hours) are extrapolated linearly from the two
 largest measured sizes and marked so.
@@ -98,27 +103,51 @@ def measure(count: int, args: argparse.Namespace, sources: dict[str, list[np.nda
     start = time.perf_counter()
     report = build_cache([data], Preprocessing(img_size=args.img_size), progress=False)
     build_s = time.perf_counter() - start
-    peak_file = tmp / f"peak{count}.json"
     argv = ["train", "--data", str(data), "--img-size", str(args.img_size), "--epochs", "1",
-            "--batch-size", str(args.batch_size), "--out", str(run), "--quiet", "--no-pretrained"]
+            "--batch-size", str(args.batch_size), "--quiet", "--no-pretrained"]
+    row = {"images": count, "generate_s": round(generate_s, 1), "cache_built": report.built,
+           "cache_img_s": round(count / build_s, 1), **train_child([*argv, "--out", str(run)], run, tmp / f"peak{count}.json")}
+    if args.shards:
+        split, shards = tmp / f"split{count}.csv", tmp / f"shards{count}"
+        cli([sys.executable, "-m", "cxrscreen", "data", "split", "--data", str(data), "--out", str(split), "--quiet"])
+        start = time.perf_counter()
+        cli([sys.executable, "-m", "cxrscreen", "data", "shard", "--data", str(data), "--split", str(split), "--out",
+             str(shards), "--img-size", str(args.img_size)])
+        shard_s = time.perf_counter() - start
+        train_images = json.loads((shards / "manifest.json").read_text())["samples"]
+        streamed = train_child([*argv, "--split", str(split), "--shards", str(shards), "--out", str(tmp / f"shardrun{count}")],
+                               tmp / f"shardrun{count}", tmp / f"shardpeak{count}.json")
+        row.update({"shard_img_s": round(train_images / shard_s, 1), **{f"shards_{k}": v for k, v in streamed.items()}})
+    return row
+
+
+def cli(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command[2:5])} failed:\n{result.stderr[-3000:]}")
+
+
+def train_child(argv: list[str], run: Path, peak_file: Path) -> dict:
+    """``cxrscreen train`` (``argv``) in a child process: its wall time, epoch throughput and peak RSS."""
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", TRAIN_CHILD, str(peak_file), *argv], capture_output=True, text=True,
-                            env={**os.environ, "CXRSCREEN_CACHE": str(cache)})
+    result = subprocess.run([sys.executable, "-c", TRAIN_CHILD, str(peak_file), *argv], capture_output=True, text=True)
     train_s = time.perf_counter() - start
     if result.returncode != 0 or not peak_file.is_file():
-        raise SystemExit(f"train on {count} images failed:\n{result.stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(argv[:3])} failed:\n{result.stderr[-3000:]}")
     peak = json.loads(peak_file.read_text())
     epoch = next(csv.DictReader((run / "metrics.csv").open()))
-    return {"images": count, "generate_s": round(generate_s, 1), "cache_built": report.built,
-            "cache_img_s": round(count / build_s, 1), "train_wall_s": round(train_s, 1),
-            "epoch_img_s": round(float(epoch["images_per_s"]), 1), "train_peak_mb": round(peak["peak_mb"], 1)}
+    return {"train_wall_s": round(train_s, 1), "epoch_img_s": round(float(epoch["images_per_s"]), 1),
+            "train_peak_mb": round(peak["peak_mb"], 1)}
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'images':>8} {'how':>12} {'cache img/s':>12} {'epoch img/s':>12} {'train wall s':>13} {'train peak RSS MB':>18}")
+    print(f"{'images':>8} {'how':>12} {'cache img/s':>12} {'epoch img/s':>12} {'train wall s':>13} {'train peak RSS MB':>18}"
+          f" {'shard img/s':>12} {'--shards epoch img/s':>21} {'--shards wall s':>16} {'--shards peak RSS MB':>21}")
     for row in rows:
         print(f"{row['images']:>8} {row['how']:>12} {row.get('cache_img_s', ''):>12} {row.get('epoch_img_s', ''):>12} "
-              f"{row.get('train_wall_s', ''):>13} {row['train_peak_mb']:>18}")
+              f"{row.get('train_wall_s', ''):>13} {row['train_peak_mb']:>18} {row.get('shard_img_s', ''):>12} "
+              f"{row.get('shards_epoch_img_s', ''):>21} {row.get('shards_train_wall_s', ''):>16} "
+              f"{row.get('shards_train_peak_mb', ''):>21}")
 
 
 def main() -> None:
@@ -126,6 +155,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="2500,10000", help="collection sizes to measure, comma-separated")
     parser.add_argument("--img-size", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--shards", action="store_true", help="also shard the training side and train --shards on it")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = parser.parse_args()
     sizes = sorted(int(size) for size in args.sizes.split(","))

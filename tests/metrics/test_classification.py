@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tracemalloc
 
 import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
+from cxrscreen.metrics import classification
 from cxrscreen.metrics.classification import (
     Interval,
     binary_metrics,
@@ -165,3 +167,41 @@ def test_interval_formatting():
     assert format_interval(Interval(0.5, float("nan"), float("nan"))) == "0.500"
     table = format_table(["class", "n"], [["covid", "3"], ["viral", "12"]]).splitlines()
     assert table[0] == "class   n" and table[2] == "covid   3" and table[3] == "viral  12"
+
+
+def noisy_task(n: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    probs = rng.dirichlet([1, 1, 1], n)
+    probs[np.arange(n), y] += rng.random(n)
+    return y, probs / probs.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("groups", [None, "patients"])
+def test_bootstrap_in_chunks_gives_the_intervals_of_all_resamples_at_once(groups, monkeypatch):
+    y, probs = noisy_task(301)
+    keys = [f"p{i % 101}" for i in range(301)] if groups else None  # 101 patients: an odd count of draws per row
+    monkeypatch.setattr(classification, "BOOTSTRAP_CHUNK_BYTES", 2**40)  # one chunk: every resample at once
+    at_once = classification_report(y, probs, CLASSES, n_resamples=999, seed=5, groups=keys)
+    monkeypatch.setattr(classification, "BOOTSTRAP_CHUNK_BYTES", 50 * 301 * 3)  # three resamples a chunk
+    assert classification.chunk_rows(301) == 3
+    chunked = classification_report(y, probs, CLASSES, n_resamples=999, seed=5, groups=keys)
+    assert chunked.multiclass.to_dict() == at_once.multiclass.to_dict()
+    assert chunked.covid_vs_rest.to_dict() == at_once.covid_vs_rest.to_dict()
+    assert np.array_equal(chunked.multiclass.macro_auroc.samples, at_once.multiclass.macro_auroc.samples)
+    if groups is None:  # the draws of one (resamples, images) draw, as the bootstrap made them before chunks
+        draws = np.random.default_rng(5).integers(0, 301, size=(999, 301))
+        counts = np.stack([np.bincount(row, minlength=301) for row in draws])
+        assert np.array_equal(bootstrap_weights(301, 999, seed=5)[1:], counts)
+
+
+def test_bootstrap_memory_does_not_grow_with_the_test_set():
+    peaks = []
+    for n in (2_000, 12_000):
+        y, probs = noisy_task(n)
+        tracemalloc.start()
+        classification_report(y, probs, CLASSES, n_resamples=1000, seed=0)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    # All resamples at once took some 50 KB per image: 100 MB, then 600 MB.
+    assert peaks[1] < 1.2 * peaks[0] and peaks[1] < 150e6, peaks

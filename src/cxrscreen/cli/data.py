@@ -83,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     shard.add_argument("--lung-mode", default="none", choices=["none", "crop", "mask", "crop_mask"], help="lung-focused preprocessing")
     shard.add_argument("--equalize", default="none", choices=["none", "hist", "clahe"], help="per-image intensity normalisation")
     shard.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard")
+    shard.add_argument("--split", metavar="FILE", help="a split.csv (data split, or a run's): shard only its training side, for train --shards (default: every image)")
     shard.add_argument("--overwrite", action="store_true", help="replace the shards already in --out")
     shard.set_defaults(func=run_shard)
 
@@ -170,9 +171,13 @@ def run_shard(args: argparse.Namespace) -> int:
     from cxrscreen.data.transforms import Preprocessing
 
     pp = Preprocessing(img_size=args.img_size, lung_mode=args.lung_mode, equalize=args.equalize)
-    dataset = load_task_dataset(args.data, args)
+    dataset, side = load_task_dataset(args.data, args), "all"
+    if args.split:
+        from cxrscreen.data.splits import load_split
+
+        dataset, side = load_split(args.split, dataset).part("train"), "train"
     report = write_shards(dataset, pp, args.out, args.shard_size, progress=sys.stderr.isatty(), lungs=cache_lung_finder(pp),
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, side=side)
     for path, reason in report.failed:
         print(f"{path}: {reason} (left out)", file=sys.stderr)
     print(f"{report.samples} images in {len(report.shards)} shard(s); manifest: {report.manifest}")

@@ -43,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "collections in early layers); none: no such augmentation")
     p.add_argument("--seed", type=int, default=0, help="random seed of the split, initialisation and augmentation")
     p.add_argument("--split", metavar="FILE", help="reuse a saved split.csv (default: a new split by patient and near-duplicate)")
+    p.add_argument("--shards", metavar="DIR_OR_URL",
+                   help="stream the training images from these shards (data shard --split, written from the same "
+                   "--split) instead of the cache; validation and test images come from the cache (default: the cache)")
+    p.add_argument("--shard-workers", type=int, default=2, metavar="N",
+                   help="with --shards: loader processes per rank reading them (0: none, in the training process)")
     p.add_argument("--limit-per-class", type=int, metavar="N", help="use at most N images per class (default: all)")
     p.add_argument("--include-lateral", action="store_true", help="keep lateral views (ieee8023)")
     p.add_argument("--on-bad-image", default="skip", choices=["skip", "fail"],
@@ -100,6 +105,8 @@ def config_from_args(args: argparse.Namespace):
         style=args.style,
         seed=args.seed,
         split=args.split,
+        shards=args.shards,
+        shard_workers=args.shard_workers,
         limit_per_class=args.limit_per_class,
         frontal_only=not args.include_lateral,
         on_bad_image=args.on_bad_image,

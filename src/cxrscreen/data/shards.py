@@ -12,15 +12,19 @@ Each sample (``__key__`` its position in the collection, zero-padded) holds:
 - ``json``: ``path``, ``label``, ``class``, ``patient`` (null when unknown), ``source``, ``collection`` and
   ``content_hash`` (blake2b of the file's bytes, as the prepared-image cache keys it).
 
-``manifest.json`` beside the shards names the preprocessing, the classes, every shard with its sample count, and
-the files that could not be read (left out, with their reason).
+``manifest.json`` beside the shards names the preprocessing, the classes, every shard with its sample count, the
+files that could not be read (left out, with their reason), the side of a split the shards hold (``side``: ``all``,
+or ``train`` when written with ``--split``: only that split's training images, so that ``train --shards`` cannot
+train on a validation or test image) and ``paths_digest`` (of the sorted paths of the samples), which ``train
+--shards`` compares with its split's training side.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -49,9 +53,11 @@ class ShardReport:
 
 
 def write_shards(dataset: Dataset, pp: Preprocessing, out: str | Path, shard_size: int = SHARD_SIZE,
-                 progress: bool = False, lungs: LungFinder | None = None, overwrite: bool = False) -> ShardReport:
+                 progress: bool = False, lungs: LungFinder | None = None, overwrite: bool = False,
+                 side: str = "all") -> ShardReport:
     """Write ``dataset``'s images, prepared with ``pp`` (through the cache, read back a batch at a time), into
-    WebDataset shards of ``shard_size`` samples under ``out``, plus ``manifest.json``."""
+    WebDataset shards of ``shard_size`` samples under ``out``, plus ``manifest.json``. ``side``: which side of a
+    split ``dataset`` is (``all``: a whole collection), recorded in the manifest."""
     import webdataset as wds  # imported here, like the command's other libraries, so `cxrscreen --help` starts fast
 
     if shard_size < 1:
@@ -79,8 +85,14 @@ def write_shards(dataset: Dataset, pp: Preprocessing, out: str | Path, shard_siz
     report.shards = [{"name": name, "samples": count} for name, count in counts.items()]
     write_json(report.manifest, {
         "format": "webdataset", "version": 1, "preprocessing": pp.to_dict(), "classes": list(dataset.classes),
-        "samples": report.samples, "shards": report.shards,
+        "samples": report.samples, "shards": report.shards, "side": side,
+        "paths_digest": paths_digest(dataset.records[i].path for i in prepared.ok),
         "class_counts": dict(zip(dataset.classes, np.bincount(dataset.targets[prepared.ok], minlength=len(dataset.classes)).tolist())),
         "failed": [{"path": path, "reason": reason} for path, reason in report.failed],
     })
     return report
+
+
+def paths_digest(paths: Iterable[str]) -> str:
+    """A digest of a set of image paths (sorted): equal when shards hold exactly a split side's images."""
+    return hashlib.blake2b("\n".join(sorted(paths)).encode(), digest_size=16).hexdigest()

@@ -44,19 +44,21 @@ def fit_scored_guard(records: list[Record], hashes: Mapping[str, str], max_dista
     whole-image features (:mod:`cxrscreen.guard.network`) of ``records`` (its training and validation images; at
     most :data:`GUARD_FIT_MAX` of them, see :func:`fit_sample`), with the threshold set on out-of-fold scores, folds
     drawn by patient and near-duplicate group (``hashes``: path -> pHash; within ``max_distance`` bits per 64).
-    ``thumbnails``: the guard's inputs of ``records``, uint8 (N, 64, 64), when the caller has them; otherwise they
-    are read (through the cache), and files that do not decode are left out, as training left them out. The
-    thumbnails are read a batch at a time."""
+    ``thumbnails``: the guard's inputs of ``records``, uint8 (N, 64, 64), when the caller has them; otherwise those
+    of the drawn images are read (through the cache), and files that do not decode are left out, as training left
+    them out. The thumbnails are read a batch at a time."""
     groups = record_groups(records, hashes, max_distance)
-    if thumbnails is None:
-        prepared = load_prepared([r.path for r in records], guard_preprocessing(), progress=progress, on_bad_image="skip")
-        thumbnails, ok = prepared.images, np.asarray(prepared.ok, dtype=np.int64)
+    if thumbnails is None:  # only the drawn images are read (train --shards: the training side is not cached)
+        drawn = fit_sample(len(records))
+        prepared = load_prepared([records[i].path for i in drawn], guard_preprocessing(), progress=progress,
+                                 on_bad_image="skip")
+        inputs, fitted = prepared.images, drawn[np.asarray(prepared.ok, dtype=np.int64)]
     else:
-        ok = np.arange(len(records))
-    sample = fit_sample(len(ok))
-    inputs = thumbnails if len(sample) == len(ok) else thumbnails[sample]
-    guard, fitted = fit_scored_ood_guard(torch_guard_features(inputs), groups[ok][sample], accept_rate=GUARD_ACCEPT_RATE,
-                                         features="whole_image", network=GUARD_NETWORK)
+        fitted = fit_sample(len(records))
+        inputs = thumbnails if len(fitted) == len(records) else thumbnails[fitted]
+    guard, fit_scores = fit_scored_ood_guard(torch_guard_features(inputs), groups[fitted],
+                                             accept_rate=GUARD_ACCEPT_RATE, features="whole_image",
+                                             network=GUARD_NETWORK)
     scores = np.full(len(records), np.nan)
-    scores[ok[sample]] = fitted
+    scores[fitted] = fit_scores
     return guard, scores

@@ -1,8 +1,10 @@
 """Classification metrics with 95% bootstrap confidence intervals.
 
 Every metric is computed from per-image weights: the point estimate uses weight 1 for every image, a bootstrap
-resample uses how many times it drew each image. One weighted code path then gives the value and all resamples
-at once, as matrix operations over (resamples, images), so 1000 resamples of a few thousand images take seconds.
+resample uses how many times it drew each image. One weighted code path then gives the value and the resamples,
+as matrix operations over (resamples, images), so 1000 resamples of a few thousand images take seconds. The
+resamples are drawn and counted a chunk at a time (:func:`bootstrap_chunks`, about 64 MB), so memory does not grow
+with the test set (all at once it took some 50 KB per image).
 
 Resamples can draw whole groups (patients) instead of images, since images of one patient are not independent.
 A metric that is undefined in a resample (e.g. a class's AUROC when the resample holds no image of that class)
@@ -13,13 +15,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from cxrscreen.errors import ConfigError
 
 CI_LEVEL = 0.95
+BOOTSTRAP_CHUNK_BYTES = 64 * 2**20  # working memory of one chunk of resamples (see bootstrap_chunks)
 PER_CLASS_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "auroc")
 
 
@@ -71,7 +74,25 @@ def bootstrap_weights(n_items: int, n_resamples: int, seed: int, groups: Sequenc
     """Image weights (1 + n_resamples, n_items) float32: row 0 all ones, row b how often resample b drew each image.
 
     With ``groups`` (one key per image, e.g. the patient), resamples draw groups with replacement and every
-    image of a drawn group counts once per draw.
+    image of a drawn group counts once per draw. All rows at once: :func:`bootstrap_chunks` gives the same rows a
+    few at a time.
+    """
+    return np.concatenate(list(bootstrap_chunks(n_items, n_resamples, seed, groups, rows=n_resamples + 1)))
+
+
+def chunk_rows(n_items: int) -> int:
+    """Resamples per chunk: about :data:`BOOTSTRAP_CHUNK_BYTES` of working arrays (some 50 bytes per image and
+    resample), at least 2."""
+    return max(2, BOOTSTRAP_CHUNK_BYTES // (50 * max(n_items, 1)))
+
+
+def bootstrap_chunks(n_items: int, n_resamples: int, seed: int, groups: Sequence | None = None,
+                     rows: int | None = None) -> Iterator[np.ndarray]:
+    """The rows of :func:`bootstrap_weights`, ``rows`` at a time (default :func:`chunk_rows`), so that memory does
+    not grow with the number of images times resamples: the first chunk starts with the all-ones row.
+
+    The draws are those of one ``(n_resamples, n_groups)`` draw from the seeded generator (drawn row after row, the
+    chunks consume it as the single draw did), so the intervals do not depend on the chunk size.
     """
     if n_resamples < 0:
         raise ConfigError(f"--bootstrap must be 0 or more, got {n_resamples}")
@@ -80,14 +101,15 @@ def bootstrap_weights(n_items: int, n_resamples: int, seed: int, groups: Sequenc
     else:
         _, group_of_item = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
         n_groups = int(group_of_item.max()) + 1 if n_items else 0
+    rows = rows or chunk_rows(n_items)
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, max(n_groups, 1), size=(n_resamples, n_groups))
-    offsets = np.arange(n_resamples)[:, None] * n_groups
-    group_counts = np.bincount((draws + offsets).ravel(), minlength=n_resamples * n_groups)
-    group_counts = group_counts.reshape(n_resamples, n_groups).astype(np.float32)
-    weights = np.ones((1 + n_resamples, n_items), dtype=np.float32)
-    weights[1:] = group_counts[:, group_of_item]
-    return weights
+    yield np.ones((1, n_items), dtype=np.float32)
+    for start in range(0, n_resamples, rows):
+        count = min(rows, n_resamples - start)
+        draws = rng.integers(0, max(n_groups, 1), size=(count, n_groups))
+        offsets = np.arange(count)[:, None] * n_groups
+        group_counts = np.bincount((draws + offsets).ravel(), minlength=count * n_groups)
+        yield group_counts.reshape(count, n_groups).astype(np.float32)[:, group_of_item]
 
 
 def weighted_confusion(weights: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -243,10 +265,12 @@ def multiclass_metrics(
     n_classes = len(classes)
     probs = _check_probs(probs, y_true.size, n_classes)
     y_pred = probs.argmax(axis=1) if y_true.size else np.zeros(0, dtype=np.int64)
-    weights = bootstrap_weights(y_true.size, n_resamples, seed, groups)
-    cm = weighted_confusion(weights, y_true, y_pred, n_classes)
+    parts = [(weighted_confusion(weights, y_true, y_pred, n_classes),
+              np.stack([weighted_auroc(probs[:, i], y_true == i, weights) for i in range(n_classes)], axis=1))
+             for weights in bootstrap_chunks(y_true.size, n_resamples, seed, groups)]
+    cm = np.concatenate([part[0] for part in parts])
     rates = confusion_rates(cm)
-    rates["auroc"] = np.stack([weighted_auroc(probs[:, i], y_true == i, weights) for i in range(n_classes)], axis=1)
+    rates["auroc"] = np.concatenate([part[1] for part in parts])
     summary = summary_rates(cm, rates)
     per_class = {
         name: {metric: Interval.from_values(rates[metric][:, index]) for metric in PER_CLASS_METRICS}
@@ -277,14 +301,16 @@ def binary_metrics(
     """AUROC of ``score`` (N,) for ``is_positive`` (N,) and sensitivity/specificity of ``predicted_positive``."""
     truth = np.asarray(is_positive, dtype=bool)
     decision = np.asarray(predicted_positive, dtype=bool)
-    weights = bootstrap_weights(truth.size, n_resamples, seed, groups)
-    cm = weighted_confusion(weights, truth.astype(np.int64), decision.astype(np.int64), 2)
+    parts = [(weighted_confusion(weights, truth.astype(np.int64), decision.astype(np.int64), 2),
+              weighted_auroc(np.asarray(score, dtype=np.float64), truth, weights))
+             for weights in bootstrap_chunks(truth.size, n_resamples, seed, groups)]
+    cm = np.concatenate([part[0] for part in parts])
     tn, fp, fn, tp = cm[:, 0, 0], cm[:, 0, 1], cm[:, 1, 0], cm[:, 1, 1]
     return BinaryMetrics(
         positive=positive,
         n_images=int(truth.size),
         n_positive=int(truth.sum()),
-        auroc=Interval.from_values(weighted_auroc(np.asarray(score, dtype=np.float64), truth, weights)),
+        auroc=Interval.from_values(np.concatenate([part[1] for part in parts])),
         sensitivity=Interval.from_values(_ratio(tp, tp + fn)),
         specificity=Interval.from_values(_ratio(tn, tn + fp)),
     )

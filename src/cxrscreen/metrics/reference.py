@@ -121,3 +121,13 @@ def build_reference(
     if guard_scores is None or guard_threshold is None:
         return reference
     return reference.with_guard(guard_scores, guard_threshold)
+
+
+def validation_reference(logits: np.ndarray, classes: Sequence[str], guard_scores: np.ndarray,
+                         guard_threshold: float) -> OutputReference:
+    """The reference a training run stores: its validation images' temperature-scaled ``logits`` (N, C), each
+    decided as the most probable class, with their out-of-fold guard scores (N,)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    return build_reference(probs, probs.argmax(axis=1), classes, guard_scores, guard_threshold,
+                           source=f"validation split, {len(probs)} images")

@@ -55,6 +55,8 @@ class TrainConfig:
     adversary: str = "none"  # see cxrscreen.training.adversary
     adversary_weight: float = 0.1
     style: tuple[str, ...] = ()  # kinds of cxrscreen.training.style.STYLE_KINDS; "histmatch,tone" is read too
+    shards: str | None = None  # a folder or URL of `data shard --split` shards: the training side streams from them
+    shard_workers: int = 2  # loader worker processes reading the shards (0: in the training process)
     num_threads: int | None = None
     device: str = "auto"
     amp: bool = True
@@ -86,6 +88,10 @@ class TrainConfig:
             raise ConfigError(f"--adversary must be one of {', '.join(ADVERSARIES)}, got {self.adversary!r}")
         if self.adversary_weight <= 0:
             raise ConfigError(f"--adversary-weight must be positive, got {self.adversary_weight}")
+        if self.shards and self.balance != "none":
+            raise ConfigError("--balance draws images in any order; with --shards the images stream: leave --balance out")
+        if self.shard_workers < 0:
+            raise ConfigError(f"--shard-workers must be 0 or more, got {self.shard_workers}")
         self.style = self.style_config.kinds  # validated, in canonical order
         self.fractions = tuple(float(f) for f in self.fractions)  # type: ignore[assignment]
         if len(self.fractions) != 3 or any(f <= 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:

@@ -6,7 +6,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from cxrscreen.guard.inputs import guard_preprocessing
 from cxrscreen.lungs.finder import load_lung_finder
 from cxrscreen.models.meta import ModelMeta
 from cxrscreen.training.config import TrainConfig
+from cxrscreen.training.shard_data import open_shards
 
 SIDES = ("train", "val", "test")
 
@@ -148,6 +149,9 @@ def prepare_run_data(cfg: TrainConfig, run_split: RunSplit, log: Callable[[str],
     data = RunData(label_set, {}, {}, {}, dict(split.hashes), run_split.dropped, [], list(cfg.data), cfg.dedup_distance)
     for side in SIDES:
         part = split.part(side)
+        if side == "train" and cfg.shards:  # streamed during training; the guard reads its inputs when it is fitted
+            data.images[side], data.records[side], data.targets[side] = open_shards(cfg.shards, part, cfg.preprocessing)
+            continue
         # The OOD guard is fitted on the training and validation images after training: make its thumbnails now,
         # from the same decode.
         guard_pp = [guard_preprocessing()] if side in GUARD_SIDES else []
@@ -188,3 +192,13 @@ def recreate_split(meta: ModelMeta, log: Callable[[str], None] = print, progress
         raise RunDirError(f"{meta.name}: its split cannot be made again from {', '.join(cfg.data)}: the training "
                           f"images differ from those it records ({len(train)} against {len(meta.train_hashes)})")
     return split
+
+
+def index_batches(data: RunData, indices: np.ndarray, batch_size: int, steps: int
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(images uint8, classes, source ids) of the training images of each step, ``batch_size`` of ``indices`` at a
+    time; the images are read from disk as each batch is used."""
+    sources = data.train_sources
+    for step in range(steps):
+        batch = indices[step * batch_size : (step + 1) * batch_size]
+        yield data.train_images[batch], data.train_targets[batch], sources[batch]

@@ -44,15 +44,15 @@ from cxrscreen.training.distributed import (
     wrap_model,
 )
 from cxrscreen.metrics.calibration import choose_temperature
-from cxrscreen.metrics.reference import build_reference
+from cxrscreen.metrics.reference import validation_reference
 from cxrscreen.threads import available_cpus, configure_threads
 from cxrscreen.training.adversary import source_adversary
 from cxrscreen.training.augment import BatchAugment, augment_config
-from cxrscreen.training.run_data import RunData, prepare_run_data, split_run
+from cxrscreen.training.run_data import RunData, index_batches, prepare_run_data, split_run
 from cxrscreen.training.sampler import BalancedSampler, balance_cells
+from cxrscreen.training.shard_data import ShardStream
 from cxrscreen.training.style import StyleAugment, insert_mixstyle
 from cxrscreen.training.steps import class_weights, lr_at, predict_logits, rank_indices, to_input, train_step, validation_scores
-
 
 
 @dataclass
@@ -146,8 +146,11 @@ class Trainer:
             write_json(self.files.config, cfg.to_dict())
         self.load_data(self.files.split if resume else (Path(cfg.split) if cfg.split else None))
         num_classes = len(self.data.label_set.classes)
+        torch.manual_seed(cfg.seed)  # the same initial weights whether the images were prepared now or cached
         self.build_model(pretrained=cfg.pretrained and not has_last)
         self.sampler = self.balanced_sampler()
+        self.shards = ShardStream(self.data.train_images, cfg.batch_size, cfg.seed, self.data.collections,
+                                  cfg.shard_workers) if cfg.shards else None
         draws = self.sampler.draws_per_image() if self.sampler is not None else None
         weights = broadcast_from_main(class_weights(self.data.train_targets, num_classes, draws) if ctx.is_main else None,
                                       ctx).to(ctx.device)
@@ -215,6 +218,13 @@ class Trainer:
             self.log(f"  {line}")
         return sampler
 
+    def epoch_batches(self, epoch: int, steps: int):
+        """This rank's (images uint8, classes, source ids) of each step of an epoch: streamed with --shards, else
+        read from the prepared images (on disk) in :meth:`epoch_indices`' order."""
+        if self.shards is not None:
+            return ((b.images, b.targets, b.sources) for b in self.shards.batches(epoch))
+        return index_batches(self.data, self.epoch_indices(epoch), self.cfg.batch_size, steps)
+
     def epoch_indices(self, epoch: int) -> np.ndarray:
         """This rank's training images of an epoch, in order: the balanced draw or the plain shuffle."""
         cfg, ctx = self.cfg, self.ctx
@@ -247,6 +257,8 @@ class Trainer:
         return TrainResult(self.run_dir, self.state.best_epoch, self.state.best_score, self.state.epoch, test_metrics, time.time() - start)
 
     def steps_per_epoch(self) -> int:
+        if self.shards is not None:
+            return self.shards.steps_per_epoch
         per_rank = math.ceil(len(self.data.train_images) / self.ctx.world_size)
         return max(1, per_rank // self.cfg.batch_size)
 
@@ -255,30 +267,27 @@ class Trainer:
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout: same on resume
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 7 + ctx.rank)
         self.mixstyle_generator.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, ctx.rank]).generate_state(1)[0]))
-        indices = self.epoch_indices(epoch)
-        images = self.data.train_images  # on disk: each batch is read as it is used
-        targets = torch.from_numpy(self.data.train_targets)
-        sources = torch.from_numpy(self.data.train_sources)
         self.net.train()
         seen, loss_sum, tick = 0, 0.0, time.time()
-        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not self.progress, leave=False)
-        for step in bar:
-            batch = indices[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            if len(batch) < 2:
+        bar = tqdm(self.epoch_batches(epoch, steps), total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+                   disable=not self.progress, leave=False)
+        for step, (images, y, sources) in enumerate(bar):
+            if len(y) < 2:
                 break
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at((epoch - 1) * steps + step, total_steps, warmup, cfg.lr)
             # Parameters (and noise) come from the CPU generator, so a seed gives the same batch on any device;
             # the pixel work (resampling, blur) runs where the model does.
-            x = self.augment(to_input(torch.from_numpy(images[batch]), ctx.device), generator)
-            x = self.style(x, sources[batch], generator).contiguous(memory_format=torch.channels_last)
-            self.mixstyle.set_domains(sources[batch])
-            y = targets[batch].to(ctx.device)
+            x = self.augment(to_input(torch.from_numpy(images), ctx.device), generator)
+            sources = torch.from_numpy(sources)
+            x = self.style(x, sources, generator).contiguous(memory_format=torch.channels_last)
+            self.mixstyle.set_domains(sources)
+            y = torch.from_numpy(y).to(ctx.device)
             if self.adversarial is not None:
-                y = (y, sources[batch].to(ctx.device))
+                y = (y, sources.to(ctx.device))
             loss = train_step(self.net, self.optimizer, self.loss_fn, x, y, self.autocast)
-            seen += len(batch)
-            loss_sum += loss * len(batch)
+            seen += len(sources)
+            loss_sum += loss * len(sources)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.time() - tick):.1f}")
         totals = all_reduce_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64), ctx)
         elapsed = time.time() - tick
@@ -347,14 +356,12 @@ class Trainer:
         meta.temperature = calibration.temperature
         if calibration.note:
             self.log(f"warning: {calibration.note}")
+        inputs = None if self.cfg.shards else ImageStack.concat([self.data.guard_inputs[s] for s in GUARD_SIDES])
         meta.ood, guard_scores = fit_scored_guard([r for side in GUARD_SIDES for r in self.data.records[side]],
-                                                  self.data.hashes, self.cfg.dedup_distance,
-                                                  thumbnails=ImageStack.concat([self.data.guard_inputs[s] for s in GUARD_SIDES]))
-        val_probs = torch.softmax(torch.from_numpy(val_logits / meta.temperature), dim=1).numpy()
-        # The validation images' guard scores out of fold: what the guard gives images it never saw.
-        meta.reference = build_reference(val_probs, val_probs.argmax(axis=1), meta.classes,
-                                         guard_scores[-len(val_probs):], meta.ood["threshold"],
-                                         source=f"validation split, {len(val_probs)} images").to_dict()
+                                                  self.data.hashes, self.cfg.dedup_distance, thumbnails=inputs)
+        # The validation images' guard scores out of fold (last in the fit's order): what it gives unseen images.
+        meta.reference = validation_reference(val_logits / meta.temperature, meta.classes,
+                                              guard_scores[-len(val_logits):], meta.ood["threshold"]).to_dict()
         meta.train_hashes = list(self.data.train_hashes)
         test_logits = predict_logits(self.model, self.data.test_images, device)
         test = held_out_report(test_logits / meta.temperature, self.data.test_targets, meta.classes, self.cfg.seed)
