@@ -26,7 +26,14 @@ def _file_hash(path: Path, mtime_ns: int, size: int) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file (hex), read in 1 MiB chunks: to check a checksum its publisher gives."""
+    """The SHA-256 of a file (hex), read in 1 MiB chunks: to check a checksum its publisher gives, or to name a model
+    file (the audit log, the metrics and the DICOM results all name it; read once per process while it stays)."""
+    stat = Path(path).stat()
+    return _file_sha256(Path(path).resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: Path, mtime_ns: int, size: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

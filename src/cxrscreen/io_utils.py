@@ -3,7 +3,6 @@ umask gives (as ``open`` would), and an error names the file asked for, never th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -87,11 +86,3 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_write(path, "w") as fh:
         fh.write(text)
 
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The hex sha256 of a file's bytes, read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
