@@ -30,6 +30,11 @@ def decode_dicom(data: bytes, name: str) -> np.ndarray:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:  # pydicom raises many types (InvalidDicomError, EOFError, struct.error, ...) on bad data
         raise ImageDecodeError(f"{name}: corrupt DICOM ({_one_line(exc)})") from None
+    return decode_dataset(ds, name)
+
+
+def decode_dataset(ds, name: str) -> np.ndarray:
+    """A single-frame DICOM dataset already read (pydicom) -> float32 (H, W) in [0, 1]."""
     if "PixelData" not in ds:
         raise ImageDecodeError(f"{name}: DICOM file has no pixel data")
     frames = _int_attr(ds, "NumberOfFrames", 1, name)

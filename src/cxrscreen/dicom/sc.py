@@ -29,7 +29,8 @@ def build_sc(source: Dataset, image: np.ndarray, heatmap: np.ndarray | None, pre
     ((H, W) in [0, 1]; None when the guard rejected the image: no heatmap is drawn), in the source's study."""
     header = header_of(source)
     sop_uid = str(source.SOPInstanceUID)
-    pixels = render(image, heatmap, banner_lines(prediction, algorithm))
+    banner = banner_lines(prediction, algorithm)
+    pixels = render(image, heatmap, banner)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=header,
         pixel_array=pixels,
@@ -51,7 +52,7 @@ def build_sc(source: Dataset, image: np.ndarray, heatmap: np.ndarray | None, pre
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "YES"
     sc.DerivationDescription = f"Grad-CAM of {prediction.label} by {algorithm.label}; banner burned in"[:1024]
-    sc.ImageComments = "NOT FOR DIAGNOSTIC USE. " + " | ".join(banner_lines(prediction, algorithm)[1:])
+    sc.ImageComments = "NOT FOR DIAGNOSTIC USE. " + " | ".join(banner[1:])
     # highdicom's SCImage does not reference its source: the Source Image Sequence says what it was derived from.
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID

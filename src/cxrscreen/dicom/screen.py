@@ -17,7 +17,8 @@ from typing import Sequence
 import pydicom
 from pydicom.dataset import Dataset
 
-from cxrscreen.data.dicom import decode_dicom
+from cxrscreen.data.dicom import decode_dataset
+from cxrscreen.data.imageio import is_dicom_bytes
 from cxrscreen.dicom.codes import Algorithm
 from cxrscreen.dicom.sc import build_sc
 from cxrscreen.dicom.select import refusal
@@ -98,7 +99,7 @@ class DicomScreener:
         if reason:
             return ScreenOutcome(sop_uid, reason=reason)
         try:
-            image = decode_dicom(data, name)
+            image = decode_dataset(ds, name)
         except CxrError as exc:
             return ScreenOutcome(sop_uid, reason=str(exc).removeprefix(f"{name}: "), failed=True)
         prediction = self.predictor.predict(image, name=sop_uid)
@@ -178,10 +179,9 @@ def is_dicom_file(path: Path) -> bool:
     """Whether ``path`` starts with the DICOM file preamble and ``DICM`` (PS3.10)."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(132)
+            return is_dicom_bytes(fh.read(132))
     except OSError:
         return False
-    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def screen_files(files: Sequence[Path], out: Path, screener: DicomScreener):

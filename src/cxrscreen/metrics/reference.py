@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
+from scipy.special import softmax
 
 from cxrscreen.errors import ModelError
 
@@ -127,7 +128,6 @@ def validation_reference(logits: np.ndarray, classes: Sequence[str], guard_score
                          guard_threshold: float) -> OutputReference:
     """The reference a training run stores: its validation images' temperature-scaled ``logits`` (N, C), each
     decided as the most probable class, with their out-of-fold guard scores (N,)."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    probs = softmax(logits, axis=1)
     return build_reference(probs, probs.argmax(axis=1), classes, guard_scores, guard_threshold,
                            source=f"validation split, {len(probs)} images")

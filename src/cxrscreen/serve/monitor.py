@@ -21,7 +21,9 @@ def report(app: FastAPI, data: bytes, started: float, prediction: Any = None, re
     """Hand the observers the event of one upload (``prediction``, or the ``reason`` it was not screened)."""
     monitoring: Monitoring | None = app.state.monitoring
     if monitoring is not None:
-        monitoring(ScreeningEvent(DOOR, content_id(data), time.perf_counter() - started, prediction, reason))
+        # Only the audit log keeps the input id: without one, no request pays for hashing its upload.
+        input_id = content_id(data) if monitoring.audit is not None else ""
+        monitoring(ScreeningEvent(DOOR, input_id, time.perf_counter() - started, prediction, reason))
 
 
 def drift_status(app: FastAPI) -> dict[str, Any] | None:
