@@ -58,3 +58,23 @@ def test_shards_hold_the_prepared_images_with_their_labels_and_a_manifest(collec
     # Shards already there are not replaced by accident.
     assert main(["data", "shard", "--data", str(collection), "--out", str(out), "--img-size", "48"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_a_split_of_part_of_the_collection_shards_its_training_side(collection: Path, tmp_path: Path, capsys) -> None:
+    """A run trained on part of a collection (``--limit-per-class``) saved a split of that part: sharding the whole
+    collection with it writes that split's training side, as training reads it."""
+    from cxrscreen.data.labels import LabelSet
+    from cxrscreen.data.sources import load_dataset
+    from cxrscreen.data.splits import Split, save_split
+
+    (collection / "Normal" / "truncated.png").unlink()
+    dataset = load_dataset([str(collection)], LabelSet(("covid", "normal", "viral")))
+    part = dataset.subset([i for i in range(len(dataset.records)) if i % 3])  # two thirds of the collection
+    sides = ["train", "train", "val", "test"] * len(part.records)
+    split_csv = save_split(Split(part, np.array(sides[: len(part.records)]), {}), tmp_path / "split.csv")
+    out = tmp_path / "shards"
+    assert main(["data", "shard", "--data", str(collection), "--out", str(out), "--img-size", "48",
+                 "--split", str(split_csv)]) == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    expected = [r.path for r, side in zip(part.records, sides) if side == "train"]
+    assert manifest["side"] == "train" and manifest["samples"] == len(expected) < len(dataset.records)

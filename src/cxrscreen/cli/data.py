@@ -172,10 +172,10 @@ def run_shard(args: argparse.Namespace) -> int:
 
     pp = Preprocessing(img_size=args.img_size, lung_mode=args.lung_mode, equalize=args.equalize)
     dataset, side = load_task_dataset(args.data, args), "all"
-    if args.split:
-        from cxrscreen.data.splits import load_split
+    if args.split:  # the split's training side, of the images the split lists (as training reads it)
+        from cxrscreen.data.splits import load_split_of
 
-        dataset, side = load_split(args.split, dataset).part("train"), "train"
+        dataset, side = load_split_of(args.split, dataset, ", ".join(args.data))[0].part("train"), "train"
     report = write_shards(dataset, pp, args.out, args.shard_size, progress=sys.stderr.isatty(), lungs=cache_lung_finder(pp),
                           overwrite=args.overwrite, side=side)
     for path, reason in report.failed:

@@ -169,6 +169,24 @@ def load_split(path: str | os.PathLike, dataset: Dataset) -> Split:
     return split
 
 
+def split_paths(path: str | os.PathLike) -> set[str]:
+    """The image paths a ``split.csv`` lists (every side)."""
+    return {row["path"] for row in read_csv_rows(Path(path), ("path", "split"))}
+
+
+def load_split_of(path: str | os.PathLike, dataset: Dataset, what: str) -> tuple[Split, int]:
+    """The split in ``split.csv`` of those of ``dataset``'s records it lists (a run may have used part of a
+    collection: ``--limit-per-class``), and how many records it does not list; a :class:`DatasetLayoutError`
+    naming ``what`` (the images asked for) when it lists none of them."""
+    if not Path(path).is_file():
+        raise DatasetLayoutError(f"{path}: split file not found")
+    listed_paths = split_paths(path)
+    listed = [i for i, record in enumerate(dataset.records) if record.path in listed_paths]
+    if not listed:
+        raise DatasetLayoutError(f"{path}: none of the images of {what} is in the run's split")
+    return load_split(path, dataset.subset(listed)), len(dataset.records) - len(listed)
+
+
 def split_from_rows(rows: Mapping[str, Mapping[str, str]], dataset: Dataset, origin: str) -> Split:
     """The split of ``dataset``'s records that ``rows`` (path -> ``class``, ``split``, ``phash``; as in
     ``split.csv`` or from :func:`split_rows`) gives; ``origin`` names where the rows came from in errors.

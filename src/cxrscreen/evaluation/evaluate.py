@@ -31,8 +31,7 @@ from cxrscreen.data.imageio import to_float
 from cxrscreen.data.labels import CLASS_GROUPS, OTHER, LabelSet
 from cxrscreen.data.records import Record
 from cxrscreen.data.sources import check_exists, load_dataset, scan_paths, task_class
-from cxrscreen.data.sources.base import read_csv_rows
-from cxrscreen.data.splits import load_split
+from cxrscreen.data.splits import load_split_of, split_paths
 from cxrscreen.data.stack import ImageStack
 from cxrscreen.errors import ConfigError, DatasetLayoutError
 from cxrscreen.evaluation.results import (
@@ -274,27 +273,19 @@ class Evaluator:
             return True
         if self.split_file is None:
             return False
-        in_split = self.split_paths()
+        in_split = split_paths(self.split_file)
         return any(record.path in in_split for record in scan_paths(paths)[0].records)
 
     def split_side(self, paths: list[str]) -> tuple[list[Record], str, Counter, list[str]]:
         """The records of the run's split side ``cfg.split``, loaded as the training run loaded them."""
         dataset = load_dataset(paths, self.meta.label_set, frontal_only=self.train_frontal_only, allow_missing_classes=True)
-        in_split = self.split_paths()
-        listed = [i for i, record in enumerate(dataset.records) if record.path in in_split]
-        if not listed:
-            raise DatasetLayoutError(f"{self.split_file}: none of the images of {', '.join(paths)} is in the run's split")
-        split = load_split(self.split_file, dataset.subset(listed))
+        split, unused = load_split_of(self.split_file, dataset, ", ".join(paths))
         records = [r for r, side in zip(split.dataset.records, split.assignment) if side == self.cfg.split]
         notes = list(dataset.notes)
-        unused = len(dataset.records) - len(listed)
         if unused:
             notes.append(f"{unused} image(s) of --data are not in the run's split (not used by the run) and were not evaluated")
-        notes.append(f"{self.cfg.split} side of the run's split ({len(listed)} images in all sides)")
+        notes.append(f"{self.cfg.split} side of the run's split ({len(split.dataset.records)} images in all sides)")
         return records, f"internal {self.cfg.split} split", dataset.dropped, notes
-
-    def split_paths(self) -> set[str]:
-        return {row["path"] for row in read_csv_rows(self.split_file, ("path", "split"))}
 
     # -- measuring --------------------------------------------------------------------------------------------
     def load(self, paths: list[str], thumbnails: bool | None = None) -> LoadedImages:
