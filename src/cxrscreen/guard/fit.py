@@ -1,5 +1,5 @@
 """Fitting a model's out-of-distribution guard on the images it was trained on (training, ``refit-guard`` and site
-adaptation all call :func:`fit_guard`)."""
+adaptation all call :func:`fit_scored_guard`)."""
 
 from __future__ import annotations
 
@@ -29,12 +29,6 @@ def fit_sample(count: int, limit: int = GUARD_FIT_MAX, seed: int = 0) -> np.ndar
     if count <= limit:
         return np.arange(count)
     return np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))
-
-
-def fit_guard(records: list[Record], hashes: Mapping[str, str], max_distance: float, progress: bool = False,
-              thumbnails: np.ndarray | ImageStack | None = None) -> dict[str, Any]:
-    """:func:`fit_scored_guard` without the scores."""
-    return fit_scored_guard(records, hashes, max_distance, progress, thumbnails)[0]
 
 
 def fit_scored_guard(records: list[Record], hashes: Mapping[str, str], max_distance: float, progress: bool = False,
