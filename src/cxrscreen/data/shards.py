@@ -21,17 +21,17 @@ train on a validation or test image) and ``paths_digest`` (of the sorted paths o
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from cxrscreen.data.cache import content_hash, load_prepared
+from cxrscreen.data.cache import load_prepared
 from cxrscreen.data.sources import Dataset
 from cxrscreen.data.transforms import LungFinder, Preprocessing
 from cxrscreen.errors import ConfigError, RunDirError
+from cxrscreen.hashing import content_hash
 from cxrscreen.io_utils import write_json
 
 SHARD_SIZE = 1000  # samples per shard: 25-50 MB at 160-224 px, large enough to stream, small enough to spread
@@ -95,4 +95,4 @@ def write_shards(dataset: Dataset, pp: Preprocessing, out: str | Path, shard_siz
 
 def paths_digest(paths: Iterable[str]) -> str:
     """A digest of a set of image paths (sorted): equal when shards hold exactly a split side's images."""
-    return hashlib.blake2b("\n".join(sorted(paths)).encode(), digest_size=16).hexdigest()
+    return content_hash("\n".join(sorted(paths)).encode())
