@@ -184,10 +184,8 @@ def recreate_split(meta: ModelMeta, log: Callable[[str], None] = print, progress
     seed, fractions and near-duplicate distance), for a model whose run directory is gone (a bundled one).
     A :class:`RunDirError` unless its training images are exactly those the checkpoint's pHashes list."""
     cfg = TrainConfig.from_dict(meta.config)
-    _, _, dataset = run_dataset(cfg, log)
-    hashes = hash_files(dataset.paths, progress=progress).hashes
-    split = make_split(dataset, hashes, seed=cfg.seed, fractions=cfg.fractions, max_distance=cfg.dedup_distance)
-    train = sorted(hashes[path] for path in split.part("train").paths if path in hashes)
+    split = split_run(cfg, None, log, progress).split  # a new split, as the run made it
+    train = sorted(split.hashes[path] for path in split.part("train").paths if path in split.hashes)
     if train != sorted(meta.train_hashes):
         raise RunDirError(f"{meta.name}: its split cannot be made again from {', '.join(cfg.data)}: the training "
                           f"images differ from those it records ({len(train)} against {len(meta.train_hashes)})")
