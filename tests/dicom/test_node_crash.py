@@ -36,6 +36,26 @@ def start_node(model: Path, spool: Path, pacs_port: int) -> tuple[subprocess.Pop
     return process, int(line.rsplit(":", 1)[1])
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_gone(pids: list[int], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (alive := [pid for pid in pids if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"worker processes {alive} outlived their node"
+
+
 def test_kill_9_mid_send_then_restart_sends_every_acknowledged_object_once(checkpoint_factory, shared_data, tmp_path, collector) -> None:
     model = checkpoint_factory(tmp_path / "tiny.pt")
     spool = tmp_path / "spool"
@@ -63,9 +83,12 @@ def test_kill_9_mid_send_then_restart_sends_every_acknowledged_object_once(check
     deadline = time.monotonic() + 120
     while len(acknowledged) < 40 and time.monotonic() < deadline:  # kill with work received, screened and in flight
         time.sleep(0.01)
+    workers = children(node.pid)
     node.send_signal(signal.SIGKILL)
     node.wait()
     sender.join(timeout=60)
+    assert workers, "the node screens in worker processes by default"
+    wait_gone(workers)  # a node killed outright leaves no screening process behind
     assert 40 <= len(acknowledged) < COUNT
     sent_before_restart = len(collector.received)
     node, _ = start_node(model, spool, pacs_port)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import os
 import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
@@ -84,11 +85,19 @@ _worker_screener: DicomScreener | None = None
 
 def _start_worker(recipe: ScreenerRecipe) -> None:
     global _worker_screener
+    _exit_with_parent()
     _worker_screener = recipe.load()
 
 
+def _exit_with_parent() -> None:
+    """End this worker when the node that started it is gone: a node killed outright (kill -9, out of memory)
+    cannot shut its pool down, and its workers, each holding a model, would otherwise wait for work forever."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=lambda: (parent.join(), os._exit(1)), name="exit-with-parent", daemon=True).start()
+
+
 def _ready() -> int:
-    import os
     import time
 
     time.sleep(0.05)  # long enough that each warm-up task lands on its own process
