@@ -8,7 +8,8 @@ p95 receive-to-result-sent <= 3 s (the node's C-STORE response at the sender -> 
 Also the CPU time per image of the node (all its processes; its main process apart) and of this process (the
 senders and the destination), which does not depend on what else loads the machine. Then "what costs what": each
 stage timed alone (wall and CPU) in this process as a screening worker runs it (one thread), on ``--stages`` images
-(decode, predict, Grad-CAM, SR, SC, writing the spool file, encoding and sending the results over loopback).
+(decode, predict, predict with Grad-CAM, SR, SC, writing the spool file, encoding and sending the results over
+loopback).
 ``--side N`` enlarges every image to N x N first (real radiographs are 2-3k px; the shared ones are 224-256 px).
 """
 
@@ -170,8 +171,10 @@ def stages(datasets: list, work: Path) -> dict[str, tuple[float, float]]:
         data = buffer.getvalue()
         timed("spool write (atomic, fsync)", spool.store, data)
         image = timed("decode (pydicom, VOI, MONOCHROME1)", decode_dicom, data, "x")
-        prediction = timed("predict (lungs, classifier, guard)", predictor.predict, image, "x")
-        heatmap = timed("Grad-CAM (torch)", screener._heatmap, image, prediction)
+        timed("predict alone (lungs, classifier, guard)", predictor.predict, image, "x")
+        prediction, explanation = timed("predict + Grad-CAM (one forward pass, as screened)",
+                                        predictor.predict_and_explain, image, "x", False)
+        heatmap = explanation.heatmap
         sr = timed("SR (highdicom TID 1500)", build_sr, ds, prediction, algorithm)
         sc = timed("SC (overlay, banner, highdicom)", build_sc, ds, image, heatmap, prediction, algorithm)
         for kind, result in (("SR", sr), ("SC", sc)):

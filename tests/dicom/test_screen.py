@@ -101,6 +101,10 @@ def test_the_sr_objects_highdicom_view_is_its_content(bundled_screener, shared_d
         assert group.source_images[0].referenced_sop_instance_uid == outcome.sop_instance_uid
     assert sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0] \
         .ReferencedSOPInstanceUID == outcome.sop_instance_uid
+    parsed = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(io.BytesIO(dicom_bytes(sr))))
+    assert type(sr.content) is type(parsed.content)
+    assert [type(item) for item in sr.content[0].ContentSequence] == [type(item) for item in parsed.content[0].ContentSequence]
+    assert [g.tracking_uid for g in groups] == [g.tracking_uid for g in parsed.content.get_image_measurement_groups()]
 
 
 def test_covid_is_coded_with_snomed_and_the_sr_states_the_threshold(shared_data, tmp_path) -> None:

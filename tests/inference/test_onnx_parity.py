@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import onnx
@@ -29,7 +30,7 @@ def test_export_is_self_describing(exported: Path, tiny_checkpoint: Path) -> Non
     assert read_onnx_meta(exported) == meta
     proto = onnx.load(str(exported))
     onnx.checker.check_model(proto)
-    assert [o.name for o in proto.graph.output] == ["logits", "features"]
+    assert [o.name for o in proto.graph.output] == ["logits", "features", "maps"]
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.dim_value
 
@@ -136,9 +137,29 @@ def test_foreign_files_are_refused(tmp_path: Path, tiny_checkpoint: Path) -> Non
         OnnxRuntimeBackend(junk)
 
 
-def test_explain_needs_the_checkpoint(exported: Path, real_xrays: list[Path]) -> None:
+def test_an_export_explains_as_the_checkpoint_does(exported: Path, tiny_checkpoint: Path, real_xrays: list[Path],
+                                                   tmp_path: Path) -> None:
+    """The graph's Grad-CAM maps: an .onnx file explains without its checkpoint, as the checkpoint's autograd
+    Grad-CAM does; an export without maps (made before they were in the graph) says it needs the checkpoint."""
+    from_onnx, from_torch = load_predictor(exported, backend="onnx"), load_predictor(tiny_checkpoint, backend="torch")
+    assert from_onnx.backend.explains
+    peaks = []
+    for path in real_xrays[:3]:
+        for target in from_onnx.classes:
+            onnx_map = from_onnx.explain(path, target=target, overlay=False).heatmap
+            with patch.object(type(from_torch.backend), "explains", False):  # autograd on the torch network
+                torch_map = from_torch.explain(path, target=target, overlay=False).heatmap
+            assert np.abs(onnx_map - torch_map).max() < 1e-3
+            peaks.append(onnx_map.max())
+    assert max(peaks) > 0.9  # (an untrained model's map of a class can be all zero: no positive evidence)
+    proto = onnx.load(str(exported))
+    proto.graph.output.pop()  # the maps
+    without_maps = tmp_path / "old.onnx"
+    onnx.save(proto, str(without_maps))
+    old = load_predictor(without_maps, backend="onnx")
+    assert not old.backend.explains and old.predict(real_xrays[0]).probabilities == from_onnx.predict(real_xrays[0]).probabilities
     with pytest.raises(ModelError, match="Grad-CAM needs the torch checkpoint"):
-        load_predictor(exported, backend="onnx").explain(real_xrays[0])
+        old.explain(real_xrays[0])
 
 
 # -- the bundled model through the whole path: lung segmentation, crop, mask, CLAHE, network, guard -----------------

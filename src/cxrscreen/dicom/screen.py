@@ -27,7 +27,6 @@ from cxrscreen.dicom.uids import KINDS, SC, SR
 from cxrscreen.errors import ConfigError, CxrError
 from cxrscreen.inference.results import Prediction
 from cxrscreen.io_utils import atomic_write
-from cxrscreen.threads import worker_threads
 from cxrscreen.monitoring.events import Observer, ScreeningEvent, notify
 
 DOOR = "dicom"
@@ -70,9 +69,10 @@ class DicomScreener:
         self.algorithm = Algorithm.of(predictor)
 
     def warm_up(self) -> None:
-        """Load now what the first image would wait for: the torch network Grad-CAM runs on (a node calls this
-        before it listens, so the first C-STORE's results are not seconds late)."""
-        if SC in self.outputs:
+        """Load now what the first image would wait for: the torch network, when Grad-CAM needs it (a backend
+        without Grad-CAM maps; a node calls this before it listens, so the first C-STORE's results are not seconds
+        late)."""
+        if SC in self.outputs and not self.predictor.backend.explains:
             self.predictor.torch_model
 
     def screen(self, data: bytes, name: str, received_at: float | None = None) -> ScreenOutcome:
@@ -102,22 +102,18 @@ class DicomScreener:
             image = decode_dataset(ds, name)
         except CxrError as exc:
             return ScreenOutcome(sop_uid, reason=str(exc).removeprefix(f"{name}: "), failed=True)
-        prediction = self.predictor.predict(image, name=sop_uid)
+        heatmap = None
+        if SC in self.outputs:  # the Grad-CAM of the decided class, from the same forward pass where it can
+            prediction, explanation = self.predictor.predict_and_explain(image, name=sop_uid, overlay=False)
+            heatmap = explanation.heatmap if prediction.in_distribution else None
+        else:
+            prediction = self.predictor.predict(image, name=sop_uid)
         results: dict[str, Dataset] = {}
         if SR in self.outputs:
             results[SR] = build_sr(ds, prediction, self.algorithm)
         if SC in self.outputs:
-            heatmap = self._heatmap(image, prediction) if prediction.in_distribution else None
             results[SC] = build_sc(ds, image, heatmap, prediction, self.algorithm)
         return ScreenOutcome(sop_uid, prediction, results)
-
-
-    def _heatmap(self, image, prediction: Prediction):
-        """Grad-CAM of the decided class, its torch network on as many threads as share the CPUs with the
-        predictor's workers: torch's default (all CPUs per call) made one Grad-CAM 40x slower beside other work."""
-        self.predictor.torch_model  # loaded (and torch imported) first, so that worker_threads can scope its threads
-        with worker_threads(self.predictor.workers):
-            return self.predictor.explain(image, target=prediction.label, name=prediction.source, overlay=False).heatmap
 
 
 def _missing_identity(ds: Dataset) -> str | None:

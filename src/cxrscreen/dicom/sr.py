@@ -80,13 +80,16 @@ def build_sr(source: Dataset, prediction: Prediction, algorithm: Algorithm) -> h
         manufacturer_model_name=algorithm.name[:64],
         software_versions=algorithm.software,
     )
-    # The content goes in now, as the constructor would have put it, and highdicom's view of it is parsed in
-    # place: the constructor deep-copies the whole tree and searches it for references (half an SR's cost, for
-    # evidence that is the source alone: every group references it, and the evidence is made from it either way).
+    # The content goes in now, as the constructor would have put it: the constructor deep-copies the whole tree and
+    # searches it for references (half an SR's cost, for evidence that is the source alone: every group references
+    # it, and the evidence is made from it either way). highdicom's view of the content (``sr.content``) is the
+    # report just built, what ``Comprehensive3DSR.from_dataset`` would parse back out of the tree at a third of the
+    # build's cost (tests/dicom/test_sr.py checks they agree).
     for element in root:
         sr[element.tag] = element
     sr.CodingSchemeIdentificationSequence = [private_scheme()]
-    return hd.sr.Comprehensive3DSR.from_dataset(sr, copy=False)
+    sr._content = report
+    return sr
 
 
 def _without_items(root: Dataset) -> Dataset:

@@ -8,6 +8,8 @@ from MONAI, whose default normaliser inverts the map and which only warns about 
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -23,6 +25,24 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
         return model.get_submodule(name)
     except AttributeError:
         raise ModelError(f"{name}: the model has no layer of that name for Grad-CAM") from None
+
+
+@contextmanager
+def captured_outputs(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """The outputs ``layer`` gives in this thread while the context lasts (a server shares one model between
+    threads: another thread's forward pass is not captured)."""
+    captured: list[torch.Tensor] = []
+    caller = threading.get_ident()
+
+    def capture(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        if threading.get_ident() == caller:
+            captured.append(output)
+
+    handle = layer.register_forward_hook(capture)
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 def normalize_map(cam: torch.Tensor) -> torch.Tensor:
@@ -51,19 +71,10 @@ class GradCam:
     def __call__(
         self, x: torch.Tensor, class_index: int | list[int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        captured: list[torch.Tensor] = []
-        caller = threading.get_ident()
-
-        def capture(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-            # A server shares one model between threads: keep only this call's forward pass.
-            if threading.get_ident() == caller:
-                captured.append(output)
-
-        handle = self.layer.register_forward_hook(capture)
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.enable_grad(), torch.inference_mode(False):
+            with captured_outputs(self.layer) as captured, torch.enable_grad(), torch.inference_mode(False):
                 device = next(self.model.parameters()).device
                 inputs = x.detach().to(device).float().clone().requires_grad_(True)
                 logits = self.model(inputs)
@@ -74,7 +85,6 @@ class GradCam:
                 score = logits.gather(1, targets[:, None]).sum()
                 (gradients,) = torch.autograd.grad(score, activations)
         finally:
-            handle.remove()
             self.model.train(was_training)
         weights = gradients.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * activations).sum(dim=1, keepdim=True))

@@ -15,9 +15,15 @@ if TYPE_CHECKING:
 
 
 class InferenceBackend(Protocol):
-    """Runs the network: inputs float32 (N, 1, S, S) in [0, 1] -> (logits (N, C), features (N, F)), float32."""
+    """Runs the network: inputs float32 (N, 1, S, S) in [0, 1] -> (logits (N, C), features (N, F)), float32.
+    ``explains``: whether :meth:`run_with_maps` also gives every class's Grad-CAM map (N, C, S, S), not normalised,
+    from the same forward pass (:mod:`cxrscreen.explain.analytic`)."""
+
+    explains: bool
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def run_with_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 class NetOutputs(NamedTuple):
@@ -43,16 +49,35 @@ class TorchBackend:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
+    @property
+    def explains(self) -> bool:
+        from cxrscreen.explain.analytic import explains_analytically
+
+        return explains_analytically(self.model)
+
+    def _input(self, batch: np.ndarray):
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            features = self.model.features(x)
+            features = self.model.features(self._input(batch))
             logits = self.model.head(features)
         return logits.float().cpu().numpy(), features.float().cpu().numpy()
+
+    def run_with_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import torch
+
+        from cxrscreen.explain.analytic import ScoresAndMaps
+
+        with torch.inference_mode():
+            outputs = ScoresAndMaps(self.model)(self._input(batch))
+        logits, features, maps = (tensor.float().cpu().numpy() for tensor in outputs)
+        return logits, features, maps
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

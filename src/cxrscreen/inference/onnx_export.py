@@ -1,7 +1,8 @@
 """Export a checkpoint to ONNX: a self-describing ``.onnx`` file, or the cached bundle ONNX Runtime predicts from.
 
 The exported graph takes ``image`` float32 (N, 1, S, S) in [0, 1] (batch size free) and returns ``logits``
-(N, C) and ``features`` (N, F), the penultimate features the out-of-distribution guard needs. The model's
+(N, C), ``features`` (N, F), the penultimate features the out-of-distribution guard needs, and, where the
+architecture allows, ``maps`` (N, C, S, S): every class's Grad-CAM map (:mod:`cxrscreen.explain.analytic`). The model's
 :class:`ModelMeta` is stored as JSON in the file's ``metadata_props`` (key ``cxrscreen_meta``), so an ``.onnx``
 file is self-describing. Temperature scaling and softmax stay outside the graph, shared with the torch path.
 
@@ -24,7 +25,8 @@ from torch import nn
 
 from cxrscreen.guard.onnx import cached_guard_export
 from cxrscreen.guard.ppca import reads_whole_image
-from cxrscreen.inference.onnx_runtime import GRAPH_FILE, GUARD_FILE, META_FILE, META_KEY, OUTPUT_NAMES, split_guard
+from cxrscreen.explain.analytic import ScoresAndMaps, explains_analytically
+from cxrscreen.inference.onnx_runtime import GRAPH_FILE, GUARD_FILE, MAPS_OUTPUT, META_FILE, META_KEY, OUTPUT_NAMES, split_guard
 from cxrscreen.io_utils import atomic_write
 from cxrscreen.models.checkpoint import ModelMeta, load_checkpoint
 from cxrscreen.models.onnx import cache_dir, traced_onnx
@@ -48,7 +50,11 @@ def onnx_bytes(model: XrayClassifier, meta: ModelMeta) -> bytes:
     import onnx
 
     size = meta.preprocessing.img_size
-    proto = onnx.load_from_string(traced_onnx(LogitsAndFeatures(model), torch.rand(2, 1, size, size), OUTPUT_NAMES))
+    if explains_analytically(model):
+        graph = traced_onnx(ScoresAndMaps(model), torch.rand(2, 1, size, size), (*OUTPUT_NAMES, MAPS_OUTPUT))
+    else:
+        graph = traced_onnx(LogitsAndFeatures(model), torch.rand(2, 1, size, size), OUTPUT_NAMES)
+    proto = onnx.load_from_string(graph)
     onnx.helper.set_model_props(proto, {META_KEY: json.dumps(meta.to_dict())})
     proto.doc_string = f"cxrscreen {meta.name} v{meta.version} ({meta.arch}); classes: {', '.join(meta.classes)}"
     return proto.SerializeToString()

@@ -3,8 +3,9 @@
 A checkpoint is prepared for ONNX Runtime once (:mod:`cxrscreen.inference.onnx_export`, which imports torch) into a
 folder of :func:`cxrscreen.models.onnx.cache_dir` named after the file's content and the exporting torch release::
 
-    <content hash of the .pt>-opset17-torch2.13.0/
-        model.onnx   the graph: image (N, 1, S, S) in [0, 1] -> logits (N, C), features (N, F); ModelMeta inside too
+    <content hash of the .pt>-opset17-torch2.13.0-layout2/
+        model.onnx   the graph: image (N, 1, S, S) in [0, 1] -> logits (N, C), features (N, F), maps (N, C, S, S)
+                     where the architecture allows (Grad-CAM, explain.analytic); ModelMeta inside too
         meta.json    {"meta": ModelMeta without the OOD guard's matrices, "guard_graph": the guard network's export}
         guard.npz    the OOD guard's matrices (``meta.ood``'s lists, as arrays)
 
@@ -30,6 +31,8 @@ from cxrscreen.models.onnx import INPUT_NAME, OPSET, cache_dir, cpu_session, pre
 
 META_KEY = "cxrscreen_meta"
 OUTPUT_NAMES = ("logits", "features")
+MAPS_OUTPUT = "maps"  # every class's Grad-CAM map (N, C, S, S), where the architecture allows (explain.analytic)
+BUNDLE_LAYOUT = 2  # 2: the graph has MAPS_OUTPUT; bundles of older layouts are prepared again
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 GRAPH_FILE = "model.onnx"
 META_FILE = "meta.json"
@@ -48,7 +51,7 @@ class OnnxModel:
 
 def bundle_folder(checkpoint: Path) -> Path:
     """The cache folder of a checkpoint's ONNX bundle, keyed by the file's bytes and the exporting torch release."""
-    return cache_dir() / f"{file_hash(checkpoint)}-opset{OPSET}-torch{torch_tag()}"
+    return cache_dir() / f"{file_hash(checkpoint)}-opset{OPSET}-torch{torch_tag()}-layout{BUNDLE_LAYOUT}"
 
 
 def split_guard(ood: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -128,9 +131,19 @@ class OnnxRuntimeBackend:
         """The :class:`ModelMeta` stored in the model file (:class:`ModelError` if it is not a cxrscreen export)."""
         return meta_from_metadata(session_metadata(self.session), self.path)
 
+    @property
+    def explains(self) -> bool:
+        """Whether the graph gives Grad-CAM maps (exports of architectures that allow it, since layout 2)."""
+        return MAPS_OUTPUT in {output.name for output in self.session.get_outputs()}
+
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, features = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
         return logits, features
+
+    def run_with_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        logits, features, maps = self.session.run([*OUTPUT_NAMES, MAPS_OUTPUT],
+                                                  {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
+        return logits, features, maps
 
 
 def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:

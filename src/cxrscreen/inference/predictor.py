@@ -20,7 +20,7 @@ import numpy as np
 
 from cxrscreen.data import transforms
 from cxrscreen.data.transforms import FindLungsBatch, LungFinder
-from cxrscreen.data.imageio import ImageSource, load_xray
+from cxrscreen.data.imageio import ImageSource
 from cxrscreen.errors import ConfigError, ModelError
 from cxrscreen.guard.ppca import accepts, check_guard, ood_scores, reads_whole_image
 from cxrscreen.inference.options import (  # noqa: F401 - re-exported: the CLI and notebooks import them from here
@@ -40,6 +40,7 @@ from cxrscreen.inference.options import (  # noqa: F401 - re-exported: the CLI a
     resolve_device,
     single_threaded_libraries,
 )
+from cxrscreen.inference import explaining
 from cxrscreen.inference.backends import InferenceBackend, NetOutputs, TorchBackend, softmax  # noqa: F401
 from cxrscreen.inference.preparation import PreparedBatch, decode_and_prepare, failure_reason, source_name
 from cxrscreen.inference.results import Explanation, Prediction, PredictionFailure
@@ -233,11 +234,11 @@ class Predictor:
             self._guard_arrays = (self.meta.ood, arrays)
         return self._guard_arrays[1]
 
-    def _score(self, names: Sequence[str], batch: PreparedBatch) -> list[Prediction]:
-        """The predictions of a prepared batch (its ``positions``, in order)."""
+    def score_batch(self, names: Sequence[str], batch: PreparedBatch, outputs: NetOutputs | None = None) -> list[Prediction]:
+        """The predictions of a prepared batch (its ``positions``, in order), from ``outputs`` when it has them."""
         if not batch.positions:
             return []
-        outputs = self._predict_chunk(batch.inputs, batch.thumbnails)
+        outputs = outputs or self.net_outputs(batch.inputs, batch.thumbnails)[0]
         accepted, scores = self.ood_check(outputs)
         results = []
         for i, position in enumerate(batch.positions):
@@ -256,11 +257,14 @@ class Predictor:
             )
         return results
 
-    def _predict_chunk(self, images: np.ndarray, thumbnails: np.ndarray | None) -> NetOutputs:
-        """:meth:`predict_prepared` on this worker alone (the batch is already one worker's share)."""
-        logits, features = self.backend.run(images[:, None])
+    def net_outputs(self, images: np.ndarray, thumbnails: np.ndarray | None,
+                    maps: bool = False) -> tuple[NetOutputs, np.ndarray | None]:
+        """:meth:`predict_prepared` on this worker alone (the batch is already one worker's share), and with
+        ``maps`` every class's Grad-CAM map (N, C, S, S) from the same pass (the backend must
+        :attr:`~InferenceBackend.explains`; None without ``maps``)."""
+        logits, features, *cams = (self.backend.run_with_maps if maps else self.backend.run)(images[:, None])
         guard = self.guard_runner(thumbnails) if thumbnails is not None and self.guard_reads_whole_image else None
-        return NetOutputs(softmax(logits, self.meta.temperature), features, guard)
+        return NetOutputs(softmax(logits, self.meta.temperature), features, guard), cams[0] if cams else None
 
     @overload
     def predict(self, source: list[ImageSource] | tuple[ImageSource, ...], name: None = None) -> list[Prediction | PredictionFailure]: ...
@@ -281,7 +285,7 @@ class Predictor:
             batch = self.prepare_sources([source], [label])
             if batch.failures:
                 raise batch.failures[0]
-            return self._score([label], batch)[0]
+            return self.score_batch([label], batch)[0]
 
     def predict_batch(
         self, sources: Sequence[ImageSource], names: Sequence[str] | None = None
@@ -306,7 +310,7 @@ class Predictor:
             chunk_names = labels[start : start + step]
             batch = self.prepare_sources(sources[start : start + step], chunk_names)
             results: list[Prediction | PredictionFailure | None] = [None] * len(chunk_names)
-            for position, prediction in zip(batch.positions, self._score(chunk_names, batch)):
+            for position, prediction in zip(batch.positions, self.score_batch(chunk_names, batch)):
                 results[position] = prediction
             for position, error in batch.failures.items():
                 results[position] = PredictionFailure(chunk_names[position], failure_reason(error, chunk_names[position]))
@@ -334,22 +338,13 @@ class Predictor:
         """Grad-CAM of ``target`` (a class name; None = the class :meth:`predict` gives, thresholds included) for
         one image, computed on exactly the input that :meth:`predict` scores. ``overlay=False``: no overlay PNG is
         encoded (``overlay_png`` is empty), for callers that draw their own."""
-        import torch
+        return explaining.explain(self, source, target, name, overlay)
 
-        from cxrscreen.explain.gradcam import GradCam
-        from cxrscreen.explain.overlay import overlay_png
-
-        check_target(target, self.classes)
-        original = load_xray(source, source_name(source, name))
-        with self.single_threaded():
-            prepared = self.prepare_input(original)
-            if target is None:
-                target = self.decide(self.predict_prepared(prepared.input[None]).probs[0])
-            heatmaps, _ = GradCam(self.torch_model)(torch.from_numpy(prepared.input)[None, None], self.classes.index(target))
-        heatmap = np.clip(prepared.to_original(heatmaps[0]), 0.0, 1.0)
-        png = overlay_png(original, heatmap) if overlay else b""
-        return Explanation(heatmap=heatmap, overlay_png=png, target=target, prepared=prepared)
-
+    def predict_and_explain(self, source: ImageSource, name: str | None = None,
+                            overlay: bool = True) -> tuple[Prediction, Explanation]:
+        """:meth:`predict` and the :meth:`explain` of the class it decides (the OOD guard aside), from one
+        preparation and, when the backend gives Grad-CAM maps, one forward pass."""
+        return explaining.predict_and_explain(self, source, name, overlay)
 
 def resolve_model_path(path: str | os.PathLike | None) -> Path:
     """A model file from a path: None -> the bundled default; a bundled model's name (``cxrscreen models``) -> its

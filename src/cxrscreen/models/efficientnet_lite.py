@@ -73,6 +73,10 @@ class EfficientNetLiteBackbone(Backbone):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x)
 
+    def target_slope(self, activations: torch.Tensor) -> torch.Tensor:
+        """``extract_features`` ends in ReLU6(_bn1(...)): slope 1 strictly between 0 and 6 (as its backward)."""
+        return ((activations > 0) & (activations < 6)).to(activations.dtype)
+
     def guard_taps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The outputs of :attr:`guard_blocks` for a normalised input, for the out-of-distribution guard's network:
         ``EfficientNet.extract_features``'s stem and blocks (same drop-connect schedule), stopped after the last of

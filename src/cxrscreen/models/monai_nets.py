@@ -22,6 +22,10 @@ class MonaiDenseNetBackbone(Backbone):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.net.features(x))
 
+    def target_slope(self, activations: torch.Tensor) -> torch.Tensor:
+        """The output is ReLU(norm5(...)): slope 1 where the activation is positive (as its backward)."""
+        return (activations > 0).to(activations.dtype)
+
 
 register_model(
     "monai_densenet121",

@@ -39,6 +39,12 @@ class Backbone(nn.Module):
     out_channels: int
     target_layer: str = "backbone"
 
+    def target_slope(self, activations: torch.Tensor) -> torch.Tensor | None:
+        """The derivative of what turns the target layer's activations into this backbone's output, at
+        ``activations``, when that is elementwise (a ReLU, a ReLU6); None otherwise. With it, Grad-CAM needs no
+        backward pass (:mod:`cxrscreen.explain.analytic`), so the ONNX graph can give it."""
+        return None
+
 
 class XrayClassifier(nn.Module):
     """Backbone + pooled linear head, taking the one image convention of cxrscreen.
