@@ -165,3 +165,46 @@ def test_config_is_checked(tmp_path) -> None:
         NodeConfig().check()
     with pytest.raises(ConfigError, match="go together"):
         NodeConfig(out=tmp_path, tls_cert=tmp_path / "c.pem").check()
+
+
+class SlowScreener(DicomScreener):
+    """Screens as the bundled screener does, 0.2 s slower, noting how many objects wait when it takes one."""
+
+    def __init__(self, screener: DicomScreener):
+        super().__init__(screener.predictor, outputs=("sr",))
+        self.node: DicomNode | None = None
+        self.waiting: list[int] = []
+
+    def screen_quietly(self, data: bytes, name: str):
+        self.waiting.append(self.node._screen_queue.qsize())
+        time.sleep(0.2)
+        return super().screen_quietly(data, name)
+
+
+@pytest.mark.parametrize("hold_s", [5.0, 0.02], ids=["held", "hold-capped"])
+def test_a_burst_is_paced_by_holding_responses_while_the_workers_are_behind(hold_s, node_factory, bundled_screener,
+                                                                            shared_data, tmp_path, monkeypatch) -> None:
+    """Flow control: while more objects wait than the workers take next, a response (its object already spooled) is
+    held, so a sender's burst does not pile up; never longer than ACK_HOLD_S (a PACS's SCU times out)."""
+    import cxrscreen.dicom.node as node_module
+
+    monkeypatch.setattr(node_module, "ACK_HOLD_S", hold_s)
+    screener = SlowScreener(bundled_screener)
+    node = node_factory(screener, out=tmp_path / "out", processes=0)
+    screener.node = node
+    limit = node_module.WAITING_PER_WORKER * node.screening.workers
+    burst = [make_dicom(jpeg) for jpeg in chest_jpegs(shared_data, limit + 8)]
+    assoc = scu().associate("127.0.0.1", node.port, ae_title="CXRSCREEN")
+    responses = []
+    for ds in burst:
+        began = time.monotonic()
+        assert assoc.send_c_store(ds).Status == 0x0000
+        responses.append(time.monotonic() - began)
+    assoc.release()
+    wait_for(lambda: len(list((tmp_path / "out").glob("*_sr.dcm"))) == len(burst))
+    if hold_s > 1:
+        assert max(screener.waiting) <= limit + 1  # one association: one object beyond the limit at most
+        assert max(responses) > 0.1  # held while the workers were behind
+    else:
+        assert max(screener.waiting) > limit + 1  # the cap let the burst in
+        assert max(responses) < 1.0
