@@ -213,7 +213,8 @@ def check_format(upload: Upload) -> str:
 
 
 class ModelGate:
-    """Predictions may share the network across threads; Grad-CAM hooks its layers, so an explanation runs alone.
+    """Predictions may share the network across threads; Grad-CAM in torch hooks its layers, so an explanation
+    there runs alone (ONNX Runtime's explanations come from the graph and share it like predictions).
 
     A readers-writer lock that lets a waiting explanation go before newly arriving predictions. ``waiting`` counts
     the threads blocked at the gate (what a test or a log line can observe without guessing at timing).
@@ -272,14 +273,20 @@ def analyse_upload(predictor: Any, gate: ModelGate, upload: Upload, explain: boo
     """Decode once, predict (handing the prediction to ``screened``), and optionally explain and render; runs on a
     worker thread."""
     xray = load_xray(upload.data, upload.filename)
-    with gate.shared():
-        prediction = predictor.predict(xray, name=upload.filename)
+    explanation = None
+    if explain and predictor.backend_name == "onnx" and predictor.backend.explains:
+        with gate.shared():  # Grad-CAM from the graph's maps, in the pass that predicts: no hooks, no second pass
+            prediction, explanation = predictor.predict_and_explain(xray, name=upload.filename)
+    else:
+        with gate.shared():
+            prediction = predictor.predict(xray, name=upload.filename)
     screened(prediction)
     meta = predictor.meta
     body = {**prediction.to_dict(), "model": {"name": meta.name, "version": meta.version, "arch": meta.arch}}
     if explain:
-        with gate.exclusive():  # the class just predicted (thresholds included, the guard aside): no second pass
-            explanation = predictor.explain(xray, target=predictor.decided_class(prediction), name=upload.filename)
+        if explanation is None:
+            with gate.exclusive():  # the class just predicted (thresholds included, the guard aside)
+                explanation = predictor.explain(xray, target=predictor.decided_class(prediction), name=upload.filename)
         body["explanation"] = {"target": explanation.target, "overlay_png": base64_png(explanation.overlay_png)}
     if render:
         body["image_png"] = base64_png(xray_to_png(xray))
