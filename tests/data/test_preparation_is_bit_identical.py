@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from cxrscreen.data.clahe import clip_histograms, equalize_adapthist, grey_bins, tile_plan
 from cxrscreen.data.imageio import load_xray
-from cxrscreen.data.lung_focus import apply_lung_mode, dilate, disc, disc_rectangles, typical_lung_mask
+from cxrscreen.data.lung_focus import apply_lung_mode, dilate, grow, typical_lung_mask
 from cxrscreen.data.transforms import Preprocessing, resize
 from cxrscreen.lungs.segmenter import (
     PlausibilityLimits,
@@ -164,15 +164,21 @@ def test_a_dilation_in_a_frame_is_that_part_of_the_whole(xrays, probabilities):
         np.testing.assert_array_equal(dilate(mask, 0.04, frame), dilate(mask, 0.04)[top:bottom, left:right])
 
 
-@pytest.mark.parametrize("radius", [0.5, 1.0, 1.5, 2.9, 5.0, 8.96, 13.44, 20.48])
-def test_the_disc_is_the_union_of_its_rectangles(radius):
-    kernel = disc(radius)
-    reach = kernel.shape[0] // 2
-    union = np.zeros_like(kernel)
-    for rectangle in disc_rectangles(radius):
-        rows, cols = rectangle.shape
-        union[reach - rows // 2 : reach + rows // 2 + 1, reach - cols // 2 : reach + cols // 2 + 1] |= rectangle
-    np.testing.assert_array_equal(union, kernel)
+@pytest.mark.parametrize("radius", [0.5, 1.0, 1.5, 2.9, 5.0, 8.96, 13.44, 20.48, 81.92, 120.0])
+def test_growing_keeps_the_pixels_the_distance_transform_keeps(radius, xrays, probabilities):
+    """Radii of 0.04 x 12 px to 3,000 px sides, on real lung masks and the edge cases (integer radii included: a
+    pixel exactly at the radius is kept)."""
+    masks = [probabilities_to_segmentation(probabilities[i], xrays[i].shape, PlausibilityLimits()).mask for i in (0, 150)]
+    for mask in masks + [m for m in edge_case_masks() if m.any()]:
+        np.testing.assert_array_equal(grow(mask, radius), ndimage.distance_transform_edt(~mask) <= radius)
+
+
+def test_a_radiograph_of_real_size_is_prepared_as_the_reference_prepares_it(xrays, probabilities):
+    """2,048 px (real radiographs are 2-3k px): the lungs' mask dilated by 82 px."""
+    big = np.asarray(resize(xrays[0], (2048, 2048)), dtype=np.float32)
+    mask = probabilities_to_segmentation(probabilities[0], big.shape, PlausibilityLimits()).mask
+    pp = Preprocessing(lung_mode="crop_mask")
+    np.testing.assert_array_equal(apply_lung_mode(big, mask, pp), reference_crop(big, mask, pp))
 
 
 def test_the_cached_typical_mask_is_not_shared():

@@ -9,6 +9,7 @@ An empty mask means no lungs to focus on: the image is returned as it is.
 from __future__ import annotations
 
 import functools
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -72,8 +73,7 @@ def _typical_lung_mask(shape: tuple[int, int]) -> np.ndarray:
 
 def dilate(mask: np.ndarray, fraction: float, frame: Frame | None = None) -> np.ndarray:
     """Grow ``mask`` by a disc of radius ``fraction`` x the shorter image side (pixels): every pixel within that
-    Euclidean distance of the mask. The same pixels as ``distance_transform_edt(~mask) <= radius`` (the disc's
-    offsets are chosen with the same float64 square root), as OpenCV dilations (:func:`grow`): 0.1 ms, not 5 ms.
+    Euclidean distance of the mask: the same pixels as ``distance_transform_edt(~mask) <= radius`` (:func:`grow`).
 
     With ``frame`` (top, bottom, left, right), only that part of the result, bool (bottom - top, right - left):
     when the whole mask lies inside it (a lung crop does), only that part is dilated."""
@@ -83,51 +83,36 @@ def dilate(mask: np.ndarray, fraction: float, frame: Frame | None = None) -> np.
     if radius <= 0 or box is None:
         return mask[top:bottom, left:right].copy()
     inside = top <= box[0] and box[1] <= bottom and left <= box[2] and box[3] <= right
-    # OpenCV's dilation takes the pixels beyond the border as background: a window holding the whole mask gives
-    # the same pixels as the whole image does.
+    # The nearest mask pixel of any pixel lies in a window holding the whole mask: the window gives the same
+    # pixels as the whole image does.
     grown = grow(mask[top:bottom, left:right] if inside else mask, radius)
     return grown if inside else grown[top:bottom, left:right]
 
 
 def grow(mask: np.ndarray, radius: float) -> np.ndarray:
-    """``mask`` (H, W) dilated by :func:`disc` (``radius``) -> bool (H, W), the pixels beyond the border taken as
-    background. One OpenCV dilation per rectangle of :func:`disc_rectangles` (two 1-D passes each), on a copy
-    padded to a width of a multiple of 16: half the time of one dilation by the disc at radius 9, a third at 18."""
+    """``mask`` (H, W) grown to every pixel within Euclidean distance ``radius`` of it -> bool (H, W), the pixels
+    beyond the border taken as background: OpenCV's exact distance transform (Felzenszwalb's, linear in the pixels),
+    compared as squared integer distances, so that it keeps the pixels ``distance_transform_edt(~mask) <= radius``
+    keeps (float64 square roots), to the bit. Dilating by a disc (one OpenCV dilation per rectangle of the disc)
+    grew with the radius: 1 s for a 2,048 px X-ray's lungs against 0.1 s now, the same below 512 px."""
     import cv2
 
-    height, width = mask.shape
-    padded = np.zeros((height, -(-width // 16) * 16), dtype=np.uint8)  # OpenCV is 2x slower at other widths
-    padded[:, :width] = mask
-    grown = None
-    for rectangle in disc_rectangles(radius):
-        part = cv2.dilate(padded, rectangle)
-        grown = part if grown is None else cv2.bitwise_or(grown, part, dst=grown)
-    return grown[:, :width].astype(bool)
+    distance = cv2.distanceTransform(np.where(mask, np.uint8(0), np.uint8(1)), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    # The distances are square roots of integers, in float32: squared back they are those integers to within
+    # 0.01 near the radius (|d^2| < 10^5 there), so "< limit + 0.5" is exact where it matters.
+    np.multiply(distance, distance, out=distance)
+    return distance < squared_reach(radius) + 0.5
 
 
-@functools.lru_cache(maxsize=8)
-def disc_rectangles(radius: float) -> tuple[np.ndarray, ...]:
-    """:func:`disc` as the union of its widest rectangles, one per half-width its rows have (all ones, uint8,
-    read-only): dilating by each and joining the results is dilating by the disc."""
-    kernel = disc(radius)
-    reach = kernel.shape[0] // 2
-    half = [(int(np.count_nonzero(row)) - 1) // 2 for row in kernel[reach:]]  # the rows from the centre down
-    rectangles = [np.ones((2 * dy + 1, 2 * half[dy] + 1), dtype=np.uint8)
-                  for dy in range(reach + 1) if dy == reach or half[dy + 1] < half[dy]]
-    for rectangle in rectangles:
-        rectangle.flags.writeable = False  # shared by every call with this radius
-    return tuple(rectangles)
-
-
-@functools.lru_cache(maxsize=8)
-def disc(radius: float) -> np.ndarray:
-    """uint8 (2R+1, 2R+1), R = floor(radius): 1 where the offset from the centre is at most ``radius`` long
-    (read-only: one array per radius)."""
-    reach = int(np.floor(radius))
-    dy, dx = np.mgrid[-reach : reach + 1, -reach : reach + 1]
-    kernel = (np.sqrt((dy * dy + dx * dx).astype(np.float64)) <= radius).astype(np.uint8)
-    kernel.flags.writeable = False
-    return kernel
+@functools.lru_cache(maxsize=64)
+def squared_reach(radius: float) -> int:
+    """The largest integer n with sqrt(n) <= ``radius`` in float64 (-1 when none): the squared distances kept."""
+    n = math.floor(radius * radius)
+    while math.sqrt(n + 1) <= radius:
+        n += 1
+    while n >= 0 and math.sqrt(n) > radius:
+        n -= 1
+    return n
 
 
 def fill_where(image: np.ndarray, where: np.ndarray) -> np.ndarray:
