@@ -97,6 +97,7 @@ class StoreCollector:
         self._decoded: dict[str, Dataset] = {}
         self.counts: Counter[str] = Counter()
         self.arrival: dict[str, float] = {}
+        self.associations = 0  # associations accepted so far
         self.lock = threading.Lock()
         self.server = None
 
@@ -119,8 +120,13 @@ class StoreCollector:
             self.arrival.setdefault(uid, time.monotonic())
         return 0x0000
 
+    def _on_accepted(self, event) -> None:
+        with self.lock:
+            self.associations += 1
+
     def start(self, port: int = 0) -> int:
-        self.server = self.ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.server = self.ae.start_server(("127.0.0.1", port), block=False,
+                                           evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_ACCEPTED, self._on_accepted)])
         return self.server.server_address[1]
 
     def stop(self) -> None:

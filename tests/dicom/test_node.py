@@ -208,3 +208,15 @@ def test_a_burst_is_paced_by_holding_responses_while_the_workers_are_behind(hold
     else:
         assert max(screener.waiting) > limit + 1  # the cap let the burst in
         assert max(responses) < 1.0
+
+
+def test_a_paced_stream_of_images_is_sent_over_one_association(node_factory, collector, shared_data, tmp_path) -> None:
+    """The association to the PACS stays open while results keep coming (released after SENDER_IDLE_S without any):
+    re-opened whenever the queue ran dry, it cost 30 ms and 8 ms of CPU per image of a paced stream."""
+    node = node_factory(send_to=Destination("PACS", "127.0.0.1", collector.server.server_address[1]), processes=0)
+    assoc = scu().associate("127.0.0.1", node.port, ae_title="CXRSCREEN")
+    for sent, ds in enumerate([make_dicom(jpeg) for jpeg in chest_jpegs(shared_data, 5)], start=1):
+        assert assoc.send_c_store(ds).Status == 0x0000
+        wait_for(lambda: len(collector.raw) == 2 * sent and node.idle())  # the queue ran dry before the next image
+    assoc.release()
+    assert len(collector.raw) == 10 and collector.associations == 1
