@@ -107,6 +107,7 @@ def end_to_end(datasets: list, associations: int, work: Path) -> dict:
         for i, ds in enumerate(datasets):
             ds.save_as(work / f"source-{i}.dcm", enforce_file_format=True)
             files.append((str(ds.SOPInstanceUID), work / f"source-{i}.dcm"))
+        association_cpu_ms = association_cost(node.pid, port)
         node_cpu, own_cpu = cpu_s(node.pid), time.process_time()
         start = time.monotonic()
         threads = [threading.Thread(target=send, args=(files[i::associations], port, acked)) for i in range(associations)]
@@ -144,7 +145,18 @@ def end_to_end(datasets: list, associations: int, work: Path) -> dict:
         "node_main_process_cpu_ms_per_image": 1000 * node_cpu[0] / len(datasets),
         "sender_and_destination_cpu_ms_per_image": 1000 * own_cpu / len(datasets),
         "load_average_1min_after": os.getloadavg()[0],
+        "node_cpu_ms_per_association": association_cpu_ms,
     }
+
+
+def association_cost(pid: int, port: int, count: int = 10) -> float:
+    """The node's CPU ms per association opened and released (a PACS may open one per image)."""
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ComputedRadiographyImageStorage)
+    before = sum(cpu_s(pid))
+    for _ in range(count):
+        ae.associate("127.0.0.1", port, ae_title="CXRSCREEN").release()
+    return 1000 * (sum(cpu_s(pid)) - before) / count
 
 
 def stages(datasets: list, work: Path) -> dict[str, tuple[float, float]]:
@@ -218,7 +230,8 @@ def main() -> None:
         print(f"\nCPU per image: node (all its processes) {result['node_cpu_ms_per_image']:.0f} ms (its main process: "
               f"{result['node_main_process_cpu_ms_per_image']:.0f} ms), this process (senders "
               f"and destination) {result['sender_and_destination_cpu_ms_per_image']:.0f} ms; "
-              f"1-minute load average after: {result['load_average_1min_after']:.1f} on {os.cpu_count()} CPUs")
+              f"1-minute load average after: {result['load_average_1min_after']:.1f} on {os.cpu_count()} CPUs; "
+              f"node CPU per association opened and released: {result['node_cpu_ms_per_association']:.0f} ms")
         costs = stages(datasets[: args.stages + 1], work) if args.stages else {}
         if costs:
             print(f"\n| stage (mean of {args.stages} images, alone, one thread) | ms per image | CPU ms per image |\n|---|---|---|")

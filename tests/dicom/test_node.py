@@ -220,3 +220,30 @@ def test_a_paced_stream_of_images_is_sent_over_one_association(node_factory, col
         wait_for(lambda: len(collector.raw) == 2 * sent and node.idle())  # the queue ran dry before the next image
     assoc.release()
     assert len(collector.raw) == 10 and collector.associations == 1
+
+
+def test_every_storage_class_in_every_syntax_is_accepted_on_each_association_anew(node_factory, tmp_path) -> None:
+    """Each association negotiates on its own copy of the node's contexts (copied cheaply: the UIDs are shared, the
+    lists are not), and every storage SOP class is accepted in any transfer syntax, also on later associations."""
+    import copy
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, JPEG2000Lossless
+    from pynetdicom.sop_class import MRImageStorage
+
+    from cxrscreen.dicom.node import accepted_contexts
+
+    contexts = accepted_contexts()
+    twin = copy.deepcopy(contexts)
+    assert [(c.abstract_syntax, c.transfer_syntax) for c in twin] == [(c.abstract_syntax, c.transfer_syntax) for c in contexts]
+    twin[0].transfer_syntax = [ExplicitVRBigEndian]
+    twin[1].context_id = 1
+    assert len(contexts[0].transfer_syntax) > 20 and contexts[1].context_id is None
+    node = node_factory(out=tmp_path / "out")
+    for _ in range(2):
+        ae = AE(ae_title="MODALITY")
+        for sop_class, syntax in [(CTImageStorage, JPEG2000Lossless), (MRImageStorage, DeflatedExplicitVRLittleEndian),
+                                  (ComputedRadiographyImageStorage, ExplicitVRBigEndian)]:
+            ae.add_requested_context(sop_class, syntax)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="CXRSCREEN")
+        assert len(assoc.accepted_contexts) == 3
+        assoc.release()
