@@ -146,7 +146,7 @@ def split_run(cfg: TrainConfig, split_file: Path | None, log: Callable[[str], No
 def prepare_run_data(cfg: TrainConfig, run_split: RunSplit, log: Callable[[str], None], progress: bool) -> RunData:
     """Prepare every image of the split once (through the cache); unreadable images are left out and logged."""
     label_set, split = run_split.label_set, run_split.split
-    data = RunData(label_set, {}, {}, {}, dict(split.hashes), run_split.dropped, [], list(cfg.data), cfg.dedup_distance)
+    data = RunData(label_set, {}, {}, {}, split.hashes, run_split.dropped, [], list(cfg.data), cfg.dedup_distance)
     for side in SIDES:
         part = split.part(side)
         if side == "train" and cfg.shards:  # streamed during training; the guard reads its inputs when it is fitted
