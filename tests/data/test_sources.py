@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import pickle
 from collections import Counter
 from pathlib import Path
 
@@ -59,6 +60,21 @@ def test_radiography_masks_are_ignored_and_flat_layout_accepted(tmp_path: Path) 
     assert detect_layout(root) == "radiography_db"
     dataset = load_dataset(root)
     assert len(dataset) == 3 and not any("/masks/" in r.path for r in dataset.records)
+
+
+def test_records_are_compact_and_survive_pickling(small_radiography: Path, small_kermany: Path) -> None:
+    """A 400k-image run holds 400k records: no __dict__, one shared empty ``extra``, one string per label and
+    source; and they still cross a process boundary whole (DDP hands objects over by pickling)."""
+    records = load_dataset(small_radiography).records + load_dataset(
+        small_kermany, LabelSet.parse("covid,normal,viral,bacterial"), allow_missing_classes=True).records
+    plain = [r for r in records if r.source != "kermany"]
+    assert plain and not any(hasattr(r, "__dict__") for r in records)
+    assert all(r.extra is plain[0].extra and len(r.extra) == 0 for r in plain)
+    assert len({id(r.label) for r in records}) == len({r.label for r in records})
+    assert len({id(r.source) for r in records}) == len({r.source for r in records})
+    again = pickle.loads(pickle.dumps(records))
+    assert again == records and [dict(r.extra) for r in again] == [dict(r.extra) for r in records]
+    assert all(r.extra is plain[0].extra for r in again if r.source != "kermany")
 
 
 def test_kermany_labels_and_patients_come_from_file_names(small_kermany: Path) -> None:
