@@ -21,6 +21,7 @@ from cxrscreen.errors import DatasetLayoutError, RunDirError
 from cxrscreen.guard.fit import GUARD_SIDES
 from cxrscreen.guard.inputs import guard_preprocessing
 from cxrscreen.lungs.finder import load_lung_finder
+from cxrscreen.memory import give_back_memory
 from cxrscreen.models.meta import ModelMeta
 from cxrscreen.training.config import TrainConfig
 from cxrscreen.training.shard_data import open_shards
@@ -176,6 +177,7 @@ def prepare_run_data(cfg: TrainConfig, run_split: RunSplit, log: Callable[[str],
     if missing:
         raise DatasetLayoutError(f"no training images for class(es) {', '.join(missing)} in {', '.join(cfg.data)}")
     log(", ".join(f"{side} {len(data.images[side])}" for side in SIDES) + " images")
+    give_back_memory()  # what listing, hashing, splitting and preparing a collection made and dropped
     return data
 
 
