@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import pickle
 from collections import Counter
@@ -16,6 +17,7 @@ from subsets import link_subset
 from cxrscreen.cli import main
 from cxrscreen.data.labels import ALIASES, CANONICAL_FINDINGS, LabelSet
 from cxrscreen.data.sources import detect_layout, load_dataset
+from cxrscreen.data.sources.base import list_images
 from cxrscreen.data.sources.ieee8023 import finding_of
 from cxrscreen.errors import ConfigError, DatasetLayoutError
 
@@ -280,3 +282,17 @@ def test_cli_layout_errors_exit_2(small_radiography: Path, tmp_path: Path, capsy
     assert main([*argv, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_listed_images_keep_the_order_of_paths(tmp_path: Path) -> None:
+    """Paths are kept as strings but sorted as Path objects sort (part by part): 'a/x' before 'a-b/x', although
+    '-' sorts before '/' in a string. The split deals images in this order, so it must not move."""
+    png = io.BytesIO()
+    Image.new("L", (8, 8)).save(png, format="PNG")
+    for folder in ("a", "a-b", "a.b", "A", "a b"):
+        for name in ("x.png", "x-1.png", "X.png"):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            (tmp_path / folder / name).write_bytes(png.getvalue())
+    listed = list_images(tmp_path, recursive=True)
+    assert list(listed) == sorted(Path(root, name) for root, _, names in os.walk(tmp_path) for name in names)
+    assert list(listed[:2]) == list(listed)[:2] and isinstance(listed[0], Path) and len(listed) == 15

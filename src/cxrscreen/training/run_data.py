@@ -38,7 +38,7 @@ class RunData:
     records: dict[str, list[Record]]
     images: dict[str, ImageStack]
     targets: dict[str, np.ndarray]
-    hashes: dict[str, str]  # path -> pHash of every image that hashed
+    hashes: dict[str, str]  # path -> pHash of every image that hashed (the split's own dict, not a copy)
     dropped: Counter = field(default_factory=Counter)
     bad_images: list[tuple[str, str]] = field(default_factory=list)
     data_paths: list[str] = field(default_factory=list)
