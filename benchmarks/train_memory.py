@@ -1,11 +1,12 @@
 """Where training's memory goes as the collection grows: the resident memory of each phase of ``cxrscreen train``.
 
-    .venv/bin/python benchmarks/train_memory.py --images 100000 [--distinct 200] [--img-size 64] [--steps 3]
+    .venv/bin/python benchmarks/train_memory.py --images 100000 [--distinct 200] [--img-size 64] [--steps 3] [--trace]
 
 Runs the real training pipeline (:class:`cxrscreen.training.trainer.Trainer`, default settings) in this process on
 a synthetic collection of ``--images`` files and prints, for each phase, the resident memory after it and its peak
 (``VmHWM``, reset before each phase through ``/proc/self/clear_refs``). Run it at two sizes: the difference per image
-is what a phase holds per image.
+is what a phase holds per image. ``--trace`` also reports the Python heap (tracemalloc) of each phase and its
+biggest holders as the guard's fit starts (several times slower).
 
 To reach hundreds of thousands of images in minutes, the collection is cheap, and this is what it leaves out:
 
@@ -164,8 +165,9 @@ def main() -> None:
         print(f"{'phase':<22} {'seconds':>8} {'RSS after MB':>13} {'peak MB':>9} {'peak after it MB':>17}"
               f" {'traced MB':>10} {'traced peak MB':>15}")
         for row in PHASES:
-            print(f"{row['phase']:<22} {row['seconds']:>8} {row['rss_mb']:>13} {row['peak_mb']:>9} "
-                  f"{row.get('gap_peak_mb', ''):>17} {row.get('traced_mb', ''):>10} {row.get('traced_peak_mb', ''):>15}")
+            gap = round(row["gap_peak_mb"], 1) if "gap_peak_mb" in row else ""
+            print(f"{row['phase']:<22} {row['seconds']:>8} {row['rss_mb']:>13} {row['peak_mb']:>9} {gap:>17} "
+                  f"{row.get('traced_mb', ''):>10} {row.get('traced_peak_mb', ''):>15}")
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
