@@ -149,3 +149,12 @@ def test_groups_on_the_shared_collections_are_those_of_comparing_all_pairs(share
         expected = all_pairs_groups(hashes, max_distance)
         assert len(expected) > 500 and max(map(len, expected)) >= 5  # chains, not only pairs
         assert {frozenset(g) for g in near_duplicate_groups(hashes, max_distance)} == expected
+
+
+def test_hashes_to_array_reads_each_64_bit_word_as_its_hex_digits_say():
+    hashes = ["0123456789abcdef" + "fedcba9876543210" + "0" * 15 + "1" + "8" + "0" * 15, "f" * 64]
+    values = dedup.hashes_to_array(hashes)
+    assert values.dtype == np.uint64 and values.shape == (2, 4)
+    assert values.tolist() == [[int(h[k : k + 16], 16) for k in range(0, 64, 16)] for h in hashes]
+    with pytest.raises(ConfigError, match="not a hexadecimal hash"):
+        dedup.hashes_to_array(["0 " * 32])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
+import pickle
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from subsets import link_subset
 from cxrscreen.cli import main
 from cxrscreen.data.labels import ALIASES, CANONICAL_FINDINGS, LabelSet
 from cxrscreen.data.sources import detect_layout, load_dataset
+from cxrscreen.data.sources.base import list_images
 from cxrscreen.data.sources.ieee8023 import finding_of
 from cxrscreen.errors import ConfigError, DatasetLayoutError
 
@@ -59,6 +62,21 @@ def test_radiography_masks_are_ignored_and_flat_layout_accepted(tmp_path: Path) 
     assert detect_layout(root) == "radiography_db"
     dataset = load_dataset(root)
     assert len(dataset) == 3 and not any("/masks/" in r.path for r in dataset.records)
+
+
+def test_records_are_compact_and_survive_pickling(small_radiography: Path, small_kermany: Path) -> None:
+    """A 400k-image run holds 400k records: no __dict__, one shared empty ``extra``, one string per label and
+    source; and they still cross a process boundary whole (DDP hands objects over by pickling)."""
+    records = load_dataset(small_radiography).records + load_dataset(
+        small_kermany, LabelSet.parse("covid,normal,viral,bacterial"), allow_missing_classes=True).records
+    plain = [r for r in records if r.source != "kermany"]
+    assert plain and not any(hasattr(r, "__dict__") for r in records)
+    assert all(r.extra is plain[0].extra and len(r.extra) == 0 for r in plain)
+    assert len({id(r.label) for r in records}) == len({r.label for r in records})
+    assert len({id(r.source) for r in records}) == len({r.source for r in records})
+    again = pickle.loads(pickle.dumps(records))
+    assert again == records and [dict(r.extra) for r in again] == [dict(r.extra) for r in records]
+    assert all(r.extra is plain[0].extra for r in again if r.source != "kermany")
 
 
 def test_kermany_labels_and_patients_come_from_file_names(small_kermany: Path) -> None:
@@ -264,3 +282,17 @@ def test_cli_layout_errors_exit_2(small_radiography: Path, tmp_path: Path, capsy
     assert main([*argv, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_listed_images_keep_the_order_of_paths(tmp_path: Path) -> None:
+    """Paths are kept as strings but sorted as Path objects sort (part by part): 'a/x' before 'a-b/x', although
+    '-' sorts before '/' in a string. The split deals images in this order, so it must not move."""
+    png = io.BytesIO()
+    Image.new("L", (8, 8)).save(png, format="PNG")
+    for folder in ("a", "a-b", "a.b", "A", "a b"):
+        for name in ("x.png", "x-1.png", "X.png"):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            (tmp_path / folder / name).write_bytes(png.getvalue())
+    listed = list_images(tmp_path, recursive=True)
+    assert list(listed) == sorted(Path(root, name) for root, _, names in os.walk(tmp_path) for name in names)
+    assert list(listed[:2]) == list(listed)[:2] and isinstance(listed[0], Path) and len(listed) == 15

@@ -190,3 +190,25 @@ def test_the_guard_fits_on_a_bounded_seeded_sample_of_a_large_run() -> None:
     assert len(drawn) == len(np.unique(drawn)) == 100 and (np.diff(drawn) > 0).all() and drawn.max() < 1000
     np.testing.assert_array_equal(drawn, fit_sample(1000, limit=100))
     assert drawn.max() - drawn.min() > 500  # spread over the run, not its first images
+
+
+def test_ppca_fit_in_place_matches_the_textbook_fit_and_leaves_the_features_alone() -> None:
+    """The fit centres and takes residuals in place (memory: two (N, F) arrays, not five); the numbers are those of
+    the plain formulas, and the caller's features are not touched."""
+    from sklearn.covariance import LedoitWolf
+    from sklearn.utils.extmath import randomized_svd
+
+    rng = np.random.default_rng(0)
+    features = rng.random((400, 96)) + rng.random(96) * 3
+    kept = features.copy()
+    guard = fit_ood_guard(features, max_components=8)
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    centred = unit - unit.mean(axis=0)
+    _, _, components = randomized_svd(centred, 8, random_state=0)
+    projected = centred @ components.T
+    residual = centred - projected @ components
+    assert np.array_equal(features, kept)
+    np.testing.assert_allclose(guard["mean"], unit.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(np.abs(guard["components"]), np.abs(components), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(guard["precision"], LedoitWolf().fit(projected).precision_, rtol=1e-4)
+    assert guard["residual_variance"] == pytest.approx((residual**2).sum(axis=1).mean() / (96 - 8), rel=1e-9)

@@ -42,6 +42,8 @@ DISTANCE_UNIT_BITS = 64  # distances are reported per 64 bits of hash
 CACHE_FILE_NAME = f"phash{PHASH_SIZE * PHASH_SIZE}-v1.sqlite"
 # Pairs compared at once: ~32 MB of uint64 XOR per word, whatever the number of images.
 BLOCK_ELEMENTS = 4_000_000
+# Files whose cache keys are looked up at once.
+HASH_CHUNK = 10_000
 
 
 def image_phash(image: np.ndarray) -> str:
@@ -114,6 +116,17 @@ def hash_files(
         cache_file = cache_root() / CACHE_FILE_NAME
     cache = HashCache(cache_file or None)
     result = FileHashes()
+    with tqdm(total=len(paths), desc="hashing images", unit="img", disable=not progress, leave=False) as bar:
+        # A chunk at a time: the cache keys (each a path, size and time) of a whole 400k-image collection would
+        # be held at once for nothing.
+        for start in range(0, len(paths), HASH_CHUNK):
+            _hash_chunk(paths[start : start + HASH_CHUNK], cache, result, bar)
+    cache.close()
+    return result
+
+
+def _hash_chunk(paths: list[str], cache: HashCache, result: FileHashes, bar: tqdm) -> None:
+    """:func:`hash_files` of some of the files: their pHashes from ``cache`` or computed (and stored), into ``result``."""
     keys: dict[str, str] = {}
     for path in paths:
         try:
@@ -121,22 +134,21 @@ def hash_files(
         except OSError as exc:
             result.errors.append((path, exc.strerror or str(exc)))
     cached = cache.get(list(keys.values()))
+    bar.update(len(paths) - sum(keys[p] not in cached for p in keys))
     computed: dict[str, str] = {}
-    missing = [p for p in keys if keys[p] not in cached]
-    for path in tqdm(missing, desc="hashing images", unit="img", disable=not progress, leave=False):
+    for path in [p for p in keys if keys[p] not in cached]:
         try:
             computed[keys[path]] = image_phash(load_xray(path))
         except CxrError as exc:
             result.errors.append((path, str(exc).removeprefix(f"{path}: ")))
+        bar.update()
         if len(computed) >= 1000:
             cache.put(computed)
             cached.update(computed)
             computed = {}
     cache.put(computed)
     cached.update(computed)
-    cache.close()
-    result.hashes = {path: cached[key] for path, key in keys.items() if key in cached}
-    return result
+    result.hashes.update((path, cached[key]) for path, key in keys.items() if key in cached)
 
 
 def hashes_to_array(hashes: Iterable[str]) -> np.ndarray:
@@ -146,8 +158,18 @@ def hashes_to_array(hashes: Iterable[str]) -> np.ndarray:
     if len(widths) > 1 or any(w % 16 for w in widths):
         raise ConfigError(f"hashes of different or unsupported widths ({sorted(w * 4 for w in widths)} bits) cannot be compared")
     words = widths.pop() // 16 if widths else 1
-    flat = [int(h[k : k + 16], 16) for h in hexes for k in range(0, 16 * words, 16)]
-    return np.array(flat, dtype=np.uint64).reshape(len(hexes), words)
+    # One string and one buffer for all of them (not a Python int per word: 400k hashes would make 1.6M of them).
+    try:
+        raw = bytes.fromhex("".join(hexes))
+    except ValueError:
+        raw = b""
+    if len(raw) != 8 * words * len(hexes):  # fromhex also skips spaces: a hash with one is not a hash
+        raise ConfigError(f"not a hexadecimal hash: {next(h for h in hexes if not _is_hex(h))!r}")
+    return np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(len(hexes), words)
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 def as_hash_array(hashes: Iterable[str] | np.ndarray) -> np.ndarray:

@@ -86,12 +86,25 @@ def record_groups(records: Sequence[Record], hashes: Mapping[str, str], max_dist
     """:func:`leakage_groups` of a list of records (``hashes`` maps paths to pHashes; records without one are
     grouped by patient only)."""
     n = len(records)
-    first_of_patient: dict[str, int] = {}
-    edges = [(first_of_patient.setdefault(r.group_key, i), i) for i, r in enumerate(records)]
-    hashed = np.array([i for i, r in enumerate(records) if r.path in hashes], dtype=np.int64)
-    pairs, _ = near_duplicate_pairs(hashes_to_array(hashes[records[i].path] for i in hashed), max_distance)
-    row = np.concatenate([np.array([e[0] for e in edges], dtype=np.int64), hashed[pairs[:, 0]]])
-    col = np.concatenate([np.array([e[1] for e in edges], dtype=np.int64), hashed[pairs[:, 1]]])
+    # Each record is joined to the first record of its patient (``Record.group_key``: collection and patient, or
+    # the image itself). The keys are looked up in per-collection dicts of the strings the records already hold,
+    # and the edges go straight into arrays: a 400k-image collection makes no Python object per image here.
+    first_of_patient: dict[str, dict[str, int]] = {}
+    first_of_image: dict[str, int] = {}
+    collection_of: dict[str, str] = {}
+
+    def first(i: int, record: Record) -> int:
+        if not record.patient_id:
+            return first_of_image.setdefault(record.path, i)
+        collection = collection_of.get(record.source) or collection_of.setdefault(record.source, record.collection)
+        return first_of_patient.setdefault(collection, {}).setdefault(record.patient_id, i)
+
+    firsts = np.fromiter((first(i, r) for i, r in enumerate(records)), dtype=np.int64, count=n)
+    del first_of_patient, first_of_image
+    hashed = np.flatnonzero(np.fromiter((r.path in hashes for r in records), dtype=bool, count=n))
+    pairs, _ = near_duplicate_pairs(hashes_to_array([hashes[records[i].path] for i in hashed]), max_distance)
+    row = np.concatenate([firsts, hashed[pairs[:, 0]]])
+    col = np.concatenate([np.arange(n, dtype=np.int64), hashed[pairs[:, 1]]])
     graph = coo_matrix((np.ones(len(row)), (row, col)), shape=(n, n))
     return connected_components(graph, directed=False)[1].astype(np.int64)
 

@@ -14,6 +14,7 @@ from cxrscreen.data.stack import ImageStack
 from cxrscreen.guard.inputs import GUARD_ACCEPT_RATE, GUARD_NETWORK, guard_preprocessing
 from cxrscreen.guard.network import torch_guard_features
 from cxrscreen.guard.ppca import fit_scored_ood_guard
+from cxrscreen.memory import give_back_memory
 
 GUARD_SIDES = ("train", "val")  # the sides of a run's split the guard is fitted on
 
@@ -42,6 +43,7 @@ def fit_scored_guard(records: list[Record], hashes: Mapping[str, str], max_dista
     of the drawn images are read (through the cache), and files that do not decode are left out, as training left
     them out. The thumbnails are read a batch at a time."""
     groups = record_groups(records, hashes, max_distance)
+    give_back_memory()  # the grouping's arrays: freed, but kept by the heap under the features' peak
     if thumbnails is None:  # only the drawn images are read (train --shards: the training side is not cached)
         drawn = fit_sample(len(records))
         prepared = load_prepared([records[i].path for i in drawn], guard_preprocessing(), progress=progress,

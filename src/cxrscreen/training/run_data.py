@@ -21,6 +21,7 @@ from cxrscreen.errors import DatasetLayoutError, RunDirError
 from cxrscreen.guard.fit import GUARD_SIDES
 from cxrscreen.guard.inputs import guard_preprocessing
 from cxrscreen.lungs.finder import load_lung_finder
+from cxrscreen.memory import give_back_memory
 from cxrscreen.models.meta import ModelMeta
 from cxrscreen.training.config import TrainConfig
 from cxrscreen.training.shard_data import open_shards
@@ -37,7 +38,7 @@ class RunData:
     records: dict[str, list[Record]]
     images: dict[str, ImageStack]
     targets: dict[str, np.ndarray]
-    hashes: dict[str, str]  # path -> pHash of every image that hashed
+    hashes: dict[str, str]  # path -> pHash of every image that hashed (the split's own dict, not a copy)
     dropped: Counter = field(default_factory=Counter)
     bad_images: list[tuple[str, str]] = field(default_factory=list)
     data_paths: list[str] = field(default_factory=list)
@@ -146,7 +147,7 @@ def split_run(cfg: TrainConfig, split_file: Path | None, log: Callable[[str], No
 def prepare_run_data(cfg: TrainConfig, run_split: RunSplit, log: Callable[[str], None], progress: bool) -> RunData:
     """Prepare every image of the split once (through the cache); unreadable images are left out and logged."""
     label_set, split = run_split.label_set, run_split.split
-    data = RunData(label_set, {}, {}, {}, dict(split.hashes), run_split.dropped, [], list(cfg.data), cfg.dedup_distance)
+    data = RunData(label_set, {}, {}, {}, split.hashes, run_split.dropped, [], list(cfg.data), cfg.dedup_distance)
     for side in SIDES:
         part = split.part(side)
         if side == "train" and cfg.shards:  # streamed during training; the guard reads its inputs when it is fitted
@@ -176,6 +177,7 @@ def prepare_run_data(cfg: TrainConfig, run_split: RunSplit, log: Callable[[str],
     if missing:
         raise DatasetLayoutError(f"no training images for class(es) {', '.join(missing)} in {', '.join(cfg.data)}")
     log(", ".join(f"{side} {len(data.images[side])}" for side in SIDES) + " images")
+    give_back_memory()  # what listing, hashing, splitting and preparing a collection made and dropped
     return data
 
 

@@ -178,11 +178,11 @@ class Trainer:
         # Rank 0 makes (or reads) the split and hands it to the other ranks, which need neither its disk nor the
         # pHashes: machines without a shared filesystem train on the same split.
         run_split = split_run(cfg, split_file, self.log, self.progress) if ctx.is_main else None
-        rows = broadcast_from_main(split_rows(run_split.split) if ctx.is_main else None, ctx)
-        if not ctx.is_main:
-            run_split = split_run(cfg, None, self.log, False, rows=rows)
-        # Each machine's first rank records the split in its --out and prepares the images first, filling that
-        # machine's cache for its other ranks.
+        if ctx.distributed:  # the split as plain rows, made only when there is another rank to hand it to
+            rows = broadcast_from_main(split_rows(run_split.split) if ctx.is_main else None, ctx)
+            run_split = run_split if ctx.is_main else split_run(cfg, None, self.log, False, rows=rows)
+            del rows  # a dict per image: not held while the images are prepared
+        # Each machine's first rank records the split in its --out and prepares (caches) the images first.
         if ctx.local_rank == 0:
             save_split(run_split.split, self.files.split)
             self.data = prepare_run_data(cfg, run_split, self.log, self.progress)

@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from cxrscreen.data.imageio import looks_like_image_file
 from cxrscreen.data.labels import canonical_finding
@@ -69,13 +69,33 @@ def is_image_file(entry: os.DirEntry) -> bool:
     return not entry.name.startswith(".") and entry.is_file() and looks_like_image_file(Path(entry.path))
 
 
-def list_images(folder: Path, recursive: bool = False, problems: list[str] | None = None) -> list[Path]:
-    """Image files under ``folder`` (sorted, absolute), skipping ``masks/`` and hidden folders.
+class ImagePaths(Sequence[Path]):
+    """Image files as a sequence of paths, kept as strings: a :class:`Path` is made as each is read, so a folder of
+    100k images never holds 100k :class:`Path` objects at once (their parts would stay behind as scattered
+    garbage among the records made from them)."""
+
+    def __init__(self, paths: list[str]):
+        self._paths = paths
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return ImagePaths(self._paths[index])
+        return Path(self._paths[index])
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
+
+
+def list_images(folder: Path, recursive: bool = False, problems: list[str] | None = None) -> ImagePaths:
+    """Image files under ``folder`` (sorted as paths are, absolute), skipping ``masks/`` and hidden folders.
 
     Folder symlinks are followed but each real folder is visited once, so a symlink loop cannot hang the scan;
     unreadable folders are appended to ``problems`` as one-line notes instead of raising.
     """
-    found: list[Path] = []
+    found: list[str] = []
     seen: set[tuple[int, int]] = set()
     pending = [Path(os.path.abspath(folder))]
     while pending:
@@ -88,14 +108,16 @@ def list_images(folder: Path, recursive: bool = False, problems: list[str] | Non
             with os.scandir(current) as entries:
                 for entry in entries:
                     if is_image_file(entry):
-                        found.append(Path(entry.path))
+                        found.append(entry.path)
                     elif recursive and entry.is_dir() and not entry.name.startswith("."):
                         if entry.name.lower() not in IGNORED_FOLDERS:
                             pending.append(Path(entry.path))
         except OSError as exc:
             if problems is not None:
                 problems.append(f"{current}: cannot read folder ({exc.strerror or exc}), skipped")
-    return sorted(found)
+    # The order of Path objects (part by part): a separator sorts before any character of a name.
+    found.sort(key=lambda path: path.replace(os.sep, "\0"))
+    return ImagePaths(found)
 
 
 def subfolders(folder: Path) -> list[Path]:
