@@ -1,15 +1,16 @@
 """DICOM node benchmark: 200 chest X-rays C-STOREd over 3 concurrent associations to ``cxrscreen dicom listen``
-(a subprocess, default settings: SR + Grad-CAM SC per image), results sent on to a destination Storage SCP.
+(a subprocess, default settings: SR + Grad-CAM SC per image), results sent on to a destination Storage SCP: dcmtk's
+``storescp`` (C++, as a PACS is; ``--destination pynetdicom``: a pynetdicom SCP in the benchmark's process).
 
     .venv/bin/python benchmarks/dicom_node.py [--images 200] [--associations 3] [--association-per-image] [--side 0]
-                                              [--stages 30] [--json FILE]
+                                              [--destination storescp|pynetdicom] [--stages 30] [--json FILE]
 
 Targets: all screened; >= 10 images/s end to end (first C-STORE sent -> last result stored at the destination);
 p95 receive-to-result-sent <= 3 s, measured from the start of the object's C-STORE at the sender (so it counts the
 transfer and any time the node holds its response for flow control) to both results stored at the destination.
 The C-STORE response times (how long the node held them) are reported too.
-Also the CPU time per image of the node (all its processes; its main process apart) and of this process (the
-senders and the destination), which does not depend on what else loads the machine. Then "what costs what": each
+Also the CPU time per image of the node (all its processes; its main process apart) and of the senders and the
+destination (this process, and storescp's), which does not depend on what else loads the machine. Then "what costs what": each
 stage timed alone (wall and CPU) in this process as a screening worker runs it (one thread), on ``--stages`` images
 (decode, predict, predict with Grad-CAM, SR, SC, writing the spool file, encoding and sending the results over
 loopback).
@@ -22,6 +23,7 @@ import argparse
 import io
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
 
@@ -39,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' DICOM builder and destination SCP
 from dicom.conftest import StoreCollector, make_dicom  # noqa: E402
 
-from cxrscreen.dicom.send import files_sent_as_stored  # noqa: E402
+from cxrscreen.dicom.send import send_files_as_stored  # noqa: E402
 
 SHARED = Path(os.environ.get("CXRSCREEN_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
@@ -74,6 +77,7 @@ def send(files: list[tuple[str, Path]], port: int, acked: dict[str, tuple[float,
     """C-STORE files as they are stored (encoded before the clock starts, as a modality has them); ``acked``: uid ->
     (when its C-STORE began, when the success response came). ``per_image``: a new association for each file (as
     a PACS routing instance by instance does), counted in its C-STORE's time."""
+    send_files_as_stored()
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(ComputedRadiographyImageStorage, "1.2.840.10008.1.2.1")
     assoc = None
@@ -81,8 +85,7 @@ def send(files: list[tuple[str, Path]], port: int, acked: dict[str, tuple[float,
         began = time.monotonic()
         if assoc is None:
             assoc = ae.associate("127.0.0.1", port, ae_title="CXRSCREEN")
-        with files_sent_as_stored():
-            status = assoc.send_c_store(path)
+        status = assoc.send_c_store(path)
         if status.Status == 0:
             acked[uid] = (began, time.monotonic())
         if per_image:
@@ -106,8 +109,71 @@ def cpu_s(pid: int) -> tuple[float, float]:
     return own, descendants
 
 
-def end_to_end(datasets: list, associations: int, work: Path, per_image: bool = False) -> dict:
-    destination = StoreCollector("BENCH")
+class Storescp:
+    """dcmtk's ``storescp`` (C++, as a PACS is) as the destination: it writes what it is sent into ``folder``, where
+    each file is noted when first seen (polled every 10 ms). Its CPU is counted with the benchmark's own."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> int:
+        self.folder.mkdir(parents=True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.process = subprocess.Popen(["storescp", "--fork", "--aetitle", "BENCH", "--output-directory",
+                                         str(self.folder), "--filename-extension", ".dcm", str(port)])
+        for _ in range(200):  # until it listens
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        threading.Thread(target=self._poll, daemon=True).start()
+        return port
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            for entry in os.scandir(self.folder):
+                self.seen.setdefault(entry.name, now)
+            time.sleep(0.01)
+
+    def __len__(self) -> int:
+        return len(self.seen)
+
+    def cpu_s(self) -> float:
+        return sum(cpu_s(self.process.pid)) if self.process else 0.0
+
+    def stop(self) -> None:
+        time.sleep(0.5)  # the last file written whole
+        self._stop.set()
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait()
+
+    def arrivals(self) -> list[tuple[object, float]]:
+        return [(dcmread(self.folder / name), at) for name, at in self.seen.items()]
+
+
+class Collector(StoreCollector):
+    """The tests' pynetdicom Storage SCP as the destination (in this process, so its CPU is this process's)."""
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def cpu_s(self) -> float:
+        return 0.0
+
+    def arrivals(self) -> list[tuple[object, float]]:
+        return [(ds, self.arrival[uid]) for uid, ds in self.received.items()]
+
+
+def end_to_end(datasets: list, associations: int, work: Path, per_image: bool = False,
+               destination_kind: str = "storescp") -> dict:
+    destination = Storescp(work / "destination") if destination_kind == "storescp" else Collector("BENCH")
     node, port = start_node(work / "spool", destination.start(), work / "node.log")
     try:
         acked: dict[str, tuple[float, float]] = {}
@@ -116,7 +182,7 @@ def end_to_end(datasets: list, associations: int, work: Path, per_image: bool = 
             ds.save_as(work / f"source-{i}.dcm", enforce_file_format=True)
             files.append((str(ds.SOPInstanceUID), work / f"source-{i}.dcm"))
         association_cpu_ms = association_cost(node.pid, port)
-        node_cpu, own_cpu = cpu_s(node.pid), time.process_time()
+        node_cpu, own_cpu = cpu_s(node.pid), time.process_time() + destination.cpu_s()
         start = time.monotonic()
         threads = [threading.Thread(target=send, args=(files[i::associations], port, acked, per_image))
                    for i in range(associations)]
@@ -126,21 +192,21 @@ def end_to_end(datasets: list, associations: int, work: Path, per_image: bool = 
             thread.join()
         deadline = time.monotonic() + 600
         spooled = work / "spool" / "received"
-        while len(destination.raw) < 2 * len(datasets) and time.monotonic() < deadline:
+        while len(destination) < 2 * len(datasets) and time.monotonic() < deadline:
             if not any(spooled.glob("*.dcm")) and len(acked) == len(datasets):
                 break  # nothing left to send: some were not screened (see the node's log)
             time.sleep(0.02)
         node_cpu = [after - before for after, before in zip(cpu_s(node.pid), node_cpu)]
-        own_cpu = time.process_time() - own_cpu
+        own_cpu = time.process_time() + destination.cpu_s() - own_cpu
     finally:
         node.terminate()
         node.wait()
         destination.stop()
     done: dict[str, float] = {}
-    for uid, ds in destination.received.items():  # decoded now, after the clock stopped
+    for ds, arrived in destination.arrivals():  # decoded now, after the clock stopped
         source = str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) if "SourceImageSequence" in ds else \
             str(ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-        done[source] = max(done.get(source, 0.0), destination.arrival[uid])
+        done[source] = max(done.get(source, 0.0), arrived)
     latencies = sorted(done[uid] - acked[uid][0] for uid in done if uid in acked)
     responses = sorted(answered - began for began, answered in acked.values())
     wall = max(done.values()) - start
@@ -222,6 +288,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--associations", type=int, default=3)
     parser.add_argument("--side", type=int, default=0, help="enlarge images to SIDE x SIDE (0: as stored)")
+    parser.add_argument("--destination", choices=("storescp", "pynetdicom"), default="storescp",
+                        help="the SCP results are sent to: dcmtk's storescp (C++, as a PACS) or a pynetdicom SCP in "
+                             "this process (sharing its GIL and CPU with the senders)")
     parser.add_argument("--association-per-image", action="store_true",
                         help="each sender opens a new association for every image (a PACS routing image by image)")
     parser.add_argument("--stages", type=int, default=30, help="images for the per-stage timing (0: skip)")
@@ -231,7 +300,7 @@ def main() -> None:
         work = Path(tmp)
         datasets = sources(args.images, args.side, work)
         side = f"{datasets[0].Columns}x{datasets[0].Rows}"
-        result = end_to_end(datasets, args.associations, work, args.association_per_image)
+        result = end_to_end(datasets, args.associations, work, args.association_per_image, args.destination)
         how = "senders, a new association per image" if args.association_per_image else "associations"
         print(f"| images ({side}, {args.associations} {how}) | screened and sent | wall | images/s | "
               "p50 receive->sent | p95 | max | C-STORE response p50 / max |")
@@ -240,8 +309,8 @@ def main() -> None:
               f"{result['images_per_s']:.1f} | {result['p50_s']:.2f} s | {result['p95_s']:.2f} s | {result['max_s']:.2f} s | "
               f"{result['response_p50_s']:.2f} / {result['response_max_s']:.2f} s |")
         print(f"\nCPU per image: node (all its processes) {result['node_cpu_ms_per_image']:.0f} ms (its main process: "
-              f"{result['node_main_process_cpu_ms_per_image']:.0f} ms), this process (senders "
-              f"and destination) {result['sender_and_destination_cpu_ms_per_image']:.0f} ms; "
+              f"{result['node_main_process_cpu_ms_per_image']:.0f} ms), senders and destination "
+              f"({args.destination}) {result['sender_and_destination_cpu_ms_per_image']:.0f} ms; "
               f"1-minute load average after: {result['load_average_1min_after']:.1f} on {os.cpu_count()} CPUs; "
               f"node CPU per association opened and released: {result['node_cpu_ms_per_association']:.0f} ms")
         costs = stages(datasets[: args.stages + 1], work) if args.stages else {}

@@ -30,6 +30,8 @@ def register_listen(commands: argparse._SubParsersAction, add_common_arguments: 
     listen.add_argument("--allow", metavar="AET,...", help="accept associations only from these calling AE titles (default: any)")
     listen.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve DICOM over TLS with this certificate (default: no TLS)")
     listen.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key (default: none; needed with --tls-cert)")
+    listen.add_argument("--send-associations", type=int, default=2, metavar="N",
+                        help="associations that send results to --send-to side by side (default: 2)")
     listen.add_argument("--processes", type=int, metavar="N",
                         help="worker processes that screen, one model each (default: --threads; 0: in the node's own process)")
     listen.add_argument("--metrics-port", type=int, metavar="PORT",
@@ -53,6 +55,7 @@ def run_listen(args: argparse.Namespace) -> int:
         send_to=Destination.parse(args.send_to) if args.send_to else None, out=args.out, spool=args.spool,
         allow=tuple(a.strip() for a in (args.allow or "").split(",") if a.strip()),
         tls_cert=args.tls_cert, tls_key=args.tls_key, processes=args.processes,
+        send_associations=args.send_associations,
     )
     config.check()
     outputs = parse_outputs(args.outputs)

@@ -16,7 +16,6 @@ import queue
 import ssl
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -51,7 +50,8 @@ SENDER_IDLE_S = 2.0  # the association to the destination is released after this
 class NodeConfig:
     """How the node listens and where results go. ``allow``: calling AE titles accepted (empty: any);
     ``tls_cert``/``tls_key``: PEM files for DICOM over TLS (both or neither); ``processes``: worker processes that
-    screen (None: as many as the predictor's workers; 0: screen in the node's own process)."""
+    screen (None: as many as the predictor's workers; 0: screen in the node's own process); ``send_associations``:
+    associations that send results to ``send_to`` side by side."""
 
     port: int = 11112
     ae_title: str = "CXRSCREEN"
@@ -63,6 +63,7 @@ class NodeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     processes: int | None = None
+    send_associations: int = 2
 
     def check(self) -> None:
         if not 0 <= self.port < 65536:
@@ -71,6 +72,8 @@ class NodeConfig:
             raise ConfigError(f"--ae-title {self.ae_title!r}: an AE title has 1 to 16 characters")
         if self.send_to is None and self.out is None:
             raise ConfigError("give --send-to AET@HOST:PORT, --out DIR or both: results must go somewhere")
+        if self.send_associations < 1:
+            raise ConfigError(f"--send-associations {self.send_associations}: give 1 or more")
         if self.processes is not None and self.processes < 0:
             raise ConfigError(f"--processes {self.processes}: give 0 (screen in the node's process) or more")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -155,7 +158,8 @@ class DicomNode:
         for i in range(self.screening.workers):
             self._spawn(self._screen_loop, f"cxr-dicom-screen-{i}")
         if self.config.send_to is not None:
-            self._spawn(self._send_loop, "cxr-dicom-send")
+            for i in range(self.config.send_associations):
+                self._spawn(self._send_loop, f"cxr-dicom-send-{i}")
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0x0000),
                     (evt.EVT_CONN_OPEN, lambda event: send_at_once(event.assoc))]
         self._server = self.ae.start_server((self.config.host, self.config.port), block=False,
@@ -171,7 +175,7 @@ class DicomNode:
             self._server.shutdown()
         for _ in self._threads:
             self._screen_queue.put(None)
-        self._send_queue.put(None)
+            self._send_queue.put(None)
         for thread in self._threads:
             thread.join()
         self.screening.close()
@@ -279,36 +283,32 @@ class DicomNode:
             self._send_queue.put(Pending(receipt, True, kinds))
 
     def _send_loop(self) -> None:
+        """One of :attr:`NodeConfig.send_associations` senders, each on its own association to the destination: a
+        C-STORE waits for its response (22-80 ms from Orthanc on loopback), so one sender alone would cap the rate
+        near 6-20 images/s whatever the CPUs do. A destination that is down is retried with back-off."""
         sender = Sender(self.config.send_to, self.config.ae_title)
-        backlog: deque[Pending] = deque()
         rejections: dict[str, int] = {}
         attempt = 0
+        pending: Pending | None = None
         while not self._stopping.is_set():
-            if not backlog:
-                item = self._next_to_send(sender)
-                if item is None:
+            if pending is None:
+                pending = self._next_to_send(sender)
+                if pending is None:
                     break
-                backlog.append(item)
-            while not self._send_queue.empty():
-                item = self._send_queue.get_nowait()
-                if item is None:
-                    self._stopping.set()
-                    break
-                backlog.append(item)
-            pending = backlog[0]
             try:
-                done = self._send_pending(sender, pending, rejections)
+                self._send_pending(sender, pending, rejections)
             except DestinationDown as exc:
                 delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
                 attempt += 1
-                waiting = ", ".join(p.receipt for p in list(backlog)[:5]) + (", ..." if len(backlog) > 5 else "")
+                with self._send_queue.mutex:
+                    waiting = [pending.receipt, *(p.receipt for p in self._send_queue.queue if p is not None)]
+                named = ", ".join(waiting[:5]) + (", ..." if len(waiting) > 5 else "")
                 log.warning("destination %s down (%s): %d object(s) wait in the spool (%s); retry in %g s",
-                            self.config.send_to, exc, len(backlog), waiting, delay)
+                            self.config.send_to, exc, len(waiting), named, delay)
                 self._stopping.wait(delay)
                 continue
             attempt = 0
-            if done:
-                backlog.popleft()
+            pending = None
         sender.close()
 
     def _next_to_send(self, sender: Sender) -> Pending | None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import logging
 import re
 import socket
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
@@ -43,20 +42,12 @@ class Destination:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
-_CHUNKED = threading.Lock()
-
-
-@contextmanager
-def files_sent_as_stored():
-    """While sending, pynetdicom sends a file's bytes as they are stored instead of decoding and re-encoding the
-    dataset (a third of an SR's cost). The switch is pynetdicom's module setting: set and restored under a lock."""
-    with _CHUNKED:
-        previous = pynetdicom_config.STORE_SEND_CHUNKED_DATASET
-        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
-        try:
-            yield
-        finally:
-            pynetdicom_config.STORE_SEND_CHUNKED_DATASET = previous
+def send_files_as_stored() -> None:
+    """From now on in this process, pynetdicom sends a file's bytes as they are stored instead of decoding and
+    re-encoding the dataset (a third of an SR's cost). It is pynetdicom's module setting, so it is set for the
+    process, not around each C-STORE: set and restored under a lock around each, it let one association send at a
+    time (the others waited for its response)."""
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
 
 
 def send_at_once(assoc) -> None:
@@ -91,12 +82,12 @@ class Sender:
         """C-STORE one DICOM file; its status (success/warning in :data:`SUCCESS_OR_WARNING`, else a failure the
         destination gave). :class:`DestinationDown` when no association or no answer."""
         assoc = self._association()
+        send_files_as_stored()
         try:
             try:
-                with files_sent_as_stored():
-                    status = assoc.send_c_store(path)
-            except ValueError:  # the peer took another transfer syntax: decode and convert the dataset
                 status = assoc.send_c_store(path)
+            except ValueError:  # the peer took another transfer syntax: decoded, the dataset is converted
+                status = assoc.send_c_store(dcmread(path))
         except (OSError, RuntimeError, ValueError) as exc:
             self.close()
             raise DestinationDown(f"{type(exc).__name__}: {exc}") from None
