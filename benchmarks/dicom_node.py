@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' DICOM builder and destination SCP
 from dicom.conftest import StoreCollector, make_dicom  # noqa: E402
 
-from cxrscreen.dicom.send import send_files_as_stored  # noqa: E402
+from cxrscreen.dicom.send import files_sent_as_stored  # noqa: E402
 
 SHARED = Path(os.environ.get("CXRSCREEN_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
@@ -77,7 +77,6 @@ def send(files: list[tuple[str, Path]], port: int, acked: dict[str, tuple[float,
     """C-STORE files as they are stored (encoded before the clock starts, as a modality has them); ``acked``: uid ->
     (when its C-STORE began, when the success response came). ``per_image``: a new association for each file (as
     a PACS routing instance by instance does), counted in its C-STORE's time."""
-    send_files_as_stored()
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(ComputedRadiographyImageStorage, "1.2.840.10008.1.2.1")
     assoc = None
@@ -85,7 +84,8 @@ def send(files: list[tuple[str, Path]], port: int, acked: dict[str, tuple[float,
         began = time.monotonic()
         if assoc is None:
             assoc = ae.associate("127.0.0.1", port, ae_title="CXRSCREEN")
-        status = assoc.send_c_store(path)
+        with files_sent_as_stored():
+            status = assoc.send_c_store(path)
         if status.Status == 0:
             acked[uid] = (began, time.monotonic())
         if per_image:

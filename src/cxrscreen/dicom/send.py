@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +44,30 @@ class Destination:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
-def send_files_as_stored() -> None:
-    """From now on in this process, pynetdicom sends a file's bytes as they are stored instead of decoding and
-    re-encoding the dataset (a third of an SR's cost). It is pynetdicom's module setting, so it is set for the
-    process, not around each C-STORE: set and restored under a lock around each, it let one association send at a
-    time (the others waited for its response)."""
-    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+_chunked = threading.Lock()
+_chunked_senders = 0  # C-STOREs under files_sent_as_stored now
+_chunked_before = False  # the setting before the first of them
+
+
+@contextmanager
+def files_sent_as_stored():
+    """While it lasts, pynetdicom sends a file's bytes as they are stored instead of decoding and re-encoding the
+    dataset (a third of an SR's cost). The switch is pynetdicom's module setting: on while at least one such
+    C-STORE runs, restored after the last (counted: held under a lock around each C-STORE, it let one association
+    send at a time while the others waited for its response)."""
+    global _chunked_senders, _chunked_before
+    with _chunked:
+        if _chunked_senders == 0:
+            _chunked_before = pynetdicom_config.STORE_SEND_CHUNKED_DATASET
+            pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+        _chunked_senders += 1
+    try:
+        yield
+    finally:
+        with _chunked:
+            _chunked_senders -= 1
+            if _chunked_senders == 0:
+                pynetdicom_config.STORE_SEND_CHUNKED_DATASET = _chunked_before
 
 
 def send_at_once(assoc) -> None:
@@ -82,10 +102,10 @@ class Sender:
         """C-STORE one DICOM file; its status (success/warning in :data:`SUCCESS_OR_WARNING`, else a failure the
         destination gave). :class:`DestinationDown` when no association or no answer."""
         assoc = self._association()
-        send_files_as_stored()
         try:
             try:
-                status = assoc.send_c_store(path)
+                with files_sent_as_stored():
+                    status = assoc.send_c_store(path)
             except ValueError:  # the peer took another transfer syntax: decoded, the dataset is converted
                 status = assoc.send_c_store(dcmread(path))
         except (OSError, RuntimeError, ValueError) as exc:
