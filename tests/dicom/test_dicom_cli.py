@@ -40,6 +40,7 @@ def test_screen_writes_results_names_what_it_skips_and_exits_by_outcome(shared_d
         (["dicom", "listen"], "results must go somewhere"),
         (["dicom", "listen", "--out", "o", "--ae-title", "A" * 17], "--ae-title"),
         (["dicom", "listen", "--out", "o", "--tls-cert", "c.pem"], "go together"),
+        (["dicom", "listen", "--send-to", "PACS@127.0.0.1:4242", "--send-associations", "0"], "--send-associations 0"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(argv, message, tmp_path, capsys, monkeypatch) -> None:

@@ -165,6 +165,8 @@ def test_config_is_checked(tmp_path) -> None:
         NodeConfig().check()
     with pytest.raises(ConfigError, match="go together"):
         NodeConfig(out=tmp_path, tls_cert=tmp_path / "c.pem").check()
+    with pytest.raises(ConfigError, match="--send-associations 0"):
+        NodeConfig(out=tmp_path, send_associations=0).check()
 
 
 class SlowScreener(DicomScreener):
