@@ -41,6 +41,7 @@ from pynetdicom.sop_class import ComputedRadiographyImageStorage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' DICOM builder and destination SCP
 from dicom.conftest import StoreCollector, make_dicom  # noqa: E402
+from dicom.orthanc import free_port  # noqa: E402
 
 from cxrscreen.dicom.send import files_sent_as_stored  # noqa: E402
 
@@ -121,9 +122,7 @@ class Storescp:
 
     def start(self) -> int:
         self.folder.mkdir(parents=True)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         self.process = subprocess.Popen(["storescp", "--fork", "--aetitle", "BENCH", "--output-directory",
                                          str(self.folder), "--filename-extension", ".dcm", str(port)])
         for _ in range(200):  # until it listens

@@ -4,7 +4,6 @@ failures while serving on, keeps results while the PACS is down, checks AE title
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import subprocess
 import time
@@ -25,6 +24,7 @@ from cxrscreen.dicom.screen import DicomScreener
 from cxrscreen.dicom.workers import LocalScreening, ScreeningPool
 from cxrscreen.dicom.send import Destination
 from cxrscreen.errors import ConfigError
+from dicom.orthanc import free_port
 from dicom.conftest import BIRTH_DATE, PATIENT_ID, PATIENT_NAME, StoreCollector, chest_jpegs, make_dicom, write_dicom
 
 STORAGE = (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation, CTImageStorage)
@@ -43,12 +43,6 @@ def wait_for(condition, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
         time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -169,7 +170,7 @@ def hashes_to_array(hashes: Iterable[str]) -> np.ndarray:
 
 
 def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdefABCDEF" for c in text)
+    return all(c in string.hexdigits for c in text)
 
 
 def as_hash_array(hashes: Iterable[str] | np.ndarray) -> np.ndarray:

@@ -84,7 +84,7 @@ def build_sr(source: Dataset, prediction: Prediction, algorithm: Algorithm) -> h
     # searches it for references (half an SR's cost, for evidence that is the source alone: every group references
     # it, and the evidence is made from it either way). highdicom's view of the content (``sr.content``) is the
     # report just built, what ``Comprehensive3DSR.from_dataset`` would parse back out of the tree at a third of the
-    # build's cost (tests/dicom/test_sr.py checks they agree).
+    # build's cost (tests/dicom/test_screen.py checks they agree).
     for element in root:
         sr[element.tag] = element
     sr.CodingSchemeIdentificationSequence = [private_scheme()]

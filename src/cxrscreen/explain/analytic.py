@@ -6,7 +6,7 @@ a ReLU for DenseNet: :meth:`Backbone.target_slope` gives g'), the gradient of cl
 d logit_c / d A_k(i, j) = w_ck g'(A_k(i, j)) / (h w). Grad-CAM's channel weight is its spatial mean, so the map is
 ReLU(sum_k w_ck mean(g'(A_k)) A_k) / (h w), exactly what :class:`~cxrscreen.explain.gradcam.GradCam` gets by
 autograd (``tests/explain/test_analytic.py`` compares them). Without gradients it runs in inference mode and inside
-the exported ONNX graph (output ``cams``), so the ONNX backend explains without torch, in about a millisecond more
+the exported ONNX graph (output ``maps``), so the ONNX backend explains without torch, in about a millisecond more
 than predicting.
 """
 

@@ -44,14 +44,14 @@ def predict_and_explain(predictor: Predictor, source: ImageSource, name: str | N
         if batch.failures:
             raise batch.failures[0]
         prepared = batch.prepared[0]
-        if not predictor.backend.explains:
+        if predictor.backend.explains:
+            outputs, maps = predictor.net_outputs(batch.inputs, batch.thumbnails, maps=True)
+            prediction = predictor.score_batch([label], batch, outputs)[0]
+            target = predictor.decided_class(prediction)
+            heatmap = normalized_map(maps, predictor.classes.index(target))
+        else:
             prediction = predictor.score_batch([label], batch)[0]
             heatmap, target = input_heatmap(predictor, prepared, predictor.decided_class(prediction))
-            return prediction, explanation(original, prepared, heatmap, target, overlay)
-        outputs, maps = predictor.net_outputs(batch.inputs, batch.thumbnails, maps=True)
-        prediction = predictor.score_batch([label], batch, outputs)[0]
-        target = predictor.decided_class(prediction)
-    heatmap = normalized_map(maps, predictor.classes.index(target))
     return prediction, explanation(original, prepared, heatmap, target, overlay)
 
 

@@ -238,7 +238,8 @@ class Predictor:
         """The predictions of a prepared batch (its ``positions``, in order), from ``outputs`` when it has them."""
         if not batch.positions:
             return []
-        outputs = outputs or self.net_outputs(batch.inputs, batch.thumbnails)[0]
+        if outputs is None:
+            outputs = self.net_outputs(batch.inputs, batch.thumbnails)[0]
         accepted, scores = self.ood_check(outputs)
         results = []
         for i, position in enumerate(batch.positions):
@@ -262,9 +263,9 @@ class Predictor:
         """:meth:`predict_prepared` on this worker alone (the batch is already one worker's share), and with
         ``maps`` every class's Grad-CAM map (N, C, S, S) from the same pass (the backend must
         :attr:`~InferenceBackend.explains`; None without ``maps``)."""
-        logits, features, *cams = (self.backend.run_with_maps if maps else self.backend.run)(images[:, None])
+        logits, features, *class_maps = (self.backend.run_with_maps if maps else self.backend.run)(images[:, None])
         guard = self.guard_runner(thumbnails) if thumbnails is not None and self.guard_reads_whole_image else None
-        return NetOutputs(softmax(logits, self.meta.temperature), features, guard), cams[0] if cams else None
+        return NetOutputs(softmax(logits, self.meta.temperature), features, guard), class_maps[0] if class_maps else None
 
     @overload
     def predict(self, source: list[ImageSource] | tuple[ImageSource, ...], name: None = None) -> list[Prediction | PredictionFailure]: ...
